@@ -1,0 +1,277 @@
+"""Loading backbones from every layout DINO weights come in, and atomic checkpoint writes (SPEC §7).
+
+Accepted sources for :func:`load_backbone`:
+
+* a release name (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``), downloaded once into
+  the torch hub cache; offline, the error says which file to fetch and how to pass it;
+* ``random`` (optionally ``random:<arch>/<patch>``): a randomly initialised backbone, seeded;
+* a path to a backbone-only state dict, an official full checkpoint (``teacher``/``student`` with
+  ``module.`` / ``backbone.`` prefixes), a checkpoint written by ``dino train``, or a timm ViT state dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dino.atomic import atomic_write
+from dino.models.vision_transformer import ARCHITECTURES, VisionTransformer, build_vit
+
+__all__ = [
+    "CheckpointError",
+    "RELEASES",
+    "Release",
+    "WeightsUnavailableError",
+    "atomic_torch_save",
+    "backbone_state_dict",
+    "file_sha256",
+    "infer_architecture",
+    "load_backbone",
+    "load_checkpoint_file",
+]
+
+RELEASE_URL_ROOT = "https://dl.fbaipublicfiles.com/dino/"
+RANDOM_SOURCE = "random"
+RANDOM_INIT_SEED = 0
+# Keys of a full checkpoint that hold weights, in the order they are tried after `checkpoint_key`.
+WRAPPER_KEYS = ("state_dict", "model")
+# Prefixes that wrappers add in front of the backbone keys (DDP, MultiCropWrapper, timm-style `encoder.`).
+KEY_PREFIXES = ("module.", "backbone.")
+
+
+@dataclass(frozen=True)
+class Release:
+    """An official DINO backbone release (SPEC §7)."""
+
+    arch: str
+    patch_size: int
+    path: str
+
+    @property
+    def url(self) -> str:
+        return RELEASE_URL_ROOT + self.path
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+RELEASES: dict[str, Release] = {
+    "dino_vits16": Release("vit_small", 16, "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
+    "dino_vits8": Release("vit_small", 8, "dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"),
+    "dino_vitb16": Release("vit_base", 16, "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    "dino_vitb8": Release("vit_base", 8, "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
+}
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be turned into a backbone; the message names the file and the problem."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Released weights that could not be downloaded (typically: no network)."""
+
+
+# ---------------------------------------------------------------------------- reading files
+def load_checkpoint_file(path: str | os.PathLike[str], weights_only: bool = True) -> Any:
+    """``torch.load`` a file on CPU with a clear error for missing, unreadable or unsafe files.
+
+    With ``weights_only=True`` only tensors and plain containers are unpickled; `argparse.Namespace`
+    is also allowed because the official full checkpoints store their `args` that way.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        if weights_only:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several unrelated types for bad files
+        if weights_only and "Weights only load failed" in str(error):
+            raise CheckpointError(
+                f"{path}: the file contains Python objects beyond tensors, so it was not loaded with "
+                "weights_only=True. If you trust the file, load it with weights_only=False (CLI: --unsafe-load)."
+            ) from error
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+
+
+def backbone_state_dict(
+    checkpoint: Any, checkpoint_key: str = "teacher", source: str = "<state dict>"
+) -> dict[str, Tensor]:
+    """Extract the backbone's state dict from any supported checkpoint layout.
+
+    Takes ``checkpoint[checkpoint_key]`` when present (then ``state_dict`` / ``model``), strips the
+    ``module.`` and ``backbone.`` prefixes, and drops projection/classifier head keys (``head.*``,
+    ``fc_norm.*``).
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
+    state = checkpoint
+    if checkpoint_key in state and isinstance(state[checkpoint_key], Mapping):
+        state = state[checkpoint_key]
+    else:
+        for key in WRAPPER_KEYS:
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    cleaned: dict[str, Tensor] = {}
+    for key, value in state.items():
+        for prefix in KEY_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        if key.startswith(("head.", "fc_norm.")) or not isinstance(value, Tensor):
+            continue
+        cleaned[key] = value
+    if "cls_token" not in cleaned:
+        hint = f" (top-level keys: {sorted(map(str, checkpoint))[:8]})"
+        raise CheckpointError(f"{source}: no ViT backbone found under key {checkpoint_key!r} or at the top level{hint}")
+    return cleaned
+
+
+def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "<state dict>") -> tuple[str, int, int]:
+    """(arch, patch_size, img_size) of a ViT state dict, from `cls_token`, the patch kernel and `pos_embed`."""
+    try:
+        embed_dim = state_dict["cls_token"].shape[-1]
+        patch_size = state_dict["patch_embed.proj.weight"].shape[-1]
+        num_positions = state_dict["pos_embed"].shape[1] - 1
+    except KeyError as missing:
+        raise CheckpointError(f"{source}: missing key {missing} needed to infer the architecture") from None
+    arch = next((name for name, cfg in ARCHITECTURES.items() if cfg["embed_dim"] == embed_dim), None)
+    if arch is None:
+        raise CheckpointError(f"{source}: embedding dimension {embed_dim} matches none of {sorted(ARCHITECTURES)}")
+    side = int(round(num_positions**0.5))
+    if side * side != num_positions:
+        raise CheckpointError(f"{source}: pos_embed has {num_positions} patch positions, not a square grid")
+    return arch, patch_size, side * patch_size
+
+
+# ---------------------------------------------------------------------------- building backbones
+def load_backbone(
+    source: str | os.PathLike[str],
+    arch: str | None = None,
+    patch_size: int | None = None,
+    checkpoint_key: str = "teacher",
+    weights_only: bool = True,
+    **model_kwargs: Any,
+) -> VisionTransformer:
+    """Build a :class:`VisionTransformer` and load weights into it strictly.
+
+    Args:
+        source: Release name, ``random[:arch/patch]``, or a path (see the module docstring).
+        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base``; inferred from the weights when omitted.
+        patch_size: Inferred from the weights when omitted.
+        checkpoint_key: Which network of a full checkpoint to take (``teacher`` or ``student``).
+        weights_only: Refuse to unpickle arbitrary objects (see :func:`load_checkpoint_file`).
+        **model_kwargs: Passed to the model constructor (e.g. ``pos_embed_interpolation``).
+
+    Returns:
+        The backbone in eval mode, with ``weights_source`` set to a description of `source`.
+
+    Raises:
+        FileNotFoundError: `source` is neither a release name nor an existing file.
+        CheckpointError: The file holds no compatible backbone; the message names missing/unexpected keys.
+        WeightsUnavailableError: A release could not be downloaded.
+    """
+    text = os.fspath(source)
+    if text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
+        model = _random_backbone(text, arch, patch_size, model_kwargs)
+    else:
+        if text in RELEASES:
+            release = RELEASES[text]
+            state = backbone_state_dict(_download_release(text), checkpoint_key, text)
+        else:
+            state = backbone_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
+        model = _model_for_state_dict(state, arch, patch_size, text, model_kwargs)
+        _load_strict(model, state, text)
+        if text in RELEASES and (model.patch_size, _arch_name(model)) != (release.patch_size, release.arch):
+            raise CheckpointError(f"{text}: downloaded weights do not match the release's architecture")
+    model.weights_source = text  # type: ignore[assignment]
+    return model.eval()
+
+
+def _arch_name(model: VisionTransformer) -> str:
+    return next(name for name, cfg in ARCHITECTURES.items() if cfg["embed_dim"] == model.embed_dim)
+
+
+def _random_backbone(
+    text: str, arch: str | None, patch_size: int | None, model_kwargs: dict[str, Any]
+) -> VisionTransformer:
+    spec = text.partition(":")[2]
+    if spec:
+        spec_arch, _, spec_patch = spec.partition("/")
+        arch = arch or spec_arch
+        patch_size = patch_size or (int(spec_patch) if spec_patch else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return build_vit(arch or "vit_small", patch_size or 16, **model_kwargs)
+
+
+def _model_for_state_dict(
+    state: Mapping[str, Tensor], arch: str | None, patch_size: int | None, source: str, model_kwargs: dict[str, Any]
+) -> VisionTransformer:
+    inferred_arch, inferred_patch, img_size = infer_architecture(state, source)
+    for name, given, inferred in (("arch", arch, inferred_arch), ("patch_size", patch_size, inferred_patch)):
+        if given is not None and given != inferred:
+            raise CheckpointError(f"{source}: weights are {name}={inferred!r} but {name}={given!r} was requested")
+    return build_vit(inferred_arch, inferred_patch, img_size=img_size, **model_kwargs)
+
+
+def _load_strict(model: VisionTransformer, state: Mapping[str, Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {missing[:10]}{' …' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected[:10]}{' …' if len(unexpected) > 10 else ''}")
+        if wrong_shape:
+            parts.append(
+                f"shape mismatch: {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong_shape[:5]]}"
+            )
+        raise CheckpointError(
+            f"{source}: weights do not fit {_arch_name(model)}/{model.patch_size}; " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _download_release(name: str) -> dict[str, Tensor]:
+    release = RELEASES[name]
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        return torch.hub.load_state_dict_from_url(release.url, map_location="cpu", weights_only=True)
+    except OSError as error:  # URLError and socket errors are OSErrors
+        raise WeightsUnavailableError(
+            f"could not download the {name} weights ({type(error).__name__}: {error}).\n"
+            f"On a machine with internet, fetch {release.url}\n"
+            f"then either pass the file itself (--weights /path/to/{release.filename}, or "
+            f"load_backbone('/path/to/{release.filename}')) or copy it to {cache_dir / release.filename} "
+            f"so that '{name}' finds it offline."
+        ) from error
+
+
+# ---------------------------------------------------------------------------- writing files
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` atomically: a crash or a full disk leaves the previous file intact."""
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,274 @@
+"""The ``dino`` command: one front door, one verb per task.
+
+Core verbs live here. Apps add theirs through the ``dino.commands`` entry-point group: each entry point
+names a ``register(subparsers)`` function that adds one or more subparsers and sets ``func`` on them,
+so the core never imports an app. Each verb is argument parsing plus one call into a Python function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+
+import dino
+from dino.atomic import atomic_output_path, atomic_write_json
+from dino.checkpoint import RELEASES, CheckpointError, WeightsUnavailableError, load_backbone
+from dino.data.io import ImageLoadError, list_images
+from dino.data.transforms import PREPROCESSING, make_transform
+from dino.features import FeatureExtractor, pick_device
+from dino.models.vision_transformer import VisionTransformer
+
+__all__ = ["add_runtime_arguments", "add_weights_arguments", "backbone_from_args", "main"]
+
+ENTRY_POINT_GROUP = "dino.commands"
+# Errors a user can fix from the message alone: printed without a traceback.
+USER_ERRORS = (CheckpointError, WeightsUnavailableError, ImageLoadError, FileNotFoundError, FileExistsError, ValueError)
+
+
+# ---------------------------------------------------------------------------- shared arguments
+def add_weights_arguments(parser: argparse.ArgumentParser, default: str = "random") -> None:
+    """The backbone options every verb shares: --weights, --arch, --patch-size, --checkpoint-key, --unsafe-load."""
+    group = parser.add_argument_group("backbone")
+    group.add_argument(
+        "--weights",
+        default=default,
+        help=f"release name ({', '.join(RELEASES)}; downloaded once, needs internet), a weights file "
+        "(backbone-only, official full checkpoint, `dino train` checkpoint or timm ViT state dict), or "
+        "'random[:ARCH/PATCH]' for a seeded random initialisation (default: %(default)s)",
+    )
+    group.add_argument(
+        "--arch", choices=["vit_tiny", "vit_small", "vit_base"], help="inferred from the weights when omitted"
+    )
+    group.add_argument("--patch-size", type=int, help="inferred from the weights when omitted")
+    group.add_argument(
+        "--checkpoint-key", default="teacher", help="network to take from a full checkpoint (default: %(default)s)"
+    )
+    group.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="load the file with torch.load(weights_only=False); only for files you trust",
+    )
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
+    """Device, precision, batch size, workers and progress-bar options."""
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps …")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto = bf16 autocast on CUDA, fp32 elsewhere",
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=batch_size, help="images per forward pass (default: %(default)s)"
+    )
+    group.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: %(default)s)")
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:
+    """Load the backbone described by the options of :func:`add_weights_arguments`."""
+    model = load_backbone(
+        args.weights,
+        arch=args.arch,
+        patch_size=args.patch_size,
+        checkpoint_key=args.checkpoint_key,
+        weights_only=not args.unsafe_load,
+    )
+    if args.weights.startswith("random"):
+        print(
+            f"note: using randomly initialised weights ({args.weights}); outputs show the pipeline, not learned "
+            "features. Pass --weights with a release name or a weights file for meaningful results.",
+            file=sys.stderr,
+        )
+    return model
+
+
+# ---------------------------------------------------------------------------- core verbs
+def _info(args: argparse.Namespace) -> int:
+    import PIL
+    import torch
+
+    report: dict[str, object] = {
+        "dino": dino.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+        "device": str(pick_device()),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    try:
+        import faiss
+
+        report["faiss"] = f"{faiss.__version__} ({'GPU' if hasattr(faiss, 'StandardGpuResources') else 'CPU'} build)"
+    except ImportError:
+        report["faiss"] = None
+    try:
+        import torchvision
+
+        report["torchvision"] = torchvision.__version__
+    except ImportError:
+        report["torchvision"] = None
+    report["command_groups"] = _plugin_names()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        width = max(map(len, report))
+        for key, value in report.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def extract_features_to_file(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    model: VisionTransformer,
+    what: str = "cls",
+    preprocessing: str = "knn",
+    size: int | None = None,
+    **extractor_options: object,
+) -> Path:
+    """Extract [CLS] features (N, D) or patch-token grids (N, h, w, D) of images and save them as .npy.
+
+    A JSON sidecar (same name, ``.json``) lists the image paths in row order and the recipe. Both files
+    are written atomically.
+    """
+    paths = list_images(inputs)
+    if not paths:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    transform = make_transform(preprocessing, size, model.patch_size)
+    extractor = FeatureExtractor(model, transform, **extractor_options)  # type: ignore[arg-type]
+    features = extractor.extract(paths, patch_tokens=what == "patch")
+    array = features.cls if what == "cls" else features.patch_tokens
+    if isinstance(array, list):
+        raise ValueError(
+            "patch tokens of images of different sizes cannot share one array; use --preprocess square or knn"
+        )
+    out = Path(out)
+    with atomic_output_path(out) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array.numpy().astype(np.float32))
+    atomic_write_json(
+        out.with_suffix(".json"),
+        {
+            "features": what,
+            "shape": list(array.shape),
+            "weights": str(getattr(model, "weights_source", "")),
+            "patch_size": model.patch_size,
+            "embed_dim": model.embed_dim,
+            "preprocessing": preprocessing,
+            "size": size,
+            "images": [str(p) for p in paths],
+        },
+    )
+    return out
+
+
+def _features(args: argparse.Namespace) -> int:
+    model = backbone_from_args(args)
+    out = extract_features_to_file(
+        args.images,
+        args.out,
+        model,
+        what=args.what,
+        preprocessing=args.preprocess,
+        size=args.size,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def _register_core(subparsers: argparse._SubParsersAction) -> None:
+    info = subparsers.add_parser(
+        "info", help="versions, device and FAISS build", description="Print versions, device and FAISS build."
+    )
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_info)
+
+    features = subparsers.add_parser(
+        "features",
+        help="extract [CLS] or patch-token features of images to .npy",
+        description="Extract frozen DINO features of images (files or folders, searched recursively) into a "
+        ".npy array, with a .json sidecar listing the images in row order.",
+    )
+    features.add_argument("images", nargs="+", help="image files or folders")
+    features.add_argument("--out", required=True, help="output .npy file")
+    features.add_argument(
+        "--what", choices=["cls", "patch"], default="cls", help="[CLS] vectors (N, D) or patch grids (N, h, w, D)"
+    )
+    features.add_argument(
+        "--preprocess",
+        choices=PREPROCESSING,
+        default="knn",
+        help="knn: resize 256 + center crop 224 (k-NN protocol); square: SIZE×SIZE; short-side: short side = SIZE; "
+        "thumbnail: fit in SIZE×SIZE (retrieval protocol) (default: %(default)s)",
+    )
+    features.add_argument("--size", type=int, help="crop/resize size of the chosen preprocessing")
+    add_weights_arguments(features)
+    add_runtime_arguments(features)
+    features.set_defaults(func=_features)
+
+
+# ---------------------------------------------------------------------------- front door
+def _plugins() -> list[tuple[str, Callable[[argparse._SubParsersAction], None]]]:
+    """The installed ``register`` functions; one that fails to import is reported and skipped so a broken
+    app cannot take the whole command down."""
+    loaded = []
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        try:
+            loaded.append((point.name, point.load()))
+        except ImportError as error:
+            print(f"dino: warning: commands of {point.name!r} unavailable ({error})", file=sys.stderr)
+    return loaded
+
+
+def _plugin_names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``dino`` parser, with the core verbs and every installed app's verbs."""
+    parser = argparse.ArgumentParser(
+        prog="dino",
+        description="DINO self-supervised ViT features: training, evaluation and applications.",
+        epilog="Run 'dino VERB --help' for the options of a verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"dino {dino.__version__}")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _register_core(subparsers)
+    for _, register in _plugins():
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dino`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as error:
+        print(f"dino {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dino {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The evaluation protocols' exact preprocessing (SPEC §8, §10, §12, §13, §15.5).
+
+Resizing is always done on the PIL image (torchvision's tensor Resize antialiases and would change the
+numbers). Every transform ends with ToTensor and the ImageNet normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PREPROCESSING",
+    "CropToMultiple",
+    "denormalize",
+    "short_side_transform",
+    "Thumbnail",
+    "knn_transform",
+    "make_transform",
+    "normalize",
+    "square_transform",
+    "thumbnail_transform",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# SPEC §8: k-NN / linear validation resize and crop.
+KNN_RESIZE = 256
+KNN_CROP = 224
+
+ImageTransform = Callable[[Image.Image], Tensor]
+
+
+def normalize() -> T.Compose:
+    """ToTensor then ImageNet mean/std normalisation."""
+    return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class CropToMultiple:
+    """Crop the bottom and right of a (C, H, W) tensor so H and W are multiples of `multiple` (SPEC §10)."""
+
+    def __init__(self, multiple: int) -> None:
+        self.multiple = multiple
+
+    def __call__(self, tensor: Tensor) -> Tensor:
+        height = tensor.shape[-2] - tensor.shape[-2] % self.multiple
+        width = tensor.shape[-1] - tensor.shape[-1] % self.multiple
+        return tensor[..., :height, :width]
+
+    def __repr__(self) -> str:
+        return f"CropToMultiple({self.multiple})"
+
+
+class Thumbnail:
+    """PIL ``thumbnail((size, size))`` with Lanczos: keeps the aspect ratio and only ever shrinks (SPEC §13)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        image = image.copy()
+        image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+        return image
+
+    def __repr__(self) -> str:
+        return f"Thumbnail({self.size})"
+
+
+def knn_transform(resize: int = KNN_RESIZE, crop: int = KNN_CROP) -> T.Compose:
+    """k-NN / linear evaluation: Resize(256, bicubic) of the short side, CenterCrop(224) (SPEC §8)."""
+    return T.Compose([T.Resize(resize, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(crop), normalize()])
+
+
+def square_transform(
+    size: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR, patch_size: int | None = None
+) -> T.Compose:
+    """Resize to size×size ignoring the aspect ratio (attention maps: 480 bilinear; copy detection: 320 bicubic)."""
+    steps: list[Callable] = [T.Resize((size, size), interpolation=interpolation), normalize()]
+    if patch_size:
+        steps.append(CropToMultiple(patch_size))
+    return T.Compose(steps)
+
+
+def short_side_transform(
+    size: int, patch_size: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR
+) -> T.Compose:
+    """Resize the short side to `size` keeping the aspect ratio, then crop to a multiple of the patch size."""
+    return T.Compose([T.Resize(size, interpolation=interpolation), normalize(), CropToMultiple(patch_size)])
+
+
+def thumbnail_transform(size: int) -> T.Compose:
+    """Retrieval: thumbnail to fit size×size (never enlarges), keep the aspect ratio (SPEC §13)."""
+    return T.Compose([Thumbnail(size), normalize()])
+
+
+PREPROCESSING = ("knn", "square", "short-side", "thumbnail")
+
+
+def make_transform(name: str, size: int | None = None, patch_size: int = 16) -> ImageTransform:
+    """A protocol transform by name, for CLIs.
+
+    Args:
+        name: ``knn`` (resize 256 / crop 224, or crop `size` after resizing to size·256/224),
+            ``square`` (size×size, bilinear), ``short-side`` (short side = size, aspect kept) or
+            ``thumbnail`` (fit in size×size, never enlarge).
+        size: Target size; each protocol has its reference default when None.
+        patch_size: Used to crop variable-size inputs to a multiple of the patch size.
+    """
+    if name == "knn":
+        crop = size or KNN_CROP
+        return knn_transform(resize=round(crop * KNN_RESIZE / KNN_CROP), crop=crop)
+    if name == "square":
+        return square_transform(size or 480, patch_size=patch_size)
+    if name == "short-side":
+        return short_side_transform(size or 480, patch_size)
+    if name == "thumbnail":
+        return T.Compose([thumbnail_transform(size or 224), CropToMultiple(patch_size)])
+    raise ValueError(f"unknown preprocessing {name!r}; choose one of {PREPROCESSING}")
+
+
+def denormalize(tensor: Tensor) -> Tensor:
+    """Undo the ImageNet normalisation of a (…, 3, H, W) tensor, clamped to [0, 1] (for figures)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    return (tensor * std + mean).clamp(0, 1)

@@ -1,0 +1,198 @@
+"""Frozen-feature extraction: a backbone plus a protocol's preprocessing, batched over many images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dino.data.io import open_image
+from dino.data.transforms import ImageTransform, knn_transform
+from dino.models.vision_transformer import VisionTransformer
+
+__all__ = ["BatchFeatures", "FeatureExtractor", "Features", "autocast_dtype", "pick_device"]
+
+DTypeName = Literal["auto", "fp32", "bf16", "fp16"]
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; any other value is passed to ``torch.device``."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, dtype: DTypeName = "auto") -> torch.dtype | None:
+    """The autocast dtype to use, or None for plain fp32: ``auto`` is bf16 on CUDA and fp32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if dtype == "fp32":
+        return None
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class BatchFeatures:
+    """Features of one batch of same-size images (float32, on the CPU).
+
+    Attributes:
+        indices: Positions of these images in the extractor's input list.
+        cls: [CLS] after the final norm, (B, D).
+        patch_tokens: Last-block patch tokens after the final norm as grids, (B, h, w, D), if requested.
+        attention: Last-block attention, (B, heads, 1+h·w, 1+h·w), if requested.
+    """
+
+    indices: list[int]
+    cls: Tensor
+    patch_tokens: Tensor | None = None
+    attention: Tensor | None = None
+
+
+@dataclass
+class Features:
+    """Features of a whole list of images, in input order.
+
+    `patch_tokens` and `attention` are stacked tensors when every image had the same size, and lists of
+    per-image tensors otherwise.
+    """
+
+    cls: Tensor
+    patch_tokens: Tensor | list[Tensor] | None = None
+    attention: Tensor | list[Tensor] | None = None
+
+
+class _ImageList(Dataset):
+    def __init__(self, images: Sequence[str | os.PathLike[str] | Image.Image], transform: ImageTransform) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image = self.images[index]
+        if not isinstance(image, Image.Image):
+            image = open_image(image)
+        return self.transform(image), index
+
+
+def _collate(items: list[tuple[Tensor, int]]) -> list[tuple[Tensor, int]]:
+    return items
+
+
+class FeatureExtractor:
+    """Runs a frozen backbone over images with the protocol's preprocessing.
+
+    Args:
+        model: The backbone (see :func:`dino.checkpoint.load_backbone`).
+        transform: PIL image -> normalised tensor; the k-NN protocol (resize 256, crop 224) by default.
+        device: ``auto`` (CUDA, then MPS, then CPU) or a device string.
+        dtype: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+        batch_size: Images per forward pass.
+        num_workers: DataLoader workers that decode and preprocess images.
+        progress: Show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        transform: ImageTransform | None = None,
+        device: str = "auto",
+        dtype: DTypeName = "auto",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.device = pick_device(device)
+        self.model = model.eval().to(self.device)
+        self.transform = transform or knn_transform()
+        self.autocast = autocast_dtype(self.device, dtype)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.progress = progress
+
+    @torch.inference_mode()
+    def forward(self, images: Tensor, patch_tokens: bool = False, attention: bool = False) -> BatchFeatures:
+        """Features of a batch of preprocessed images (B, 3, H, W), with a single backbone pass."""
+        images = images.to(self.device, non_blocking=True)
+        context = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+        with context:
+            if attention:
+                out = self.model.forward_with_attention(images)
+                tokens, attn = out.tokens, out.attention.float().cpu()
+            else:
+                tokens, attn = self.model.forward_features(images), None
+        tokens = tokens.float().cpu()
+        grid = None
+        if patch_tokens:
+            height, width = self.model.grid_size(images.shape[-2], images.shape[-1])
+            grid = tokens[:, 1:].reshape(tokens.shape[0], height, width, -1)
+        return BatchFeatures(indices=[], cls=tokens[:, 0].contiguous(), patch_tokens=grid, attention=attn)
+
+    def iter_batches(
+        self,
+        images: Sequence[str | os.PathLike[str] | Image.Image],
+        patch_tokens: bool = False,
+        attention: bool = False,
+    ) -> Iterator[BatchFeatures]:
+        """Stream features batch by batch (memory stays bounded); images of different sizes are split
+        into same-size sub-batches."""
+        loader = DataLoader(
+            _ImageList(images, self.transform),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
+        with tqdm(total=len(images), desc="features", unit="img", disable=not self.progress) as bar:
+            for items in loader:
+                for shape in dict.fromkeys(tensor.shape for tensor, _ in items):
+                    group = [(tensor, index) for tensor, index in items if tensor.shape == shape]
+                    batch = self.forward(torch.stack([t for t, _ in group]), patch_tokens, attention)
+                    batch.indices = [index for _, index in group]
+                    yield batch
+                bar.update(len(items))
+
+    def extract(
+        self,
+        images: Sequence[str | os.PathLike[str] | Image.Image],
+        patch_tokens: bool = False,
+        attention: bool = False,
+    ) -> Features:
+        """Features of all `images` (paths or PIL images), in input order."""
+        if not images:
+            raise ValueError("no images to extract features from")
+        cls: list[Any] = [None] * len(images)
+        patches: list[Any] = [None] * len(images)
+        attns: list[Any] = [None] * len(images)
+        for batch in self.iter_batches(images, patch_tokens, attention):
+            for row, index in enumerate(batch.indices):
+                cls[index] = batch.cls[row]
+                if batch.patch_tokens is not None:
+                    patches[index] = batch.patch_tokens[row]
+                if batch.attention is not None:
+                    attns[index] = batch.attention[row]
+        return Features(
+            cls=torch.stack(cls),
+            patch_tokens=_stack_if_uniform(patches) if patch_tokens else None,
+            attention=_stack_if_uniform(attns) if attention else None,
+        )
+
+
+def _stack_if_uniform(tensors: list[Tensor]) -> Tensor | list[Tensor]:
+    return torch.stack(tensors) if len({t.shape for t in tensors}) == 1 else tensors

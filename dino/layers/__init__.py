@@ -1,0 +1,8 @@
+"""Building blocks of the DINO Vision Transformer and its projection head (SPEC §1, §2)."""
+
+from dino.layers.attention import Attention
+from dino.layers.block import Block, DropPath, Mlp
+from dino.layers.dino_head import DINOHead, WeightNormLinear
+from dino.layers.patch_embed import PatchEmbed
+
+__all__ = ["Attention", "Block", "DINOHead", "DropPath", "Mlp", "PatchEmbed", "WeightNormLinear"]
