@@ -96,7 +96,7 @@ def load_checkpoint_file(path: str | os.PathLike[str], weights_only: bool = True
                 return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several unrelated types for bad files
-        if weights_only and "Weights only load failed" in str(error):
+        if weights_only and "Unsupported global" in str(error):
             raise CheckpointError(
                 f"{path}: the file contains Python objects beyond tensors, so it was not loaded with "
                 "weights_only=True. If you trust the file, load it with weights_only=False (CLI: --unsafe-load)."

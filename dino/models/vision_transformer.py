@@ -119,12 +119,15 @@ class VisionTransformer(nn.Module):
     def interpolate_pos_encoding(self, height: int, width: int) -> Tensor:
         """Positional embedding for an input of `height`×`width` pixels, shape (1, 1+h·w, D).
 
-        Returns `pos_embed` unchanged when the grid equals the training grid.
+        Returns `pos_embed` unchanged when the grid equals the training grid. In ``reference`` mode the
+        input must also be square in pixels, as in the reference, which resamples (slightly) for e.g.
+        231×230 inputs even though their grid is the training grid.
         """
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         num_trained = self.pos_embed.shape[1] - 1
         side = int(math.sqrt(num_trained))
-        if grid_h == side and grid_w == side:
+        same_grid = grid_h == side and grid_w == side
+        if same_grid and (height == width or self.pos_embed_interpolation == "exact"):
             return self.pos_embed
         class_pos = self.pos_embed[:, :1]
         patch_pos = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)

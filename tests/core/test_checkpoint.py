@@ -1,0 +1,206 @@
+"""load_backbone against the official layouts of SPEC §7, built here from the spec, not from our model."""
+
+from __future__ import annotations
+
+import argparse
+import urllib.error
+
+import pytest
+import torch
+
+from dino.checkpoint import (
+    RELEASES,
+    CheckpointError,
+    WeightsUnavailableError,
+    atomic_torch_save,
+    infer_architecture,
+    load_backbone,
+)
+from dino.models import DINOHead, vit_tiny
+
+SPEC_DIMS = {"vit_small": (384, 6), "vit_base": (768, 12)}
+BLOCK_PARAMS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+
+def official_backbone_state_dict(arch: str, patch_size: int, img_size: int = 224) -> dict[str, torch.Tensor]:
+    """A backbone-only release file as SPEC §7 describes it: no prefix, 12 blocks, final norm."""
+    dim, _ = SPEC_DIMS[arch]
+    shapes = {
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 1 + (img_size // patch_size) ** 2, dim),
+        "patch_embed.proj.weight": (dim, 3, patch_size, patch_size),
+        "patch_embed.proj.bias": (dim,),
+        "norm.weight": (dim,),
+        "norm.bias": (dim,),
+    }
+    out_dims = {"norm1": dim, "attn.qkv": 3 * dim, "attn.proj": dim, "norm2": dim, "mlp.fc1": 4 * dim, "mlp.fc2": dim}
+    in_dims = {"attn.qkv": dim, "attn.proj": dim, "mlp.fc1": dim, "mlp.fc2": 4 * dim}
+    for block in range(12):
+        for name in BLOCK_PARAMS:
+            prefix = f"blocks.{block}.{name}"
+            shapes[f"{prefix}.weight"] = (out_dims[name], in_dims[name]) if name in in_dims else (dim,)
+            shapes[f"{prefix}.bias"] = (out_dims[name],)
+    generator = torch.Generator().manual_seed(1)
+    return {key: torch.randn(shape, generator=generator) * 0.02 for key, shape in shapes.items()}
+
+
+def official_head_state_dict(in_dim: int, out_dim: int = 512) -> dict[str, torch.Tensor]:
+    """DINOHead keys of SPEC §2 with weight_g/weight_v."""
+    return {
+        "mlp.0.weight": torch.randn(2048, in_dim),
+        "mlp.0.bias": torch.zeros(2048),
+        "mlp.2.weight": torch.randn(2048, 2048),
+        "mlp.2.bias": torch.zeros(2048),
+        "mlp.4.weight": torch.randn(256, 2048),
+        "mlp.4.bias": torch.zeros(256),
+        "last_layer.weight_g": torch.ones(out_dim, 1),
+        "last_layer.weight_v": torch.randn(out_dim, 256),
+    }
+
+
+@pytest.mark.parametrize(
+    ("arch", "patch_size"), [("vit_small", 16), ("vit_small", 8), ("vit_base", 16), ("vit_base", 8)]
+)
+def test_backbone_only_release_layout_loads_strictly(tmp_path, arch: str, patch_size: int) -> None:
+    state = official_backbone_state_dict(arch, patch_size)
+    path = tmp_path / "release.pth"
+    torch.save(state, path)
+    model = load_backbone(path)
+    assert (model.embed_dim, model.num_heads, model.patch_size) == (SPEC_DIMS[arch][0], SPEC_DIMS[arch][1], patch_size)
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert not model.training
+
+
+def test_full_checkpoint_with_prefixes_loads_teacher_and_student(tmp_path) -> None:
+    backbone = official_backbone_state_dict("vit_small", 16)
+    head = official_head_state_dict(384)
+    student = {f"module.backbone.{k}": v + 1 for k, v in backbone.items()}
+    student |= {f"module.head.{k}": v for k, v in head.items()}
+    checkpoint = {
+        "student": student,
+        "teacher": {f"backbone.{k}": v for k, v in backbone.items()} | {f"head.{k}": v for k, v in head.items()},
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 100,
+        "args": argparse.Namespace(arch="vit_small", patch_size=16, out_dim=512),
+        "dino_loss": {"center": torch.zeros(1, 512)},
+    }
+    path = tmp_path / "full.pth"
+    torch.save(checkpoint, path)
+    teacher = load_backbone(path)  # weights_only=True even though `args` is a Namespace
+    torch.testing.assert_close(teacher.cls_token, backbone["cls_token"])
+    student_model = load_backbone(path, checkpoint_key="student")
+    torch.testing.assert_close(student_model.cls_token, backbone["cls_token"] + 1)
+    # The head part of the official full checkpoint loads strictly into our DINOHead.
+    DINOHead(384, 512).load_state_dict(
+        {k[len("head.") :]: v for k, v in checkpoint["teacher"].items() if k.startswith("head.")}
+    )
+
+
+def test_timm_and_state_dict_wrapped_layouts(tmp_path) -> None:
+    backbone = official_backbone_state_dict("vit_small", 8)
+    timm_style = backbone | {"head.weight": torch.randn(1000, 384), "head.bias": torch.zeros(1000)}
+    torch.save({"state_dict": timm_style}, tmp_path / "timm.pth")
+    model = load_backbone(tmp_path / "timm.pth")
+    assert model.patch_size == 8
+
+
+def test_own_model_round_trip_with_non_default_resolution(tmp_path) -> None:
+    model = vit_tiny(16, img_size=96)
+    atomic_torch_save({"teacher": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "own.pth")
+    loaded = load_backbone(tmp_path / "own.pth")
+    assert infer_architecture(loaded.state_dict()) == ("vit_tiny", 16, 96)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_mismatched_keys_are_named(tmp_path) -> None:
+    state = official_backbone_state_dict("vit_small", 16)
+    del state["blocks.3.attn.qkv.weight"]
+    state["blocks.3.ls1.gamma"] = torch.ones(384)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as error:
+        load_backbone(tmp_path / "bad.pth")
+    message = str(error.value)
+    assert "bad.pth" in message and "blocks.3.attn.qkv.weight" in message and "blocks.3.ls1.gamma" in message
+
+
+def test_requested_arch_must_match_weights(tmp_path) -> None:
+    torch.save(official_backbone_state_dict("vit_small", 16), tmp_path / "s16.pth")
+    with pytest.raises(CheckpointError, match="patch_size=16 but patch_size=8"):
+        load_backbone(tmp_path / "s16.pth", patch_size=8)
+    with pytest.raises(CheckpointError, match="vit_base"):
+        load_backbone(tmp_path / "s16.pth", arch="vit_base")
+
+
+def test_bad_files_give_clear_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_backbone(tmp_path / "missing.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pth: not a readable PyTorch checkpoint"):
+        load_backbone(tmp_path / "garbage.pth")
+    torch.save({"optimizer": {}}, tmp_path / "no_backbone.pth")
+    with pytest.raises(CheckpointError, match="no ViT backbone"):
+        load_backbone(tmp_path / "no_backbone.pth")
+
+
+class Unsafe:
+    """A class that weights_only loading must refuse to unpickle."""
+
+
+def test_weights_only_refuses_arbitrary_objects(tmp_path) -> None:
+    torch.save({"teacher": official_backbone_state_dict("vit_small", 16), "extra": Unsafe()}, tmp_path / "pickle.pth")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_backbone(tmp_path / "pickle.pth")
+    assert load_backbone(tmp_path / "pickle.pth", weights_only=False).embed_dim == 384
+
+
+def test_release_name_offline_says_what_to_fetch(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError) as error:
+        load_backbone("dino_vits16")
+    message = str(error.value)
+    release = RELEASES["dino_vits16"]
+    assert release.url in message and "--weights" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "dino_deitsmall16_pretrain.pth") in message
+
+
+def test_release_table_matches_spec() -> None:
+    assert (
+        RELEASES["dino_vits8"].url
+        == "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"
+    )
+    assert {name: (r.arch, r.patch_size) for name, r in RELEASES.items()} == {
+        "dino_vits16": ("vit_small", 16),
+        "dino_vits8": ("vit_small", 8),
+        "dino_vitb16": ("vit_base", 16),
+        "dino_vitb8": ("vit_base", 8),
+    }
+
+
+def test_random_source_is_seeded_and_configurable() -> None:
+    first, second = load_backbone("random:vit_tiny/8"), load_backbone("random:vit_tiny/8")
+    assert first.patch_size == 8 and first.embed_dim == 192
+    assert torch.equal(first.pos_embed, second.pos_embed)
+    assert load_backbone("random", arch="vit_tiny").patch_size == 16
+
+
+def test_atomic_save_keeps_previous_file_on_failure(tmp_path) -> None:
+    path = tmp_path / "ckpt.pth"
+    atomic_torch_save({"a": torch.ones(1)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path)["a"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
