@@ -74,17 +74,16 @@ def davis_sequences(root: str | os.PathLike[str], split: str = "val", year: str 
 
 def davis_frames(root: str | os.PathLike[str], sequence: str, resolution: str = DAVIS_RESOLUTION) -> list[Path]:
     """Sorted JPEG frames of a sequence: ``JPEGImages/<resolution>/<sequence>/*.jpg``."""
-    folder = Path(root) / "JPEGImages" / resolution / sequence
-    frames = sorted(folder.glob("*.jpg"))
-    if not frames:
-        raise FileNotFoundError(f"{folder}: no .jpg frames")
-    return frames
+    return _sorted_files(Path(root) / "JPEGImages" / resolution / sequence, ".jpg")
 
 
 def davis_annotations(root: str | os.PathLike[str], sequence: str, resolution: str = DAVIS_RESOLUTION) -> list[Path]:
     """Sorted annotation PNGs of a sequence: ``Annotations/<resolution>/<sequence>/*.png``."""
-    folder = Path(root) / "Annotations" / resolution / sequence
-    masks = sorted(folder.glob("*.png"))
-    if not masks:
-        raise FileNotFoundError(f"{folder}: no .png annotations")
-    return masks
+    return _sorted_files(Path(root) / "Annotations" / resolution / sequence, ".png")
+
+
+def _sorted_files(folder: Path, suffix: str) -> list[Path]:
+    files = sorted(folder.glob(f"*{suffix}"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no {suffix} files")
+    return files
