@@ -36,6 +36,8 @@ __all__ = [
     "infer_architecture",
     "load_backbone",
     "load_checkpoint_file",
+    "model_identity",
+    "state_dict_sha256",
 ]
 
 RELEASE_URL_ROOT = "https://dl.fbaipublicfiles.com/dino/"
@@ -275,3 +277,27 @@ def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """Hex SHA-256 of a model's weights (keys, dtypes, shapes and values, in key order).
+
+    Identifies the weights themselves, whatever file or release name they came from.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def model_identity(model: VisionTransformer) -> dict[str, Any]:
+    """What identifies a backbone in index manifests and whitening files: source, architecture, checksum."""
+    return {
+        "weights": str(getattr(model, "weights_source", "")),
+        "arch": _arch_name(model),
+        "patch_size": model.patch_size,
+        "embed_dim": model.embed_dim,
+        "sha256": state_dict_sha256(model),
+    }

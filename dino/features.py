@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -121,7 +121,7 @@ class FeatureExtractor:
         self.device = pick_device(device)
         self.model = model.eval().to(self.device)
         self.transform = transform or knn_transform()
-        self.autocast = autocast_dtype(self.device, dtype)
+        self.autocast_dtype = autocast_dtype(self.device, dtype)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
@@ -130,8 +130,7 @@ class FeatureExtractor:
     def forward(self, images: Tensor, patch_tokens: bool = False, attention: bool = False) -> BatchFeatures:
         """Features of a batch of preprocessed images (B, 3, H, W), with a single backbone pass."""
         images = images.to(self.device, non_blocking=True)
-        context = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
-        with context:
+        with self.autocast():
             if attention:
                 out = self.model.forward_with_attention(images)
                 tokens, attn = out.tokens, out.attention.float().cpu()
@@ -144,14 +143,18 @@ class FeatureExtractor:
             grid = tokens[:, 1:].reshape(tokens.shape[0], height, width, -1)
         return BatchFeatures(indices=[], cls=tokens[:, 0].contiguous(), patch_tokens=grid, attention=attn)
 
-    def iter_batches(
-        self,
-        images: Sequence[str | os.PathLike[str] | Image.Image],
-        patch_tokens: bool = False,
-        attention: bool = False,
-    ) -> Iterator[BatchFeatures]:
-        """Stream features batch by batch (memory stays bounded); images of different sizes are split
-        into same-size sub-batches."""
+    def autocast(self) -> AbstractContextManager:
+        """The autocast context of the chosen device and dtype (a no-op for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+
+    def iter_images(
+        self, images: Sequence[str | os.PathLike[str] | Image.Image], desc: str = "features"
+    ) -> Iterator[tuple[Tensor, list[int]]]:
+        """Preprocessed images as same-size batches (B, 3, H, W) with their positions in `images`.
+
+        Decoding runs in `num_workers` processes; images of different sizes are split into same-size
+        sub-batches; the progress bar counts images.
+        """
         loader = DataLoader(
             _ImageList(images, self.transform),
             batch_size=self.batch_size,
@@ -159,14 +162,24 @@ class FeatureExtractor:
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
         )
-        with tqdm(total=len(images), desc="features", unit="img", disable=not self.progress) as bar:
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not self.progress) as bar:
             for items in loader:
                 for shape in dict.fromkeys(tensor.shape for tensor, _ in items):
                     group = [(tensor, index) for tensor, index in items if tensor.shape == shape]
-                    batch = self.forward(torch.stack([t for t, _ in group]), patch_tokens, attention)
-                    batch.indices = [index for _, index in group]
-                    yield batch
+                    yield torch.stack([t for t, _ in group]), [index for _, index in group]
                 bar.update(len(items))
+
+    def iter_batches(
+        self,
+        images: Sequence[str | os.PathLike[str] | Image.Image],
+        patch_tokens: bool = False,
+        attention: bool = False,
+    ) -> Iterator[BatchFeatures]:
+        """Stream features batch by batch (memory stays bounded), in same-size sub-batches."""
+        for tensors, indices in self.iter_images(images):
+            batch = self.forward(tensors, patch_tokens, attention)
+            batch.indices = indices
+            yield batch
 
     def extract(
         self,

@@ -1,0 +1,173 @@
+"""Global image descriptors for search and copy detection: one recipe, one extractor (SPEC §12, §13).
+
+A :class:`DescriptorRecipe` fixes everything that decides a descriptor's values (preprocessing, pooling,
+multiscale); it is stored in index manifests and whitening files so that vectors computed differently are
+never compared. Descriptors are computed raw, optionally whitened, then L2-normalised.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import InterpolationMode
+
+from dino.data.transforms import ImageTransform, square_transform, thumbnail_transform
+from dino.features import FeatureExtractor
+from dino.models.vision_transformer import VisionTransformer
+from dino.pooling import GEM_P, gem, multiscale
+from dino.whitening import Whitening
+
+__all__ = ["DescriptorExtractor", "DescriptorRecipe", "describe", "l2_normalize"]
+
+Pooling = Literal["cls", "gem", "cls+gem"]
+Preprocessing = Literal["thumbnail", "square"]
+POOLINGS: tuple[str, ...] = ("cls", "gem", "cls+gem")
+# SPEC §13: retrieval thumbnails to 224 (ROxford) or 512 (RParis); SPEC §12: copy detection squares to 320.
+RETRIEVAL_SIZE = 224
+COPY_DETECTION_SIZE = 320
+
+
+@dataclass(frozen=True)
+class DescriptorRecipe:
+    """How a global descriptor is computed from an image.
+
+    Attributes:
+        pooling: ``cls`` ([CLS] after the final norm, the retrieval reference), ``gem`` (GeM over the
+            patch tokens) or ``cls+gem`` (their concatenation, the copy-detection reference).
+        preprocessing: ``thumbnail`` (fit in size×size keeping the aspect ratio, never enlarge, Lanczos;
+            SPEC §13) or ``square`` (size×size ignoring the aspect ratio, bicubic; SPEC §12).
+        size: The thumbnail bound or square side, in pixels.
+        multiscale: Average over scales 1, 1/√2, 1/2 (SPEC §13 ``--multiscale 1``).
+        gem_p: The GeM exponent.
+    """
+
+    pooling: Pooling = "cls"
+    preprocessing: Preprocessing = "thumbnail"
+    size: int = RETRIEVAL_SIZE
+    multiscale: bool = False
+    gem_p: float = GEM_P
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {POOLINGS}")
+        if self.preprocessing not in ("thumbnail", "square"):
+            raise ValueError(f"unknown preprocessing {self.preprocessing!r}; choose thumbnail or square")
+        if self.size < 1:
+            raise ValueError(f"descriptor size must be positive, got {self.size}")
+
+    @classmethod
+    def retrieval(cls, size: int = RETRIEVAL_SIZE, multiscale: bool = False) -> DescriptorRecipe:
+        """The reference retrieval descriptor: [CLS] of a thumbnail (SPEC §13)."""
+        return cls(pooling="cls", preprocessing="thumbnail", size=size, multiscale=multiscale)
+
+    @classmethod
+    def copy_detection(cls, size: int = COPY_DETECTION_SIZE) -> DescriptorRecipe:
+        """The reference copy-detection descriptor: [CLS] ⊕ GeM(p=4) of a size×size resize (SPEC §12)."""
+        return cls(pooling="cls+gem", preprocessing="square", size=size)
+
+    def transform(self) -> ImageTransform:
+        """PIL image -> normalised tensor, exactly as the protocol."""
+        if self.preprocessing == "square":
+            return square_transform(self.size, interpolation=InterpolationMode.BICUBIC)
+        return thumbnail_transform(self.size)
+
+    def dim(self, embed_dim: int) -> int:
+        """Descriptor length for a backbone of width `embed_dim`."""
+        return 2 * embed_dim if self.pooling == "cls+gem" else embed_dim
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DescriptorRecipe:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def describe(model: VisionTransformer, images: Tensor, recipe: DescriptorRecipe) -> Tensor:
+    """Raw descriptors (B, recipe.dim(D)) of a normalised image batch, float32."""
+
+    def single_scale(batch: Tensor) -> Tensor:
+        if recipe.pooling == "cls":
+            return model(batch).float()
+        tokens = model.forward_features(batch).float()
+        pooled = gem(tokens[:, 1:], recipe.gem_p)
+        return pooled if recipe.pooling == "gem" else torch.cat((tokens[:, 0], pooled), dim=-1)
+
+    return multiscale(single_scale, images) if recipe.multiscale else single_scale(images)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation, float32 (zero rows stay zero)."""
+    return F.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=-1).numpy()
+
+
+class DescriptorExtractor:
+    """Computes a recipe's descriptors for many images, streaming, with optional whitening.
+
+    Args:
+        model: The backbone.
+        recipe: The descriptor recipe.
+        whitening: Applied to raw descriptors before the final L2 normalisation.
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress`` of
+            :class:`dino.features.FeatureExtractor`.
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        recipe: DescriptorRecipe,
+        whitening: Whitening | None = None,
+        **extractor_options: Any,
+    ) -> None:
+        raw_dim = recipe.dim(model.embed_dim)
+        if whitening is not None and whitening.in_dim != raw_dim:
+            raise ValueError(
+                f"the whitening was fitted on {whitening.in_dim}-d descriptors but this backbone and recipe "
+                f"give {raw_dim}-d ones"
+            )
+        self.recipe = recipe
+        self.whitening = whitening
+        self.features = FeatureExtractor(model, recipe.transform(), **extractor_options)
+
+    @property
+    def dim(self) -> int:
+        """Length of the final descriptors."""
+        if self.whitening is not None:
+            return self.whitening.out_dim
+        return self.recipe.dim(self.features.model.embed_dim)
+
+    @torch.inference_mode()
+    def iter_raw(
+        self, images: Sequence[str | os.PathLike[str] | Image.Image]
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(positions in `images`, raw descriptors) per batch, in the order the batches are computed."""
+        for tensors, indices in self.features.iter_images(images, desc="descriptors"):
+            with self.features.autocast():
+                raw = describe(self.features.model, tensors.to(self.features.device), self.recipe)
+            yield indices, raw.float().cpu().numpy()
+
+    def finalize(self, raw: np.ndarray) -> np.ndarray:
+        """Whiten (if configured) and L2-normalise raw descriptors."""
+        return l2_normalize(self.whitening.apply(raw) if self.whitening is not None else raw)
+
+    def extract_raw(self, images: Sequence[str | os.PathLike[str] | Image.Image]) -> np.ndarray:
+        """Raw descriptors of all `images`, (n, recipe.dim(D)), in input order (e.g. to fit a whitening)."""
+        if not images:
+            raise ValueError("no images to describe")
+        out = np.zeros((len(images), self.recipe.dim(self.features.model.embed_dim)), dtype=np.float32)
+        for indices, raw in self.iter_raw(images):
+            out[indices] = raw
+        return out
+
+    def extract(self, images: Sequence[str | os.PathLike[str] | Image.Image]) -> np.ndarray:
+        """Final descriptors of all `images`, (n, dim), L2-normalised, in input order."""
+        return self.finalize(self.extract_raw(images))
