@@ -40,6 +40,17 @@ def _add_threshold_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _runtime_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of :func:`dino.cli.add_runtime_arguments` as keyword arguments of the Python API."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "progress": not args.no_progress,
+    }
+
+
 def _attention(args: argparse.Namespace) -> int:
     model = backbone_from_args(args)
     folders = save_attention_figures(
@@ -50,11 +61,7 @@ def _attention(args: argparse.Namespace) -> int:
         size=args.size,
         keep_aspect=args.keep_aspect,
         ncut=args.ncut,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
+        **_runtime_options(args),
     )
     print(f"wrote figures of {len(folders)} image(s) under {args.out} (see */summary.png)")
     return 0
@@ -88,11 +95,7 @@ def _seg_eval(args: argparse.Namespace) -> int:
         void=args.void,
         tau=args.tau,
         eps=args.eps,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
+        **_runtime_options(args),
         protocol=protocol,
     )
     summary, rows = write_results(result, args.out)
