@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from apps.segmentation.cli import register  # noqa: F401  (import error here beats a skipped verb)
+from apps.segmentation.visualize import output_folders
 from dino import cli
 from dino.data.masks import read_indexed_png
 
@@ -61,3 +62,8 @@ def test_seg_eval_cli(voc_root, voc_size, tmp_path, capsys) -> None:
 def test_seg_eval_missing_folder_is_a_clean_error(tmp_path, capsys) -> None:
     assert cli.main(["seg-eval", "--voc", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), *RUNTIME]) == 2
     assert "no VOC segmentation split list" in capsys.readouterr().err
+
+
+def test_repeated_image_stems_get_distinct_folders(tmp_path) -> None:
+    paths = [tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.png", tmp_path / "y.jpg"]
+    assert [f.name for f in output_folders(paths, tmp_path / "out")] == ["x", "x-1", "y"]
