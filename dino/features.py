@@ -55,12 +55,14 @@ class BatchFeatures:
         cls: [CLS] after the final norm, (B, D).
         patch_tokens: Last-block patch tokens after the final norm as grids, (B, h, w, D), if requested.
         attention: Last-block attention, (B, heads, 1+h·w, 1+h·w), if requested.
+        keys: Last-block keys, (B, heads, 1+h·w, head_dim), whenever attention is requested (same pass).
     """
 
     indices: list[int]
     cls: Tensor
     patch_tokens: Tensor | None = None
     attention: Tensor | None = None
+    keys: Tensor | None = None
 
 
 @dataclass
@@ -133,15 +135,15 @@ class FeatureExtractor:
         with self.autocast():
             if attention:
                 out = self.model.forward_with_attention(images)
-                tokens, attn = out.tokens, out.attention.float().cpu()
+                tokens, attn, keys = out.tokens, out.attention.float().cpu(), out.keys.float().cpu()
             else:
-                tokens, attn = self.model.forward_features(images), None
+                tokens, attn, keys = self.model.forward_features(images), None, None
         tokens = tokens.float().cpu()
         grid = None
         if patch_tokens:
             height, width = self.model.grid_size(images.shape[-2], images.shape[-1])
             grid = tokens[:, 1:].reshape(tokens.shape[0], height, width, -1)
-        return BatchFeatures(indices=[], cls=tokens[:, 0].contiguous(), patch_tokens=grid, attention=attn)
+        return BatchFeatures(indices=[], cls=tokens[:, 0].contiguous(), patch_tokens=grid, attention=attn, keys=keys)
 
     def autocast(self) -> AbstractContextManager:
         """The autocast context of the chosen device and dtype (a no-op for fp32)."""

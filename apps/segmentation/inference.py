@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
-import torch
 from PIL import Image
 from torch import Tensor
 
 from apps.segmentation.masks import attention_transform, cls_attention_maps
-from dino.features import BatchFeatures, DTypeName, FeatureExtractor
+from dino.features import DTypeName, FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["ImageAttention", "iter_attention"]
@@ -40,30 +38,6 @@ class ImageAttention:
         return tuple(self.maps.shape[-2:])  # type: ignore[return-value]
 
 
-@dataclass
-class _AttentionBatch(BatchFeatures):
-    images: Tensor | None = None
-    keys: Tensor | None = None
-
-
-class _AttentionExtractor(FeatureExtractor):
-    """A FeatureExtractor whose forward also returns the keys and the input images."""
-
-    @torch.inference_mode()
-    def forward(self, images: Tensor, patch_tokens: bool = False, attention: bool = True) -> _AttentionBatch:
-        device_images = images.to(self.device, non_blocking=True)
-        context = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
-        with context:
-            out = self.model.forward_with_attention(device_images)
-        return _AttentionBatch(
-            indices=[],
-            cls=out.tokens[:, 0].float().cpu(),
-            attention=out.attention.float().cpu(),
-            images=images.cpu(),
-            keys=out.keys.float().cpu(),
-        )
-
-
 def iter_attention(
     model: VisionTransformer,
     images: Sequence[str | os.PathLike[str] | Image.Image],
@@ -88,10 +62,10 @@ def iter_attention(
         One :class:`ImageAttention` per image, grouped by batch (use ``.index`` for the input position).
     """
     transform = attention_transform(model.patch_size, size, keep_aspect)
-    extractor = _AttentionExtractor(model, transform, device, dtype, batch_size, num_workers, progress)
-    for batch in extractor.iter_batches(images, attention=True):
-        assert batch.images is not None and batch.keys is not None and batch.attention is not None
-        grid = model.grid_size(batch.images.shape[-2], batch.images.shape[-1])
-        maps = cls_attention_maps(batch.attention, grid)
-        for row, index in enumerate(batch.indices):
-            yield ImageAttention(index, batch.images[row], maps[row], batch.keys[row])
+    extractor = FeatureExtractor(model, transform, device, dtype, batch_size, num_workers, progress)
+    for tensors, indices in extractor.iter_images(images, desc="attention"):
+        batch = extractor.forward(tensors, attention=True)
+        assert batch.attention is not None and batch.keys is not None
+        maps = cls_attention_maps(batch.attention, model.grid_size(tensors.shape[-2], tensors.shape[-1]))
+        for row, index in enumerate(indices):
+            yield ImageAttention(index, tensors[row], maps[row], batch.keys[row])
