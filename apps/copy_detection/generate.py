@@ -166,7 +166,7 @@ def print_and_scan(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 def _perspective_coefficients(output_corners: np.ndarray, input_corners: np.ndarray) -> tuple[float, ...]:
     """The 8 coefficients PIL's PERSPECTIVE transform needs to map each output corner to an input corner."""
     rows, targets = [], []
-    for (x, y), (u, v) in zip(output_corners, input_corners):
+    for (x, y), (u, v) in zip(output_corners, input_corners, strict=True):
         rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
         targets.extend((u, v))
@@ -351,7 +351,7 @@ def _plain_set_names(photos: Sequence[Path]) -> dict[str, str]:
 def _write_plain_set(photos: Sequence[Path], out: str | os.PathLike[str], max_side: int | None) -> None:
     """Distractor or whitening photos, re-encoded as JPEG."""
     with _staged_folder(out) as folder:
-        for name, source in zip(_plain_set_names(photos), photos):
+        for name, source in zip(_plain_set_names(photos), photos, strict=True):
             _save_jpeg(_limit_side(open_image(source), max_side), folder / name)
 
 

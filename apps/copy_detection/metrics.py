@@ -49,5 +49,7 @@ def block_map(retrieved: np.ndarray, positives: Sequence[Sequence[int]]) -> floa
     """
     if len(retrieved) != len(positives):
         raise ValueError(f"{len(retrieved)} result lists for {len(positives)} queries")
-    aps = [holidays_ap(positive_ranks(row, wanted), len(wanted)) for row, wanted in zip(retrieved, positives)]
+    aps = [
+        holidays_ap(positive_ranks(row, wanted), len(wanted)) for row, wanted in zip(retrieved, positives, strict=True)
+    ]
     return float(np.mean(aps))
