@@ -18,11 +18,21 @@ import argparse
 import json
 import os
 import time
+from collections import defaultdict
 from pathlib import Path
 
-from apps.copy_detection.copydays import read_copydays
-from apps.copy_detection.evaluate import describe_copydays, score_copydays
-from dino.atomic import atomic_write_json
+import numpy as np
+
+from apps.copy_detection.copydays import STRONG_BLOCK, CopydaysLayout, read_copydays
+from apps.copy_detection.evaluate import (
+    CopydaysDescriptors,
+    describe_copydays,
+    finalize_descriptors,
+    score_copydays,
+    top_k_neighbours,
+)
+from apps.copy_detection.metrics import holidays_ap, positive_ranks
+from dino.atomic import atomic_write, atomic_write_json
 from dino.checkpoint import load_backbone, model_identity
 from dino.data.io import list_images
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
@@ -79,10 +89,25 @@ def run_eval(work: Path, weights: str, options: dict) -> dict:
     layout = read_copydays(bench)
     model = load_backbone(weights)
     extractor = DescriptorExtractor(model, DescriptorRecipe.copy_detection(), **options)
+    cache = work / f"descriptors_{_slug(weights)}.npz"
     start = time.time()
-    descriptors = describe_copydays(layout, extractor, list_images(distractors))
-    whitening_raw = extractor.extract_raw(list_images(whitening_dir))
+    if cache.is_file():  # raw descriptors of an earlier run: rescoring takes seconds
+        with np.load(cache) as saved:
+            descriptors = CopydaysDescriptors(saved["database"], saved["queries"], int(saved["distractors"]))
+            whitening_raw = saved["whitening"]
+    else:
+        descriptors = describe_copydays(layout, extractor, list_images(distractors))
+        whitening_raw = extractor.extract_raw(list_images(whitening_dir))
+        with atomic_write(cache, "wb") as handle:
+            np.savez(
+                handle,
+                database=descriptors.database,
+                queries=descriptors.queries,
+                distractors=descriptors.distractors,
+                whitening=whitening_raw,
+            )
     seconds = time.time() - start
+    manifest = json.loads((bench / "benchmark.json").read_text())
     results = {
         "weights": weights,
         "backbone": model_identity(model),
@@ -97,8 +122,12 @@ def run_eval(work: Path, weights: str, options: dict) -> dict:
         ("centred", Whitening.fit(whitening_raw, centered=True)),
     ):
         blocks, calibration = score_copydays(layout, descriptors, whitening)
-        results["runs"][name] = {"blocks": [vars(b) for b in blocks], "calibration": [vars(c) for c in calibration]}
-    atomic_write_json(work / f"results_{weights.replace(':', '_').replace('/', '_')}.json", results)
+        results["runs"][name] = {
+            "blocks": [vars(b) for b in blocks],
+            "calibration": [vars(c) for c in calibration],
+            "strong_by_edit": strong_map_by_edit(layout, descriptors, whitening, manifest),
+        }
+    atomic_write_json(work / f"results_{_slug(weights)}.json", results)
     runs = results["runs"]
     print(f"| block | queries | {' | '.join(f'mAP, whitening {n}' for n in runs)} |")
     print("|---|---|" + "---|" * len(runs))
@@ -111,11 +140,37 @@ def run_eval(work: Path, weights: str, options: dict) -> dict:
                 f"whitening {name}: {c['criterion']} threshold {c['threshold']:.4f} P {c['precision']:.3f} "
                 f"R {c['recall']:.3f} F1 {c['f1']:.3f} ({c['positives']}/{c['negatives']})"
             )
+    for name, run in runs.items():
+        print(
+            f"whitening {name}: strong mAP by edit "
+            + ", ".join(f"{k} {v:.3f}" for k, v in run["strong_by_edit"].items())
+        )
     print(
         f"descriptors of {len(layout.queries) + len(layout.originals) + descriptors.distractors} + "
         f"{len(whitening_raw)} images in {seconds:.0f} s"
     )
     return results
+
+
+def strong_map_by_edit(
+    layout: CopydaysLayout, descriptors: CopydaysDescriptors, whitening: Whitening | None, manifest: dict
+) -> dict[str, float]:
+    """Mean AP of the strong queries whose copy used each edit (every copy combines two edits)."""
+    database = finalize_descriptors(descriptors.database, whitening)
+    queries = finalize_descriptors(descriptors.queries, whitening)
+    _, retrieved = top_k_neighbours(queries, database)
+    start = sum(len(block) for block in layout.blocks[: [b.name for b in layout.blocks].index(STRONG_BLOCK)])
+    block = layout.block(STRONG_BLOCK)
+    by_edit: dict[str, list[float]] = defaultdict(list)
+    for row, (path, positives) in enumerate(zip(block.images, block.positives, strict=True)):
+        ap = holidays_ap(positive_ranks(retrieved[start + row], positives), len(positives))
+        for edit in manifest["strong"][path.name]["edits"]:
+            by_edit[edit].append(ap)
+    return {edit: float(np.mean(aps)) for edit, aps in sorted(by_edit.items())}
+
+
+def _slug(weights: str) -> str:
+    return weights.replace(":", "_").replace("/", "_")
 
 
 def run_find(work: Path, weights: str, threshold: float | None, options: dict) -> None:
@@ -147,9 +202,7 @@ def run_find(work: Path, weights: str, threshold: float | None, options: dict) -
             f"{query} -> {expected}: rank {rank}, score {score}, copy at {threshold:.4f}: "
             f"{report[-1]['is_copy_at_threshold']}; top {report[-1]['top']}"
         )
-    atomic_write_json(
-        work / f"find_{weights.replace(':', '_').replace('/', '_')}.json", {"threshold": threshold, "pairs": report}
-    )
+    atomic_write_json(work / f"find_{_slug(weights)}.json", {"threshold": threshold, "pairs": report})
 
 
 def main() -> None:
