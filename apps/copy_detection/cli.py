@@ -144,6 +144,7 @@ def _register_make_benchmark(verbs: argparse._SubParsersAction) -> None:
         help="strong copies per original (default: %(default)s)",
     )
     parser.add_argument("--max-side", type=int, help="downscale photos whose longer side exceeds this")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=_make_benchmark)
 
 
@@ -158,6 +159,7 @@ def _make_benchmark(args: argparse.Namespace) -> int:
         whitening_count=args.whitening_count,
         strong_per_original=args.strong_per_original,
         max_side=args.max_side,
+        progress=not args.no_progress,
     )
     print(f"wrote {summary.root}: {summary.originals} originals, {summary.strong} strong copies")
     for name, folder in (("distractors", summary.distractors), ("whitening images", summary.whitening)):

@@ -51,7 +51,7 @@ class BlockResult:
 
     block: str
     queries: int
-    mAP: float  # noqa: N815 (the protocol's name)
+    mAP: float
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+from tqdm import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, STRONG_BLOCK
 from dino.data.io import list_images, open_image
@@ -235,6 +237,7 @@ def make_benchmark(
     max_side: int | None = None,
     jpeg_qualities: Sequence[int] = JPEG_QUALITIES,
     crop_percents: Sequence[float] = CROP_PERCENTS,
+    progress: bool = True,
 ) -> BenchmarkSummary:
     """Write a Copydays-layout benchmark built from `images`.
 
@@ -254,6 +257,7 @@ def make_benchmark(
         max_side: Downscale originals whose longer side exceeds this (Lanczos) before attacking them.
         jpeg_qualities: The ``jpegqual/<q>`` levels.
         crop_percents: The ``crops/<c>`` levels (percent of the area removed).
+        progress: Show a progress bar.
     """
     photos = list_images(images)
     if not photos:
@@ -277,7 +281,7 @@ def make_benchmark(
     whitening_photos = sorted(shuffled[num_originals : num_originals + reserved])
     distractor_photos = sorted(shuffled[num_originals + reserved :])
 
-    manifest: dict[str, object] = {
+    manifest: dict[str, Any] = {
         "generator": "dino copy-detect make-benchmark",
         "seed": seed,
         "jpeg_qualities": list(jpeg_qualities),
@@ -286,11 +290,15 @@ def make_benchmark(
         "originals": {},
         "strong": {},
     }
-    strong_total = 0
     with _staged_folder(out) as root:
-        for number, source in enumerate(chosen, start=1):
-            strong_total += _attack_original(
-                source, number, root, seed, manifest, strong_per_original, max_side, jpeg_qualities, crop_percents
+        for number, source in enumerate(
+            tqdm(chosen, desc="attacking originals", unit="img", disable=not progress), start=1
+        ):
+            manifest["originals"][f"{number:04d}00.jpg"] = str(source)
+            manifest["strong"].update(
+                _attack_original(
+                    source, number, root, seed, strong_per_original, max_side, jpeg_qualities, crop_percents
+                )
             )
         if distractors_out is not None:
             manifest["distractors"] = _plain_set_names(distractor_photos)
@@ -306,7 +314,7 @@ def make_benchmark(
     return BenchmarkSummary(
         root=Path(out),
         originals=len(chosen),
-        strong=strong_total,
+        strong=len(manifest["strong"]),
         distractors=Path(distractors_out) if distractors_out is not None else None,
         whitening=Path(whitening_out) if whitening_out is not None else None,
     )
@@ -317,30 +325,29 @@ def _attack_original(
     number: int,
     root: Path,
     seed: int,
-    manifest: dict,
     strong_per_original: int,
     max_side: int | None,
     jpeg_qualities: Sequence[int],
     crop_percents: Sequence[float],
-) -> int:
-    """Write one original and all its attacked versions; returns the number of strong copies."""
+) -> dict[str, dict[str, Any]]:
+    """Write original number `number` and all its attacked versions; returns the strong copies' manifest entries."""
     rng = np.random.default_rng([seed, number])
     image = _limit_side(open_image(source), max_side)
     name = f"{number:04d}00.jpg"
     # Every attack starts from the decoded stored original, as Copydays attacks its released originals.
     image = _jpeg_roundtrip(image, ARCHIVE_QUALITY)
     _save_jpeg(image, root / ORIGINAL_BLOCK / name, ARCHIVE_QUALITY)
-    manifest["originals"][name] = str(source)
     for quality in jpeg_qualities:
         _save_jpeg(image, root / "jpegqual" / str(quality) / name, quality)
     for percent in crop_percents:
         _save_jpeg(crop_area(image, percent, rng), root / "crops" / _level_name(percent) / name, ARCHIVE_QUALITY)
+    strong = {}
     for index in range(1, strong_per_original + 1):
         copy, edits = strong_copy(image, rng)
         strong_name = f"{number:04d}{index:02d}.jpg"
         _save_jpeg(copy, root / STRONG_BLOCK / strong_name, STRONG_QUALITY)
-        manifest["strong"][strong_name] = {"original": name, "edits": edits}
-    return strong_per_original
+        strong[strong_name] = {"original": name, "edits": edits}
+    return strong
 
 
 def _plain_set_names(photos: Sequence[Path]) -> dict[str, str]:
