@@ -22,8 +22,9 @@ from dino.index import ImageIndex
 
 __all__ = ["register"]
 
-# SPEC §12: the reference extracts copy-detection features in batches of 16.
+# SPEC §12: the reference extracts copy-detection features in batches of 16 with ViT-B/8 (the released weights).
 EVAL_BATCH_SIZE = 16
+REFERENCE_WEIGHTS = "dino_vitb8"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +86,7 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--top-k", type=int, default=TOP_K, help="results scored per query (default: %(default)s)")
     parser.add_argument("--out", metavar="FILE", help="write the results as JSON")
-    add_weights_arguments(parser)
+    add_weights_arguments(parser, default=REFERENCE_WEIGHTS)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
     parser.set_defaults(func=_eval)
 
@@ -185,7 +186,7 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--size", type=int, default=COPY_DETECTION_SIZE, help="square resize side in pixels (default: %(default)s)"
     )
-    add_weights_arguments(parser)
+    add_weights_arguments(parser, default=REFERENCE_WEIGHTS)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
     parser.set_defaults(func=_index)
 
