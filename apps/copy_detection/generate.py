@@ -386,6 +386,7 @@ def _staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     _ensure_free(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield staging
         if target.exists():
@@ -399,3 +400,9 @@ def _staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
 def _ensure_free(target: Path) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f"{target}: already exists and is not an empty folder; choose another output")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
