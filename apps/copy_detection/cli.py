@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from apps.copy_detection.evaluate import evaluate_copydays, format_table, load_or_fit_whitening
 from apps.copy_detection.find import (
@@ -237,7 +238,11 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
 
 def _find(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
-    model = backbone_of_index(index) if args.weights is None else backbone_from_args(args)
+    if args.weights is None:
+        model = backbone_of_index(index)
+        print(f"note: using the index's backbone, {index.manifest['backbone']['weights']}", file=sys.stderr)
+    else:
+        model = backbone_from_args(args)
     queries = list_images(args.images)
     if not queries:
         raise ValueError(f"no images found in {', '.join(args.images)}")
