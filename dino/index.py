@@ -338,6 +338,7 @@ class ImageIndex:
             if self._whitening is not None:
                 self._whitening.save(staging / WHITENING_FILE)
             atomic_write_json(staging / MANIFEST_FILE, self._manifest)
+            _apply_umask(staging)
             _swap_in(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -402,6 +403,15 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if ids != list(range(len(ids))):
         raise ValueError(f"{file}: file ids are not 0..{len(ids) - 1}; the manifest is damaged")
     return manifest
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the staged folder and its files the permissions a plain mkdir/open would (temp files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
 
 
 def _swap_in(staging: Path, target: Path) -> None:
