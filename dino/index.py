@@ -414,13 +414,18 @@ def _apply_umask(folder: Path) -> None:
         file.chmod(0o666 & ~umask)
 
 
+def _check_replaceable(target: Path) -> None:
+    """An index may only replace nothing or another index."""
+    if target.exists() and not (target / MANIFEST_FILE).is_file():
+        raise FileExistsError(f"{target} exists and is not a dino index; refusing to replace it")
+
+
 def _swap_in(staging: Path, target: Path) -> None:
     """Replace the folder `target` by `staging`; the old one is renamed aside first and deleted last."""
+    _check_replaceable(target)
     if not target.exists():
         os.replace(staging, target)
         return
-    if not (target / MANIFEST_FILE).is_file():
-        raise FileExistsError(f"{target} exists and is not a dino index; refusing to replace it")
     backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(target, backup)
     os.replace(staging, target)
@@ -579,6 +584,7 @@ def build_index(
     extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
     partial = None
     if out is not None:
+        _check_replaceable(Path(out).absolute())
         partial = _PartialResults(out, _partial_state(model, recipe, whitening))
         partial.open()
     vectors, hashes = _describe(paths, extractor, partial, checkpoint_every)

@@ -139,7 +139,10 @@ def test_save_replaces_previous_index_and_refuses_other_folders(model, images, t
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a dino index"):
         ImageIndex.load(out).save(tmp_path / "notes")
+    with pytest.raises(FileExistsError, match="not a dino index"):  # refused before describing anything
+        build_index(images, model, DescriptorRecipe.retrieval(), out=tmp_path / "notes", progress=False)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    assert not partial_results_path(tmp_path / "notes").exists()
 
 
 def test_interrupted_swap_is_recovered(model, images, tmp_path) -> None:
