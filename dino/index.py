@@ -508,10 +508,10 @@ class _PartialResults:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _partial_state(model: VisionTransformer, recipe: DescriptorRecipe, whitening: Whitening | None) -> dict[str, Any]:
+def _partial_state(identity: dict[str, Any], recipe: DescriptorRecipe, whitening: Whitening | None) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
-        "backbone": {key: model_identity(model)[key] for key in IDENTITY_FIELDS},
+        "backbone": {key: identity[key] for key in IDENTITY_FIELDS},
         "recipe": recipe.as_dict(),
         "whitening": _whitening_sha256(whitening) if whitening is not None else None,
     }
@@ -582,10 +582,11 @@ def build_index(
     if not paths:
         raise ValueError("no images to index")
     extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
+    identity = model_identity(model)
     partial = None
     if out is not None:
         _check_replaceable(Path(out).absolute())
-        partial = _PartialResults(out, _partial_state(model, recipe, whitening))
+        partial = _PartialResults(out, _partial_state(identity, recipe, whitening))
         partial.open()
     vectors, hashes = _describe(paths, extractor, partial, checkpoint_every)
     created = _now()
@@ -593,7 +594,7 @@ def build_index(
         "format_version": FORMAT_VERSION,
         "created": created,
         "updated": created,
-        "backbone": model_identity(model),
+        "backbone": identity,
         "recipe": recipe.as_dict(),
         "whitening": _whitening_sha256(whitening) if whitening is not None else None,
         "dim": extractor.dim,
@@ -632,7 +633,7 @@ def describe_shard(
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
     paths = _unique_paths(images)
     shard = [str(part) for part in np.array_split(np.array(paths, dtype=object), world_size)[rank]]
-    partial = _PartialResults(out, _partial_state(model, recipe, whitening))
+    partial = _PartialResults(out, _partial_state(model_identity(model), recipe, whitening))
     partial.open()
     if shard:
         extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)

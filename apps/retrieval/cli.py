@@ -14,6 +14,7 @@ from apps.retrieval.revisitop import DATASETS
 from apps.retrieval.sheet import save_contact_sheet
 from dino.atomic import atomic_write_json
 from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
+from dino.data.io import list_images
 from dino.descriptors import POOLINGS, RETRIEVAL_SIZE, DescriptorRecipe
 from dino.index import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, ImageIndex, search_images
 from dino.models.vision_transformer import VisionTransformer
@@ -86,10 +87,10 @@ def _add_inputs(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--no-recursive", action="store_true", help="do not look into subfolders")
 
 
-def _backbone_of_index(args: argparse.Namespace, index_path: str) -> VisionTransformer:
+def _backbone_of_index(args: argparse.Namespace, index: ImageIndex) -> VisionTransformer:
     """The --weights given, or else the weights the index was built with."""
     if args.weights is None:
-        args.weights = ImageIndex.load(index_path).manifest["backbone"]["weights"]
+        args.weights = index.manifest["backbone"]["weights"]
     return backbone_from_args(args)
 
 
@@ -159,7 +160,7 @@ def _register_query(verbs: argparse._SubParsersAction) -> None:
         "print its K best matches: rank (1 = best), cosine similarity and path. --weights defaults to the "
         "weights recorded in the index; other weights are refused.",
     )
-    parser.add_argument("queries", nargs="+", metavar="IMAGE", help="query image files")
+    parser.add_argument("queries", nargs="+", metavar="IMAGE", help="query image files (or folders of them)")
     parser.add_argument("--index", required=True, metavar="INDEX", help="index folder from 'dino search index'")
     parser.add_argument("-k", "--top-k", type=int, default=10, help="matches per query (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -175,27 +176,26 @@ def _register_query(verbs: argparse._SubParsersAction) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
-    model = _backbone_of_index(args, args.index)
     index = ImageIndex.load(args.index)
-    hits = search_images(
-        index, args.queries, model, k=args.top_k, params=args.search_params, **_extractor_options(args)
-    )
+    model = _backbone_of_index(args, index)
+    queries = [str(path) for path in list_images(args.queries, recursive=False)]
+    hits = search_images(index, queries, model, k=args.top_k, params=args.search_params, **_extractor_options(args))
     if args.json:
         results = [
             {
                 "query": query,
                 "hits": [{"rank": hit.rank + 1, "score": round(hit.score, 6), "path": hit.path} for hit in row],
             }
-            for query, row in zip(args.queries, hits, strict=True)
+            for query, row in zip(queries, hits, strict=True)
         ]
         print(json.dumps(results, indent=2))
     else:
-        for query, row in zip(args.queries, hits, strict=True):
+        for query, row in zip(queries, hits, strict=True):
             print(query)
             for hit in row:
                 print(f"  {hit.rank + 1:>4}  {hit.score:.4f}  {hit.path}")
     if args.sheet:
-        save_contact_sheet(args.queries, hits, args.sheet)
+        save_contact_sheet(queries, hits, args.sheet)
         print(f"wrote {args.sheet}", file=sys.stderr)
     return 0
 
@@ -217,8 +217,9 @@ def _register_update(verbs: argparse._SubParsersAction) -> None:
 
 
 def _update(args: argparse.Namespace) -> int:
-    model = _backbone_of_index(args, args.index)
-    report = update_folders(args.index, args.inputs, model, recursive=not args.no_recursive, **_extractor_options(args))
+    index = ImageIndex.load(args.index)
+    model = _backbone_of_index(args, index)
+    report = update_folders(index, args.inputs, model, recursive=not args.no_recursive, **_extractor_options(args))
     print(
         f"{args.index}: {report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged"

@@ -83,17 +83,19 @@ def index_folders(
 
 
 def update_folders(
-    index_path: PathInput,
+    index: ImageIndex | PathInput,
     inputs: Sequence[PathInput],
     model: VisionTransformer,
     recursive: bool = True,
     **extractor_options: Any,
 ) -> UpdateReport:
-    """Bring the saved index at `index_path` in line with the images now under `inputs`, and save it."""
-    index = ImageIndex.load(index_path)
+    """Bring a saved index (an :class:`ImageIndex` or its folder) in line with the images now under `inputs`,
+    and save it where it was loaded from when anything changed."""
+    if not isinstance(index, ImageIndex):
+        index = ImageIndex.load(index)
     report = update_index(index, _images_in(inputs, recursive), model, **extractor_options)
     if report.added or report.updated or report.removed:
-        index.save(index_path)
+        index.save(index.path)
     return report
 
 
