@@ -48,6 +48,7 @@ __all__ = [
     "Hit",
     "ImageIndex",
     "IndexMismatchError",
+    "IndexNotFoundError",
     "UpdateReport",
     "build_index",
     "create_faiss_index",
@@ -93,6 +94,10 @@ class UpdateReport(NamedTuple):
 
 class IndexMismatchError(ValueError):
     """The index was built with another backbone, descriptor recipe or whitening than the one asked for."""
+
+
+class IndexNotFoundError(FileNotFoundError, ValueError):
+    """No index folder at the given path (both a FileNotFoundError and, as every load error, a ValueError)."""
 
 
 # ---------------------------------------------------------------------------- FAISS helpers
@@ -360,7 +365,7 @@ class ImageIndex:
         path = Path(path).absolute()
         _recover_interrupted_swap(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such index folder (build one with `dino search index`)")
+            raise IndexNotFoundError(f"{path}: no such index folder (build one with `dino search index`)")
         manifest = _read_manifest(path)
         try:
             faiss_index = faiss.read_index(str(path / INDEX_FILE))
@@ -368,6 +373,8 @@ class ImageIndex:
             raise ValueError(f"{path}: {INDEX_FILE} is missing or damaged ({_faiss_message(error)})") from None
         whitening = None
         if manifest["whitening"] is not None:
+            if not (path / WHITENING_FILE).is_file():
+                raise ValueError(f"{path}: {MANIFEST_FILE} names a whitening but {WHITENING_FILE} is missing")
             whitening = Whitening.load(path / WHITENING_FILE)
             if _whitening_sha256(whitening) != manifest["whitening"]:
                 raise ValueError(f"{path}: {WHITENING_FILE} does not match the checksum in {MANIFEST_FILE}")

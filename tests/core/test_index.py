@@ -128,6 +128,13 @@ def test_save_load_round_trip_with_whitening(model, images, tmp_path) -> None:
     assert [[h.path for h in row] for row in hits] == [[str(images[i]) for i in row] for row in order]
     np.testing.assert_allclose([[h.score for h in row] for row in hits], sims, atol=1e-4)
 
+    Whitening.fit(raw[:20], dim=32).save(tmp_path / "idx" / "whitening.npz")  # another whitening swapped in
+    with pytest.raises(ValueError, match="whitening.npz does not match the checksum"):
+        ImageIndex.load(tmp_path / "idx")
+    (tmp_path / "idx" / "whitening.npz").unlink()
+    with pytest.raises(ValueError, match="idx: manifest.json names a whitening but whitening.npz is missing"):
+        ImageIndex.load(tmp_path / "idx")
+
 
 def test_save_replaces_previous_index_and_refuses_other_folders(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
@@ -158,6 +165,8 @@ def test_corrupt_and_foreign_indexes_give_clear_errors(model, images, tmp_path) 
     manifest = json.loads((out / "manifest.json").read_text())
 
     with pytest.raises(FileNotFoundError, match="no such index folder"):
+        ImageIndex.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="missing: no such index folder"):  # every load error is a ValueError
         ImageIndex.load(tmp_path / "missing")
     (tmp_path / "foreign").mkdir()
     with pytest.raises(ValueError, match="foreign: not a dino image index"):
