@@ -349,3 +349,30 @@ def test_bad_inputs(model, images) -> None:
         index.search(index.vectors()[:1], 3, params="nprobe=4")
     with pytest.raises(ValueError, match="cannot be empty"):
         update_index(index, [], model)
+
+
+def test_approximate_search_may_return_fewer_results(model, tmp_path) -> None:
+    images = _write_images(tmp_path / "images", 12)
+    index = build_index(images, model, DescriptorRecipe.retrieval(), factory="IVF4,Flat", **QUIET)
+    sizes = faiss.extract_index_ivf(index.faiss_index).invlists
+    smallest = min(sizes.list_size(i) for i in range(4))
+    # nprobe=1 visits one inverted list: a query finds at most that list's images, the rest are left out.
+    scores, paths = index.search(index.vectors(), k=12, params="nprobe=1")
+    assert scores.shape == (12, 12)
+    for row_scores, row_paths in zip(scores, paths, strict=True):
+        assert smallest <= len(row_paths) < 12
+        assert np.isfinite(row_scores[: len(row_paths)]).all() and np.isneginf(row_scores[len(row_paths) :]).all()
+    hits = search_images(index, images[:1], model, k=12, **QUIET)
+    assert len(hits[0]) == len(paths[0])
+
+
+def test_gpu_search_falls_back_to_cpu_for_types_without_gpu_version(model, images, monkeypatch) -> None:
+    index = build_index(images, model, DescriptorRecipe.retrieval(), **QUIET)
+
+    def no_gpu_version(cpu_index):
+        raise RuntimeError("Error in index_cpu_to_gpu: this index type is not implemented on GPU")
+
+    monkeypatch.setattr(index_module.faiss, "index_cpu_to_all_gpus", no_gpu_version, raising=False)
+    with pytest.warns(UserWarning, match="searching on the CPU"):
+        fallback = ImageIndex(index.faiss_index, index.manifest, gpu=True)
+    assert fallback.search(index.vectors()[:1], 1)[1] == [[index.paths[0]]]
