@@ -265,6 +265,13 @@ def _whiten(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {whitening.in_dim}-d -> {whitening.out_dim}-d, fitted on "
         f"{whitening.metadata['images']} images, energy kept {whitening.energy_kept:.4f}"
     )
+    if whitening.metadata["images"] <= whitening.out_dim:
+        print(
+            f"warning: {whitening.metadata['images']} images cannot estimate {whitening.out_dim} directions; the "
+            "rest only amplify noise. Fit on many more images than dimensions (the paper: 20k), or pass a --dim "
+            "below the image count.",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -84,20 +84,15 @@ def test_whiten_then_index_with_whitening(tmp_path, capsys, make_images) -> None
     make_images(tmp_path / "whitening-set", 30, seed=7)
     images = make_images(tmp_path / "photos", 4)
     whitening = tmp_path / "w.npz"
-    code, stdout, _ = _run(
-        capsys,
-        "search",
-        "whiten",
-        str(tmp_path / "whitening-set"),
-        "--out",
-        str(whitening),
-        "--pooling",
-        "gem",
-        "--dim",
-        "16",
+    argv_whiten_gem = [
+        "search", "whiten", str(tmp_path / "whitening-set"), "--out", str(whitening), "--pooling", "gem", "--dim", "16",
         *TINY,
-    )
-    assert code == 0 and "192-d -> 16-d, fitted on 30 images" in stdout
+    ]  # fmt: skip
+    code, stdout, stderr = _run(capsys, *argv_whiten_gem)
+    assert code == 0 and "192-d -> 16-d, fitted on 30 images" in stdout and "cannot estimate" not in stderr
+    _, _, stderr = _run(capsys, "search", "whiten", str(tmp_path / "whitening-set"), "--out", str(whitening), *TINY)
+    assert "30 images cannot estimate 192 directions" in stderr
+    assert _run(capsys, *argv_whiten_gem)[0] == 0  # back to the gem/16-d whitening used below
     out = tmp_path / "idx"
     argv = ["search", "index", str(tmp_path / "photos"), "--out", str(out), "--whitening", str(whitening), *TINY]
     code, _, stderr = _run(capsys, *argv)  # fitted for gem pooling, asked for the default cls
