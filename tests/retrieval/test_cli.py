@@ -56,6 +56,10 @@ def test_index_query_update_as_a_user(tmp_path, capsys, make_images) -> None:
     with Image.open(sheet) as png:
         assert png.format == "PNG" and png.size == (5 * (160 + 12), 2 * (160 + 34 + 12))  # 1 + 4 columns, 2 rows
 
+    # A folder of queries: each image finds itself first.
+    code, stdout, _ = _run(capsys, "search", "query", str(folder), "--index", str(out), "-k", "1", "--json")
+    assert code == 0 and [r["hits"][0]["path"] for r in json.loads(stdout)] == [str(p) for p in images]
+
     images[0].unlink()
     added = write_images(folder / "new", 2, seed=3)
     code, stdout, _ = _run(capsys, "search", "update", str(folder), "--index", str(out), *TINY)
