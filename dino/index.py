@@ -48,6 +48,7 @@ __all__ = [
     "Hit",
     "ImageIndex",
     "IndexMismatchError",
+    "IndexNotFoundError",
     "UpdateReport",
     "build_index",
     "create_faiss_index",
@@ -93,6 +94,10 @@ class UpdateReport(NamedTuple):
 
 class IndexMismatchError(ValueError):
     """The index was built with another backbone, descriptor recipe or whitening than the one asked for."""
+
+
+class IndexNotFoundError(FileNotFoundError, ValueError):
+    """No index folder at the given path (both a FileNotFoundError and, as every load error, a ValueError)."""
 
 
 # ---------------------------------------------------------------------------- FAISS helpers
@@ -338,6 +343,7 @@ class ImageIndex:
             if self._whitening is not None:
                 self._whitening.save(staging / WHITENING_FILE)
             atomic_write_json(staging / MANIFEST_FILE, self._manifest)
+            _apply_umask(staging)
             _swap_in(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -359,7 +365,7 @@ class ImageIndex:
         path = Path(path).absolute()
         _recover_interrupted_swap(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such index folder (build one with `dino search index`)")
+            raise IndexNotFoundError(f"{path}: no such index folder (build one with `dino search index`)")
         manifest = _read_manifest(path)
         try:
             faiss_index = faiss.read_index(str(path / INDEX_FILE))
@@ -367,6 +373,8 @@ class ImageIndex:
             raise ValueError(f"{path}: {INDEX_FILE} is missing or damaged ({_faiss_message(error)})") from None
         whitening = None
         if manifest["whitening"] is not None:
+            if not (path / WHITENING_FILE).is_file():
+                raise ValueError(f"{path}: {MANIFEST_FILE} names a whitening but {WHITENING_FILE} is missing")
             whitening = Whitening.load(path / WHITENING_FILE)
             if _whitening_sha256(whitening) != manifest["whitening"]:
                 raise ValueError(f"{path}: {WHITENING_FILE} does not match the checksum in {MANIFEST_FILE}")
@@ -404,13 +412,27 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def _apply_umask(folder: Path) -> None:
+    """Give the staged folder and its files the permissions a plain mkdir/open would (temp files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
+def _check_replaceable(target: Path) -> None:
+    """An index may only replace nothing or another index."""
+    if target.exists() and not (target / MANIFEST_FILE).is_file():
+        raise FileExistsError(f"{target} exists and is not a dino index; refusing to replace it")
+
+
 def _swap_in(staging: Path, target: Path) -> None:
     """Replace the folder `target` by `staging`; the old one is renamed aside first and deleted last."""
+    _check_replaceable(target)
     if not target.exists():
         os.replace(staging, target)
         return
-    if not (target / MANIFEST_FILE).is_file():
-        raise FileExistsError(f"{target} exists and is not a dino index; refusing to replace it")
     backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(target, backup)
     os.replace(staging, target)
@@ -493,10 +515,10 @@ class _PartialResults:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _partial_state(model: VisionTransformer, recipe: DescriptorRecipe, whitening: Whitening | None) -> dict[str, Any]:
+def _partial_state(identity: dict[str, Any], recipe: DescriptorRecipe, whitening: Whitening | None) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
-        "backbone": {key: model_identity(model)[key] for key in IDENTITY_FIELDS},
+        "backbone": {key: identity[key] for key in IDENTITY_FIELDS},
         "recipe": recipe.as_dict(),
         "whitening": _whitening_sha256(whitening) if whitening is not None else None,
     }
@@ -567,9 +589,11 @@ def build_index(
     if not paths:
         raise ValueError("no images to index")
     extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
+    identity = model_identity(model)
     partial = None
     if out is not None:
-        partial = _PartialResults(out, _partial_state(model, recipe, whitening))
+        _check_replaceable(Path(out).absolute())
+        partial = _PartialResults(out, _partial_state(identity, recipe, whitening))
         partial.open()
     vectors, hashes = _describe(paths, extractor, partial, checkpoint_every)
     created = _now()
@@ -577,7 +601,7 @@ def build_index(
         "format_version": FORMAT_VERSION,
         "created": created,
         "updated": created,
-        "backbone": model_identity(model),
+        "backbone": identity,
         "recipe": recipe.as_dict(),
         "whitening": _whitening_sha256(whitening) if whitening is not None else None,
         "dim": extractor.dim,
@@ -616,7 +640,7 @@ def describe_shard(
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
     paths = _unique_paths(images)
     shard = [str(part) for part in np.array_split(np.array(paths, dtype=object), world_size)[rank]]
-    partial = _PartialResults(out, _partial_state(model, recipe, whitening))
+    partial = _PartialResults(out, _partial_state(model_identity(model), recipe, whitening))
     partial.open()
     if shard:
         extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)

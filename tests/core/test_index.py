@@ -128,6 +128,13 @@ def test_save_load_round_trip_with_whitening(model, images, tmp_path) -> None:
     assert [[h.path for h in row] for row in hits] == [[str(images[i]) for i in row] for row in order]
     np.testing.assert_allclose([[h.score for h in row] for row in hits], sims, atol=1e-4)
 
+    Whitening.fit(raw[:20], dim=32).save(tmp_path / "idx" / "whitening.npz")  # another whitening swapped in
+    with pytest.raises(ValueError, match="whitening.npz does not match the checksum"):
+        ImageIndex.load(tmp_path / "idx")
+    (tmp_path / "idx" / "whitening.npz").unlink()
+    with pytest.raises(ValueError, match="idx: manifest.json names a whitening but whitening.npz is missing"):
+        ImageIndex.load(tmp_path / "idx")
+
 
 def test_save_replaces_previous_index_and_refuses_other_folders(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
@@ -139,7 +146,10 @@ def test_save_replaces_previous_index_and_refuses_other_folders(model, images, t
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a dino index"):
         ImageIndex.load(out).save(tmp_path / "notes")
+    with pytest.raises(FileExistsError, match="not a dino index"):  # refused before describing anything
+        build_index(images, model, DescriptorRecipe.retrieval(), out=tmp_path / "notes", progress=False)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    assert not partial_results_path(tmp_path / "notes").exists()
 
 
 def test_interrupted_swap_is_recovered(model, images, tmp_path) -> None:
@@ -155,6 +165,8 @@ def test_corrupt_and_foreign_indexes_give_clear_errors(model, images, tmp_path) 
     manifest = json.loads((out / "manifest.json").read_text())
 
     with pytest.raises(FileNotFoundError, match="no such index folder"):
+        ImageIndex.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="missing: no such index folder"):  # every load error is a ValueError
         ImageIndex.load(tmp_path / "missing")
     (tmp_path / "foreign").mkdir()
     with pytest.raises(ValueError, match="foreign: not a dino image index"):
@@ -337,3 +349,30 @@ def test_bad_inputs(model, images) -> None:
         index.search(index.vectors()[:1], 3, params="nprobe=4")
     with pytest.raises(ValueError, match="cannot be empty"):
         update_index(index, [], model)
+
+
+def test_approximate_search_may_return_fewer_results(model, tmp_path) -> None:
+    images = _write_images(tmp_path / "images", 12)
+    index = build_index(images, model, DescriptorRecipe.retrieval(), factory="IVF4,Flat", **QUIET)
+    sizes = faiss.extract_index_ivf(index.faiss_index).invlists
+    smallest = min(sizes.list_size(i) for i in range(4))
+    # nprobe=1 visits one inverted list: a query finds at most that list's images, the rest are left out.
+    scores, paths = index.search(index.vectors(), k=12, params="nprobe=1")
+    assert scores.shape == (12, 12)
+    for row_scores, row_paths in zip(scores, paths, strict=True):
+        assert smallest <= len(row_paths) < 12
+        assert np.isfinite(row_scores[: len(row_paths)]).all() and np.isneginf(row_scores[len(row_paths) :]).all()
+    hits = search_images(index, images[:1], model, k=12, **QUIET)
+    assert len(hits[0]) == len(paths[0])
+
+
+def test_gpu_search_falls_back_to_cpu_for_types_without_gpu_version(model, images, monkeypatch) -> None:
+    index = build_index(images, model, DescriptorRecipe.retrieval(), **QUIET)
+
+    def no_gpu_version(cpu_index):
+        raise RuntimeError("Error in index_cpu_to_gpu: this index type is not implemented on GPU")
+
+    monkeypatch.setattr(index_module.faiss, "index_cpu_to_all_gpus", no_gpu_version, raising=False)
+    with pytest.warns(UserWarning, match="searching on the CPU"):
+        fallback = ImageIndex(index.faiss_index, index.manifest, gpu=True)
+    assert fallback.search(index.vectors()[:1], 1)[1] == [[index.paths[0]]]
