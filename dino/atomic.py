@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_output_path", "atomic_write", "atomic_write_json"]
+__all__ = [
+    "atomic_output_dir",
+    "atomic_output_path",
+    "atomic_write",
+    "atomic_write_json",
+    "check_output_dir",
+    "restore_interrupted_output_dir",
+]
 
 
 @contextmanager
@@ -23,6 +32,8 @@ def atomic_output_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(descriptor)
+    # mkstemp creates the file private (0600); the result should be an ordinary file under the user's umask.
+    os.chmod(temporary, 0o666 & ~_umask())
     try:
         yield Path(temporary)
         with open(temporary, "rb+") as handle:
@@ -45,3 +56,77 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     with atomic_write(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")
+
+
+@contextmanager
+def atomic_output_dir(
+    path: str | os.PathLike[str], replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` to fill; on success it becomes `path`, on failure it is removed.
+
+    An existing `path` is replaced only if it is an empty folder or ``replaceable(path)`` is true (e.g. it is
+    an earlier output of the same kind); this is checked before the caller does any work. The previous folder
+    is renamed aside, the new one renamed in, and the old one deleted last, so that a crash between the two
+    renames leaves a complete copy that :func:`restore_interrupted_output_dir` puts back.
+
+    Raises:
+        FileExistsError: `path` exists and may not be replaced.
+    """
+    target = check_output_dir(path, replaceable)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())
+    try:
+        yield staging
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, backup)
+            os.replace(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def check_output_dir(path: str | os.PathLike[str], replaceable: Callable[[Path], bool] | None = None) -> Path:
+    """The absolute `path` if :func:`atomic_output_dir` may write there (absent, empty, or `replaceable`).
+
+    Raises:
+        FileExistsError: Naming `path`, when it exists and may not be replaced.
+    """
+    target = Path(path).absolute()
+    if target.exists() and not (
+        target.is_dir() and (not any(target.iterdir()) or (replaceable is not None and replaceable(target)))
+    ):
+        raise FileExistsError(f"{target}: already exists and is not an empty folder; choose another output")
+    return target
+
+
+def restore_interrupted_output_dir(
+    path: str | os.PathLike[str], is_complete: Callable[[Path], bool] | None = None
+) -> bool:
+    """Put back the previous folder of an :func:`atomic_output_dir` swap that died between its renames.
+
+    Args:
+        path: The output folder.
+        is_complete: Restore the set-aside folder only if this accepts it.
+
+    Returns:
+        Whether a folder was restored.
+    """
+    target = Path(path).absolute()
+    if target.exists():
+        return False
+    backups = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not backups or (is_complete is not None and not is_complete(backups[-1])):
+        return False
+    os.replace(backups[-1], target)
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

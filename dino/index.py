@@ -23,9 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -36,7 +34,14 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from dino.atomic import atomic_output_path, atomic_write, atomic_write_json
+from dino.atomic import (
+    atomic_output_dir,
+    atomic_output_path,
+    atomic_write,
+    atomic_write_json,
+    check_output_dir,
+    restore_interrupted_output_dir,
+)
 from dino.checkpoint import file_sha256, model_identity
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.models.vision_transformer import VisionTransformer
@@ -334,20 +339,13 @@ class ImageIndex:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index folder at `path`: built beside it, then swapped in (an interrupted save keeps the
         previous index)."""
-        target = Path(path).absolute()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
+        with atomic_output_dir(path, replaceable=_is_index) as staging:
             with atomic_output_path(staging / INDEX_FILE) as temporary:
                 faiss.write_index(self._index, str(temporary))
             if self._whitening is not None:
                 self._whitening.save(staging / WHITENING_FILE)
             atomic_write_json(staging / MANIFEST_FILE, self._manifest)
-            _apply_umask(staging)
-            _swap_in(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        target = Path(path).absolute()
         self.path = target
         return target
 
@@ -363,7 +361,7 @@ class ImageIndex:
             ValueError: Naming `path`, when it is missing, not a dino index, damaged or inconsistent.
         """
         path = Path(path).absolute()
-        _recover_interrupted_swap(path)
+        restore_interrupted_output_dir(path, is_complete=_is_index)
         if not path.is_dir():
             raise IndexNotFoundError(f"{path}: no such index folder (build one with `dino search index`)")
         manifest = _read_manifest(path)
@@ -412,40 +410,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _apply_umask(folder: Path) -> None:
-    """Give the staged folder and its files the permissions a plain mkdir/open would (temp files are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for file in folder.iterdir():
-        file.chmod(0o666 & ~umask)
-
-
-def _check_replaceable(target: Path) -> None:
-    """An index may only replace nothing or another index."""
-    if target.exists() and not (target / MANIFEST_FILE).is_file():
-        raise FileExistsError(f"{target} exists and is not a dino index; refusing to replace it")
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Replace the folder `target` by `staging`; the old one is renamed aside first and deleted last."""
-    _check_replaceable(target)
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(target, backup)
-    os.replace(staging, target)
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _recover_interrupted_swap(target: Path) -> None:
-    """If a save died between its two renames, put the previous index back."""
-    if target.exists():
-        return
-    backups = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if backups and (backups[-1] / MANIFEST_FILE).is_file():
-        os.replace(backups[-1], target)
+def _is_index(folder: Path) -> bool:
+    """An index folder may only replace another index (or nothing)."""
+    return (folder / MANIFEST_FILE).is_file()
 
 
 def _whitening_sha256(whitening: Whitening) -> str:
@@ -592,7 +559,7 @@ def build_index(
     identity = model_identity(model)
     partial = None
     if out is not None:
-        _check_replaceable(Path(out).absolute())
+        check_output_dir(out, replaceable=_is_index)
         partial = _PartialResults(out, _partial_state(identity, recipe, whitening))
         partial.open()
     vectors, hashes = _describe(paths, extractor, partial, checkpoint_every)

@@ -21,10 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from tqdm import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, STRONG_BLOCK
+from dino.atomic import atomic_output_dir, check_output_dir
 from dino.data.io import list_images, open_image
 
 __all__ = [
@@ -276,7 +274,7 @@ def make_benchmark(
         )
     for folder in (out, distractors_out, whitening_out):
         if folder is not None:
-            _ensure_free(Path(folder))
+            check_output_dir(folder)
     chosen = sorted(shuffled[:num_originals])
     whitening_photos = sorted(shuffled[num_originals : num_originals + reserved])
     distractor_photos = sorted(shuffled[num_originals + reserved :])
@@ -290,7 +288,7 @@ def make_benchmark(
         "originals": {},
         "strong": {},
     }
-    with _staged_folder(out) as root:
+    with atomic_output_dir(out) as root:
         for number, source in enumerate(
             tqdm(chosen, desc="attacking originals", unit="img", disable=not progress), start=1
         ):
@@ -357,7 +355,7 @@ def _plain_set_names(photos: Sequence[Path]) -> dict[str, str]:
 
 def _write_plain_set(photos: Sequence[Path], out: str | os.PathLike[str], max_side: int | None) -> None:
     """Distractor or whitening photos, re-encoded as JPEG."""
-    with _staged_folder(out) as folder:
+    with atomic_output_dir(out) as folder:
         for name, source in zip(_plain_set_names(photos), photos, strict=True):
             _save_jpeg(_limit_side(open_image(source), max_side), folder / name)
 
@@ -377,32 +375,3 @@ def _limit_side(image: Image.Image, max_side: int | None) -> Image.Image:
 def _save_jpeg(image: Image.Image, path: Path, quality: int = ARCHIVE_QUALITY) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, "JPEG", quality=quality)
-
-
-@contextmanager
-def _staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary sibling folder renamed to `out` once the block succeeds (removed if it fails)."""
-    target = Path(out)
-    _ensure_free(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        yield staging
-        if target.exists():
-            target.rmdir()
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _ensure_free(target: Path) -> None:
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target}: already exists and is not an empty folder; choose another output")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -204,3 +204,35 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path) -> None:
         atomic_torch_save({"a": Unpicklable()}, path)
     assert torch.equal(torch.load(path)["a"], torch.ones(1))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_atomic_outputs_get_ordinary_permissions_and_folders_swap(tmp_path) -> None:
+    import os
+    import stat
+
+    from dino.atomic import atomic_output_dir, atomic_write_json, restore_interrupted_output_dir
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "result.json", {"a": 1})
+        assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o644
+        with atomic_output_dir(tmp_path / "out") as staging:
+            (staging / "x.txt").write_text("first")
+        assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    finally:
+        os.umask(umask)
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        with atomic_output_dir(tmp_path / "out"):
+            pass
+    with pytest.raises(RuntimeError), atomic_output_dir(tmp_path / "out", replaceable=lambda p: True) as staging:
+        (staging / "x.txt").write_text("second")
+        raise RuntimeError("interrupted")
+    assert (tmp_path / "out" / "x.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    with atomic_output_dir(tmp_path / "out", replaceable=lambda p: True) as staging:
+        (staging / "x.txt").write_text("second")
+    assert (tmp_path / "out" / "x.txt").read_text() == "second"
+    # A crash between the two renames leaves only the set-aside copy; it is put back.
+    os.replace(tmp_path / "out", tmp_path / ".out.old-1234abcd")
+    assert restore_interrupted_output_dir(tmp_path / "out")
+    assert (tmp_path / "out" / "x.txt").read_text() == "second"
