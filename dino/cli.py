@@ -25,7 +25,7 @@ from dino.data.transforms import PREPROCESSING, make_transform
 from dino.features import FeatureExtractor, pick_device
 from dino.models.vision_transformer import VisionTransformer
 
-__all__ = ["add_runtime_arguments", "add_weights_arguments", "backbone_from_args", "main"]
+__all__ = ["add_runtime_arguments", "add_weights_arguments", "backbone_from_args", "extractor_options", "main"]
 
 ENTRY_POINT_GROUP = "dino.commands"
 # Errors a user can fix from the message alone: printed without a traceback.
@@ -72,6 +72,18 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32)
     )
     group.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: %(default)s)")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def extractor_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of :func:`add_runtime_arguments` as keyword arguments of the Python API
+    (:class:`dino.features.FeatureExtractor` and everything that takes its options)."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "progress": not args.no_progress,
+    }
 
 
 def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:
@@ -184,11 +196,7 @@ def _features(args: argparse.Namespace) -> int:
         what=args.what,
         preprocessing=args.preprocess,
         size=args.size,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
+        **extractor_options(args),
     )
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

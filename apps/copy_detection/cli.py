@@ -16,7 +16,7 @@ from apps.copy_detection.find import (
 from apps.copy_detection.generate import STRONG_PER_ORIGINAL, make_benchmark
 from apps.copy_detection.metrics import TOP_K
 from dino.atomic import atomic_write_json
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
+from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
 from dino.index import ImageIndex
@@ -41,16 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_make_benchmark(verbs)
     _register_index(verbs)
     _register_find(verbs)
-
-
-def _extractor_options(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "progress": not args.no_progress,
-    }
 
 
 def _add_whitening_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -96,7 +86,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.save_whitening and not args.whitening:
         raise ValueError("--save-whitening needs --whitening, the images to fit it on")
     model = backbone_from_args(args)
-    options = _extractor_options(args)
+    options = extractor_options(args)
     recipe = DescriptorRecipe.copy_detection(args.size)
     whitening = None
     if args.whitening:
@@ -201,7 +191,7 @@ def _index(args: argparse.Namespace) -> int:
         centered_whitening=args.centered_whitening,
         factory=args.factory,
         size=args.size,
-        **_extractor_options(args),
+        **extractor_options(args),
     )
     print(f"wrote {args.out}: {len(index)} images")
     return 0
@@ -252,7 +242,7 @@ def _find(args: argparse.Namespace) -> int:
         model,
         threshold=args.threshold,
         candidates=args.candidates,
-        **_extractor_options(args),
+        **extractor_options(args),
     )
     results = []
     for query, hits in zip(queries, copies, strict=True):

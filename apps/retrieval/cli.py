@@ -13,7 +13,7 @@ from apps.retrieval.indexing import fit_whitening, index_folders, load_whitening
 from apps.retrieval.revisitop import DATASETS
 from apps.retrieval.sheet import save_contact_sheet
 from dino.atomic import atomic_write_json
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
+from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
 from dino.data.io import list_images
 from dino.descriptors import POOLINGS, RETRIEVAL_SIZE, DescriptorRecipe
 from dino.index import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, ImageIndex, search_images
@@ -43,16 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------- shared options
-def _extractor_options(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "progress": not args.no_progress,
-    }
-
-
 def _add_descriptor_arguments(parser: argparse.ArgumentParser, whitening: bool = True) -> None:
     group = parser.add_argument_group("descriptor")
     group.add_argument(
@@ -144,7 +134,7 @@ def _index(args: argparse.Namespace) -> int:
         factory=args.factory,
         recursive=not args.no_recursive,
         checkpoint_every=args.checkpoint_every,
-        **_extractor_options(args),
+        **extractor_options(args),
     )
     if index is not None:
         print(f"indexed {len(index)} images ({index.dim}-d, {index.factory}) into {index.path}")
@@ -179,7 +169,7 @@ def _query(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     model = _backbone_of_index(args, index)
     queries = [str(path) for path in list_images(args.queries, recursive=False)]
-    hits = search_images(index, queries, model, k=args.top_k, params=args.search_params, **_extractor_options(args))
+    hits = search_images(index, queries, model, k=args.top_k, params=args.search_params, **extractor_options(args))
     if args.json:
         results = [
             {
@@ -219,7 +209,7 @@ def _register_update(verbs: argparse._SubParsersAction) -> None:
 def _update(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     model = _backbone_of_index(args, index)
-    report = update_folders(index, args.inputs, model, recursive=not args.no_recursive, **_extractor_options(args))
+    report = update_folders(index, args.inputs, model, recursive=not args.no_recursive, **extractor_options(args))
     print(
         f"{args.index}: {report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged"
@@ -259,7 +249,7 @@ def _whiten(args: argparse.Namespace) -> int:
         dim=args.dim,
         centered=args.centered,
         recursive=not args.no_recursive,
-        **_extractor_options(args),
+        **extractor_options(args),
     )
     print(
         f"wrote {args.out}: {whitening.in_dim}-d -> {whitening.out_dim}-d, fitted on "
@@ -312,7 +302,7 @@ def _eval(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     whitening = load_whitening(args.whitening, model, recipe) if args.whitening else None
     results = evaluate_retrieval(
-        args.root, args.dataset, model, recipe, whitening, crop_queries=args.crop_queries, **_extractor_options(args)
+        args.root, args.dataset, model, recipe, whitening, crop_queries=args.crop_queries, **extractor_options(args)
     )
     print(format_results(results))
     out = args.out or f"retrieval_{args.dataset}.json"

@@ -11,7 +11,7 @@ from apps.segmentation.masks import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
 from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU
 from apps.segmentation.visualize import save_attention_figures
 from apps.segmentation.voc import davis_samples, voc_samples
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
+from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
 
 __all__ = ["register"]
 
@@ -40,17 +40,6 @@ def _add_threshold_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _runtime_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options of :func:`dino.cli.add_runtime_arguments` as keyword arguments of the Python API."""
-    return {
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "progress": not args.no_progress,
-    }
-
-
 def _attention(args: argparse.Namespace) -> int:
     model = backbone_from_args(args)
     folders = save_attention_figures(
@@ -61,7 +50,7 @@ def _attention(args: argparse.Namespace) -> int:
         size=args.size,
         keep_aspect=args.keep_aspect,
         ncut=args.ncut,
-        **_runtime_options(args),
+        **extractor_options(args),
     )
     print(f"wrote figures of {len(folders)} image(s) under {args.out} (see */summary.png)")
     return 0
@@ -95,7 +84,7 @@ def _seg_eval(args: argparse.Namespace) -> int:
         void=args.void,
         tau=args.tau,
         eps=args.eps,
-        **_runtime_options(args),
+        **extractor_options(args),
         protocol=protocol,
     )
     summary, rows = write_results(result, args.out)

@@ -146,7 +146,8 @@ def test_save_replaces_previous_index_and_refuses_other_folders(model, images, t
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="notes: already exists and is not an empty folder"):
         ImageIndex.load(out).save(tmp_path / "notes")
-    with pytest.raises(FileExistsError, match="notes: already exists and is not an empty folder"):  # refused before describing anything
+    # build_index refuses it before describing anything.
+    with pytest.raises(FileExistsError, match="notes: already exists and is not an empty folder"):
         build_index(images, model, DescriptorRecipe.retrieval(), out=tmp_path / "notes", progress=False)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
     assert not partial_results_path(tmp_path / "notes").exists()
