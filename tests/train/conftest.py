@@ -59,3 +59,14 @@ def make_config():
 
 
 __all__ = ["TrainConfig", "tiny_config", "write_images"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Training steps on a shared 2-core machine are far faster with one intra-op thread."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
