@@ -1,4 +1,4 @@
-"""``dino knn``: weighted k-NN evaluation of a backbone on class-subfolder folders (SPEC §8)."""
+"""``dino knn`` (weighted k-NN, SPEC §8) and ``dino linear`` (linear probe, SPEC §9) on class-subfolder folders."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from dino.atomic import atomic_write_json
 from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
 from dino.eval.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, run_knn
+from dino.eval.linear import BASE_LR, N_LAST_BLOCKS, run_linear
 
 __all__ = ["register"]
 
@@ -38,8 +39,35 @@ def _knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _linear(args: argparse.Namespace) -> int:
+    model = backbone_from_args(args)
+    result = run_linear(
+        model,
+        args.train,
+        args.val,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        n_last_blocks=args.n_last_blocks,
+        avgpool=args.avgpool_patchtokens,
+        device=args.device,
+        dtype=args.dtype,
+        num_workers=args.workers,
+        output_dir=args.output_dir,
+        progress=not args.no_progress,
+    )
+    print(f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch}")
+    if args.output_dir:
+        atomic_write_json(
+            f"{args.output_dir}/linear_results.json",
+            {"weights": args.weights, "best_top1": result.best_top1, "best_epoch": result.best_epoch,
+             "history": result.history},
+        )
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``knn`` verb."""
+    """Add the ``knn`` and ``linear`` verbs."""
     parser = subparsers.add_parser(
         "knn",
         help="weighted k-NN accuracy of frozen [CLS] features (SPEC §8)",
@@ -57,3 +85,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_weights_arguments(parser)
     add_runtime_arguments(parser, batch_size=64)
     parser.set_defaults(func=_knn)
+
+    linear = subparsers.add_parser(
+        "linear",
+        help="linear probe on frozen features (SPEC §9)",
+        description="Train a linear classifier on a frozen backbone: [CLS] of the last N blocks (ViT-S recipe; "
+        "ViT-B: --n-last-blocks 1 --avgpool-patchtokens), SGD momentum 0.9, wd 0, cosine lr, RandomResizedCrop "
+        "224 + flip for training, resize 256 / crop 224 for validation; reports the best validation top-1.",
+    )
+    linear.add_argument("--train", required=True, help="TRAIN/<class>/<image>")
+    linear.add_argument("--val", required=True, help="validation folder with the same class subfolders")
+    linear.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
+    linear.add_argument("--lr", type=float, default=BASE_LR, help="lr for a batch of 256 (default: %(default)s)")
+    linear.add_argument("--n-last-blocks", type=int, default=N_LAST_BLOCKS, help="(default: %(default)s)")
+    linear.add_argument("--avgpool-patchtokens", action="store_true", help="append the mean patch token (n=1)")
+    linear.add_argument("--output-dir", help="write linear_weights.pth (released layout) and linear_results.json")
+    add_weights_arguments(linear)
+    add_runtime_arguments(linear, batch_size=128)
+    linear.set_defaults(func=_linear)
