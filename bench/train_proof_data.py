@@ -23,8 +23,22 @@ from dino.data.io import list_images, open_image
 from dino.data.masks import davis_frames, davis_sequences
 
 VIDEO_FRAMES = 100  # frames kept per video, evenly spaced
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "immunohistochemistry", "retina",
-                  "skin", "lily", "colorwheel", "cat", "brick", "grass", "gravel")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "motorcycle_left",
+    "immunohistochemistry",
+    "retina",
+    "skin",
+    "lily",
+    "colorwheel",
+    "cat",
+    "brick",
+    "grass",
+    "gravel",
+)
 
 
 def _save(image: Image.Image, path: Path, short_side: int) -> None:
@@ -47,7 +61,11 @@ def build_training_folder(data_dir: Path, out: Path, short_side: int) -> int:
             if not ok:
                 break
             if index in keep:
-                _save(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)), out / f"{video.stem}_{index:04d}.jpg", short_side)
+                _save(
+                    Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)),
+                    out / f"{video.stem}_{index:04d}.jpg",
+                    short_side,
+                )
                 count += 1
             index += 1
     for path in list_images(data_dir / "images"):
@@ -98,7 +116,9 @@ def build_davis_knn(data_dir: Path, out: Path) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("DINO_DATA_DIR"), required="DINO_DATA_DIR" not in os.environ)
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("DINO_DATA_DIR"), required="DINO_DATA_DIR" not in os.environ
+    )
     parser.add_argument("--train-out", default="/tmp/train-frames")
     parser.add_argument("--knn-out", default="/tmp/davis-knn")
     parser.add_argument("--short-side", type=int, default=160)

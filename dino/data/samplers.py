@@ -30,7 +30,13 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(
-        self, dataset_size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True
+        self,
+        dataset_size: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
     ) -> None:
         self.dataset_size = dataset_size
         self.batch_size = batch_size

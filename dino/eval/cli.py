@@ -60,8 +60,12 @@ def _linear(args: argparse.Namespace) -> int:
     if args.output_dir:
         atomic_write_json(
             f"{args.output_dir}/linear_results.json",
-            {"weights": args.weights, "best_top1": result.best_top1, "best_epoch": result.best_epoch,
-             "history": result.history},
+            {
+                "weights": args.weights,
+                "best_top1": result.best_top1,
+                "best_epoch": result.best_epoch,
+                "history": result.history,
+            },
         )
     return 0
 

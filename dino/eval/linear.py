@@ -141,5 +141,7 @@ def run_linear(
             result.best_top1, result.best_epoch = top1, epoch
             if output_dir is not None:
                 state = {f"module.{k}": v.cpu() for k, v in classifier.state_dict().items()}
-                atomic_torch_save({"state_dict": state, "epoch": epoch, "best_acc": top1}, Path(output_dir) / "linear_weights.pth")
+                atomic_torch_save(
+                    {"state_dict": state, "epoch": epoch, "best_acc": top1}, Path(output_dir) / "linear_weights.pth"
+                )
     return result

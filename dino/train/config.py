@@ -235,7 +235,9 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> None:
 
 def available_presets() -> list[str]:
     """Names of the presets shipped in ``dino/configs``."""
-    return sorted(p.name[: -len(".yaml")] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _read_yaml(text: str, source: str) -> Any:

@@ -192,7 +192,9 @@ class _Monitor:
 
                 self.writer = SummaryWriter(str(output_dir / "tensorboard"))
             except ImportError:
-                warnings.warn("run.tensorboard=true but the tensorboard package is not installed; skipping", stacklevel=2)
+                warnings.warn(
+                    "run.tensorboard=true but the tensorboard package is not installed; skipping", stacklevel=2
+                )
 
     def _append(self, path: Path, record: dict[str, Any]) -> None:
         # An append-only log: a crash loses at most the line being written, and rewriting the file
@@ -298,7 +300,11 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     niter = len(sampler)
     total_batch = optim_cfg.batch_size_per_gpu * ctx.world_size
     lr_schedule = cosine_scheduler(
-        optim_cfg.lr * total_batch / LR_REFERENCE_BATCH, optim_cfg.min_lr, optim_cfg.epochs, niter, optim_cfg.warmup_epochs
+        optim_cfg.lr * total_batch / LR_REFERENCE_BATCH,
+        optim_cfg.min_lr,
+        optim_cfg.epochs,
+        niter,
+        optim_cfg.warmup_epochs,
     )
     wd_schedule = cosine_scheduler(optim_cfg.weight_decay, optim_cfg.weight_decay_end, optim_cfg.epochs, niter)
     momentum_schedule = cosine_scheduler(optim_cfg.momentum_teacher, 1.0, optim_cfg.epochs, niter)
@@ -398,9 +404,10 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
                     student_output = student(crops)
                     loss = dino_loss(student_output, teacher_output, epoch)
 
-                reduced = all_reduce_sum(
-                    torch.stack([loss.detach(), dino_loss.last_teacher_entropy.detach()]).float()
-                ) / ctx.world_size
+                reduced = (
+                    all_reduce_sum(torch.stack([loss.detach(), dino_loss.last_teacher_entropy.detach()]).float())
+                    / ctx.world_size
+                )
                 mean_loss, mean_entropy = reduced.tolist()
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLossError(_non_finite_message(mean_loss, epoch, it, output_dir))

@@ -49,8 +49,25 @@ def _folder(root, seed):
 def test_knn_cli_writes_json_and_caches(tmp_path, capsys) -> None:
     train, val = _folder(tmp_path / "train", 0), _folder(tmp_path / "val", 1)
     out, cache = tmp_path / "knn.json", tmp_path / "cache"
-    argv = ["knn", "--train", str(train), "--val", str(val), "--weights", "random:vit_tiny/16", "--nb-knn", "1", "3",
-            "--cache-dir", str(cache), "--out", str(out), "--no-progress", "--workers", "0"]
+    argv = [
+        "knn",
+        "--train",
+        str(train),
+        "--val",
+        str(val),
+        "--weights",
+        "random:vit_tiny/16",
+        "--nb-knn",
+        "1",
+        "3",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     assert main(argv) == 0
     results = json.loads(out.read_text())["results"]
     assert [r["k"] for r in results] == [1, 3]
@@ -64,8 +81,26 @@ def test_knn_cli_writes_json_and_caches(tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_linear_cli_learns_colours(tmp_path) -> None:
     train, val = _folder(tmp_path / "train", 0), _folder(tmp_path / "val", 1)
-    argv = ["linear", "--train", str(train), "--val", str(val), "--weights", "random:vit_tiny/16", "--epochs", "3",
-            "--lr", "0.5", "--batch-size", "6", "--output-dir", str(tmp_path / "out"), "--no-progress", "--workers", "0"]
+    argv = [
+        "linear",
+        "--train",
+        str(train),
+        "--val",
+        str(val),
+        "--weights",
+        "random:vit_tiny/16",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.5",
+        "--batch-size",
+        "6",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / "linear_results.json").read_text())
     assert len(results["history"]) == 3 and 0 <= results["best_top1"] <= 100

@@ -46,7 +46,7 @@ def tiny_config(data: Path, output: Path, **overrides: str) -> TrainConfig:
         "run.precision": "fp32",
         "run.progress": "false",
         "run.log_every": "1",
-        f"run.data_path": f"[{data}]",
+        "run.data_path": f"[{data}]",
         "run.output_dir": str(output),
     }
     items.update(overrides)

@@ -42,7 +42,9 @@ def test_checkpoint_layout_and_loading(make_config, image_folder, tmp_path) -> N
 @pytest.mark.parametrize("stop_after", [3, 6])  # mid-epoch, and mid-epoch after an epoch boundary
 def test_interrupted_and_resumed_run_is_bitwise_identical(make_config, image_folder, tmp_path, stop_after) -> None:
     full = train(make_config(image_folder, tmp_path / "full", **{"optim.epochs": "2"}))
-    stopped = train(make_config(image_folder, tmp_path / "cut", **{"optim.epochs": "2", "run.max_steps": str(stop_after)}))
+    stopped = train(
+        make_config(image_folder, tmp_path / "cut", **{"optim.epochs": "2", "run.max_steps": str(stop_after)})
+    )
     assert not stopped.completed and stopped.global_step == stop_after
     resumed = train(make_config(image_folder, tmp_path / "cut", **{"optim.epochs": "2"}))
     assert resumed.completed and resumed.global_step == full.global_step == 8
@@ -51,7 +53,9 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(make_config, image_fol
     assert torch.equal(full.center, resumed.center)
     final_full = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
     final_cut = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
-    for group_full, group_cut in zip(final_full["optimizer"]["state"].values(), final_cut["optimizer"]["state"].values()):
+    for group_full, group_cut in zip(
+        final_full["optimizer"]["state"].values(), final_cut["optimizer"]["state"].values(), strict=True
+    ):
         assert torch.equal(group_full["exp_avg"], group_cut["exp_avg"])
 
 
@@ -93,9 +97,8 @@ def _rank_main(rank: int, world_size: int, port: int, data: str, output: str, re
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    from conftest import tiny_config  # the spawned process imports this test module's folder
-
     import torch.distributed as dist
+    from conftest import tiny_config  # the spawned process imports this test module's folder
 
     result = train(tiny_config(Path(data), Path(output), **{"optim.epochs": "1", "optim.batch_size_per_gpu": "2"}))
     torch.save({"teacher": result.teacher.state_dict(), "center": result.center}, Path(result_dir) / f"rank{rank}.pt")
