@@ -13,6 +13,17 @@ from dino.eval.linear import BASE_LR, N_LAST_BLOCKS, run_linear
 __all__ = ["register"]
 
 
+def _runtime_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of :func:`dino.cli.add_runtime_arguments`, as keyword arguments of the evaluations."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "progress": not args.no_progress,
+    }
+
+
 def _knn(args: argparse.Namespace) -> int:
     model = backbone_from_args(args)
     results = run_knn(
@@ -22,11 +33,7 @@ def _knn(args: argparse.Namespace) -> int:
         ks=args.nb_knn,
         temperature=args.temperature,
         cache_dir=args.cache_dir,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
+        **_runtime_options(args),
     )
     rows = [{"k": r.k, "top1": r.top1, "top5": r.top5} for r in results]
     for row in rows:
@@ -47,14 +54,10 @@ def _linear(args: argparse.Namespace) -> int:
         args.val,
         epochs=args.epochs,
         lr=args.lr,
-        batch_size=args.batch_size,
         n_last_blocks=args.n_last_blocks,
         avgpool=args.avgpool_patchtokens,
-        device=args.device,
-        dtype=args.dtype,
-        num_workers=args.workers,
         output_dir=args.output_dir,
-        progress=not args.no_progress,
+        **_runtime_options(args),
     )
     print(f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch}")
     if args.output_dir:
