@@ -9,6 +9,7 @@ from dino.atomic import atomic_write_json
 from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
 from dino.eval.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, run_knn
 from dino.eval.linear import BASE_LR, N_LAST_BLOCKS, run_linear
+from dino.train.distributed import init_distributed
 
 __all__ = ["register"]
 
@@ -25,6 +26,7 @@ def _runtime_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _knn(args: argparse.Namespace) -> int:
+    context = init_distributed(args.device)
     model = backbone_from_args(args)
     results = run_knn(
         model,
@@ -35,6 +37,8 @@ def _knn(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         **_runtime_options(args),
     )
+    if not context.is_main:
+        return 0
     rows = [{"k": r.k, "top1": r.top1, "top5": r.top5} for r in results]
     for row in rows:
         print(f"{row['k']}-NN: top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}")
@@ -79,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "knn",
         help="weighted k-NN accuracy of frozen [CLS] features (SPEC §8)",
         description="Weighted k-NN classification (DINO protocol: resize 256 / crop 224, L2-normalised [CLS], "
-        "top-k cosine neighbours weighted exp(sim/T)). TRAIN and VAL are folders with one subfolder per class.",
+        "top-k cosine neighbours weighted exp(sim/T)). TRAIN and VAL are folders with one subfolder per class. "
+        "Under 'torchrun --nproc_per_node=N -m dino.cli knn ...' feature extraction is split across processes.",
     )
     parser.add_argument("--train", required=True, help="bank folder: TRAIN/<class>/<image>")
     parser.add_argument("--val", required=True, help="query folder with the same class subfolders")

@@ -17,6 +17,7 @@ from dino.data.datasets import ImageFolderDataset
 from dino.data.transforms import knn_transform
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
+from dino.train.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 
 __all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn"]
 
@@ -82,7 +83,8 @@ def extract_folder_features(
 ) -> tuple[Tensor, Tensor, list[str]]:
     """L2-normalised [CLS] features and labels of a class-subfolder folder, with the k-NN preprocessing.
 
-    With `cache`, features are read from ``<cache>.npy`` / labels from ``<cache>.labels.npy`` when both
+    Under torchrun (an initialised process group) the extraction is split across ranks. With `cache`,
+    features are read from ``<cache>.npy`` / labels from ``<cache>.labels.npy`` when both
     exist, and written there (atomically) otherwise.
     """
     dataset = ImageFolderDataset(folder)
@@ -94,14 +96,26 @@ def extract_folder_features(
             if len(labels) != len(dataset):
                 raise ValueError(f"{feature_file}: cached for {len(labels)} images but {folder} has {len(dataset)}")
             return features, labels, dataset.classes
-    extractor = FeatureExtractor(model, knn_transform(), **extractor_options)  # type: ignore[arg-type]
-    features = F.normalize(extractor.extract(dataset.paths).cls, dim=1, p=2)
+    features = F.normalize(_extract_sharded(model, dataset.paths, extractor_options), dim=1, p=2)
     labels = torch.tensor(dataset.targets, dtype=torch.long)
-    if cache is not None:
+    if cache is not None and is_main_process():
         for path, array in ((feature_file, features.numpy()), (label_file, labels.numpy())):
             with atomic_output_path(path) as temporary, open(temporary, "wb") as handle:
                 np.save(handle, array)
     return features, labels, dataset.classes
+
+
+def _extract_sharded(model: VisionTransformer, paths: list[Path], extractor_options: dict) -> Tensor:
+    """[CLS] features of `paths`; under torchrun each rank extracts every world_size-th image and the
+    shards are all-gathered, so every rank ends with the full, ordered bank (SPEC §8)."""
+    rank, world_size = get_rank(), get_world_size()
+    shard = paths[rank::world_size]
+    extractor = FeatureExtractor(model, knn_transform(), **extractor_options)
+    local = extractor.extract(shard).cls if shard else torch.zeros(0, model.embed_dim)
+    features = torch.empty(len(paths), model.embed_dim)
+    for index, part in enumerate(all_gather_objects(local)):
+        features[index::world_size] = part
+    return features
 
 
 def run_knn(

@@ -119,3 +119,44 @@ def test_linear_features_avgpool_is_interleaved() -> None:
         tokens = model.get_intermediate_layers(images, 1)[-1]
     assert features.shape == (1, 2 * 192)
     assert torch.allclose(features[0, 0::2], tokens[0, 0]) and torch.allclose(features[0, 1::2], tokens[0, 1:].mean(0))
+
+
+def _knn_rank(rank: int, port: int, folder: str, result_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from dino.eval.knn import extract_folder_features
+    from dino.models.vision_transformer import vit_tiny
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    features, labels, _ = extract_folder_features(vit_tiny(16), folder, device="cpu", progress=False)
+    torch.save({"features": features, "labels": labels}, f"{result_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_extraction_matches_single_process(tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from dino.eval.knn import extract_folder_features
+    from dino.models.vision_transformer import vit_tiny
+
+    folder = _folder(tmp_path / "train", 0)
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        port = handle.getsockname()[1]
+    mp.spawn(_knn_rank, args=(port, str(folder), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single, labels, _ = extract_folder_features(vit_tiny(16), folder, device="cpu", progress=False)
+    for rank in range(2):
+        shard = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.allclose(shard["features"], single, atol=1e-5)
+        assert torch.equal(shard["labels"], labels)
