@@ -232,6 +232,12 @@ def _register_core(subparsers: argparse._SubParsersAction) -> None:
     add_runtime_arguments(features)
     features.set_defaults(func=_features)
 
+    from dino.eval.cli import register as register_eval
+    from dino.train.cli import register as register_train
+
+    register_train(subparsers)
+    register_eval(subparsers)
+
 
 # ---------------------------------------------------------------------------- front door
 def _plugins() -> list[tuple[str, Callable[[argparse._SubParsersAction], None]]]:

@@ -1,0 +1,117 @@
+"""``dino knn`` (weighted k-NN, SPEC §8) and ``dino linear`` (linear probe, SPEC §9) on class-subfolder folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dino.atomic import atomic_write_json
+from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
+from dino.eval.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, run_knn
+from dino.eval.linear import BASE_LR, N_LAST_BLOCKS, run_linear
+from dino.train.distributed import init_distributed
+
+__all__ = ["register"]
+
+
+def _runtime_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of :func:`dino.cli.add_runtime_arguments`, as keyword arguments of the evaluations."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "progress": not args.no_progress,
+    }
+
+
+def _knn(args: argparse.Namespace) -> int:
+    context = init_distributed(args.device)
+    model = backbone_from_args(args)
+    results = run_knn(
+        model,
+        args.train,
+        args.val,
+        ks=args.nb_knn,
+        temperature=args.temperature,
+        cache_dir=args.cache_dir,
+        **_runtime_options(args),
+    )
+    if not context.is_main:
+        return 0
+    rows = [{"k": r.k, "top1": r.top1, "top5": r.top5} for r in results]
+    for row in rows:
+        print(f"{row['k']}-NN: top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}")
+    if args.out:
+        atomic_write_json(args.out, {"weights": args.weights, "temperature": args.temperature, "results": rows})
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps(rows))
+    return 0
+
+
+def _linear(args: argparse.Namespace) -> int:
+    model = backbone_from_args(args)
+    result = run_linear(
+        model,
+        args.train,
+        args.val,
+        epochs=args.epochs,
+        lr=args.lr,
+        n_last_blocks=args.n_last_blocks,
+        avgpool=args.avgpool_patchtokens,
+        output_dir=args.output_dir,
+        **_runtime_options(args),
+    )
+    print(f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch}")
+    if args.output_dir:
+        atomic_write_json(
+            f"{args.output_dir}/linear_results.json",
+            {
+                "weights": args.weights,
+                "best_top1": result.best_top1,
+                "best_epoch": result.best_epoch,
+                "history": result.history,
+            },
+        )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``knn`` and ``linear`` verbs."""
+    parser = subparsers.add_parser(
+        "knn",
+        help="weighted k-NN accuracy of frozen [CLS] features (SPEC §8)",
+        description="Weighted k-NN classification (DINO protocol: resize 256 / crop 224, L2-normalised [CLS], "
+        "top-k cosine neighbours weighted exp(sim/T)). TRAIN and VAL are folders with one subfolder per class. "
+        "Under 'torchrun --nproc_per_node=N -m dino.cli knn ...' feature extraction is split across processes.",
+    )
+    parser.add_argument("--train", required=True, help="bank folder: TRAIN/<class>/<image>")
+    parser.add_argument("--val", required=True, help="query folder with the same class subfolders")
+    parser.add_argument(
+        "--nb-knn", type=int, nargs="+", default=list(DEFAULT_KS), help="values of k (default: %(default)s)"
+    )
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="T (default: %(default)s)")
+    parser.add_argument("--cache-dir", help="save/load features as CACHE_DIR/{train,val}.npy (+ .labels.npy)")
+    parser.add_argument("--out", help="write the results as JSON")
+    add_weights_arguments(parser)
+    add_runtime_arguments(parser, batch_size=64)
+    parser.set_defaults(func=_knn)
+
+    linear = subparsers.add_parser(
+        "linear",
+        help="linear probe on frozen features (SPEC §9)",
+        description="Train a linear classifier on a frozen backbone: [CLS] of the last N blocks (ViT-S recipe; "
+        "ViT-B: --n-last-blocks 1 --avgpool-patchtokens), SGD momentum 0.9, wd 0, cosine lr, RandomResizedCrop "
+        "224 + flip for training, resize 256 / crop 224 for validation; reports the best validation top-1.",
+    )
+    linear.add_argument("--train", required=True, help="TRAIN/<class>/<image>")
+    linear.add_argument("--val", required=True, help="validation folder with the same class subfolders")
+    linear.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
+    linear.add_argument("--lr", type=float, default=BASE_LR, help="lr for a batch of 256 (default: %(default)s)")
+    linear.add_argument("--n-last-blocks", type=int, default=N_LAST_BLOCKS, help="(default: %(default)s)")
+    linear.add_argument("--avgpool-patchtokens", action="store_true", help="append the mean patch token (n=1)")
+    linear.add_argument("--output-dir", help="write linear_weights.pth (released layout) and linear_results.json")
+    add_weights_arguments(linear)
+    add_runtime_arguments(linear, batch_size=128)
+    linear.set_defaults(func=_linear)

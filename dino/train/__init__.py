@@ -1,0 +1,1 @@
+"""DINO pretraining: config, schedules, optimisation, distributed set-up and the trainer (SPEC §3–§7)."""
