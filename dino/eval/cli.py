@@ -6,23 +6,12 @@ import argparse
 import json
 
 from dino.atomic import atomic_write_json
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
+from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
 from dino.eval.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, run_knn
 from dino.eval.linear import BASE_LR, N_LAST_BLOCKS, run_linear
 from dino.train.distributed import init_distributed
 
 __all__ = ["register"]
-
-
-def _runtime_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options of :func:`dino.cli.add_runtime_arguments`, as keyword arguments of the evaluations."""
-    return {
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "progress": not args.no_progress,
-    }
 
 
 def _knn(args: argparse.Namespace) -> int:
@@ -35,7 +24,7 @@ def _knn(args: argparse.Namespace) -> int:
         ks=args.nb_knn,
         temperature=args.temperature,
         cache_dir=args.cache_dir,
-        **_runtime_options(args),
+        **extractor_options(args),
     )
     if not context.is_main:
         return 0
@@ -61,7 +50,7 @@ def _linear(args: argparse.Namespace) -> int:
         n_last_blocks=args.n_last_blocks,
         avgpool=args.avgpool_patchtokens,
         output_dir=args.output_dir,
-        **_runtime_options(args),
+        **extractor_options(args),
     )
     print(f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch}")
     if args.output_dir:
