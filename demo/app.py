@@ -110,26 +110,28 @@ def _friendly(handler: Handler) -> Handler:
     return wrapped  # type: ignore[return-value]
 
 
-class PhotoInput(gr.Image):
+def photo_input(label: str, **kwargs: Any) -> gr.Image:
     """An image upload that reports a non-image file as a message, not an error trace.
 
-    Gradio opens every uploaded image with PIL before the handler runs; a text file or a broken image
-    would fail there. Uploads are passed on as file paths and decoded by :func:`dino.data.io.open_image`.
+    Gradio opens every uploaded image with PIL before the handler runs, so a text file or a broken image
+    would fail there. This component's preprocessing turns that failure into a message, and passes the
+    upload on as a file path that the handler decodes with :func:`dino.data.io.open_image`. (A subclass of
+    gr.Image would make Gradio write a .pyi stub beside this module at import time.)
     """
+    component = gr.Image(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    preprocess = component.preprocess
 
-    is_template = True  # rendered by the frontend's Image component
-
-    def __init__(self, label: str, **kwargs: Any) -> None:
-        super().__init__(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
-
-    def preprocess(self, payload: Any) -> str | None:
+    def checked_preprocess(payload: Any) -> str | None:
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             name = getattr(payload, "orig_name", None) or "the uploaded file"
             raise gr.Error(
                 f"{name} is not an image this demo can read; please upload a JPEG, PNG or WebP photo."
             ) from None
+
+    component.preprocess = checked_preprocess  # type: ignore[method-assign]
+    return component
 
 
 def _open_photo(path: str | None, role: str) -> Image.Image:
@@ -149,18 +151,22 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1):
-            photo = PhotoInput("Photo")
+            photo = photo_input("Photo", elem_id="attention-photo")
             threshold = gr.Slider(0.05, 1.0, value=ATTENTION_THRESHOLD, step=0.05, label="Attention mass kept")
             size = gr.Slider(224, 640, value=ATTENTION_SIZE, step=16, label="Input short side (pixels)")
             better = gr.Checkbox(value=True, label="Better mask (normalized cut)")
-            run = gr.Button("Show attention", variant="primary", interactive=ready)
+            run = gr.Button("Show attention", variant="primary", interactive=ready, elem_id="attention-run")
             gr.Examples([[str(path)] for path in settings.gallery], inputs=[photo], label="Sample photos")
         with gr.Column(scale=2):
             with gr.Row():
-                mean_map = gr.Image(label="Mean attention over heads", type="numpy", interactive=False)
-                foreground = gr.Image(label="Better mask (normalized cut)", type="numpy", interactive=False)
-            heads = gr.Gallery(label="Per-head attention", columns=6, height="auto", interactive=False)
-            head_masks = gr.Gallery(label="Per-head masks", columns=6, height="auto", interactive=False)
+                mean_map = gr.Image(label="Mean attention over heads", interactive=False, elem_id="attention-mean")
+                foreground = gr.Image(label="Better mask (normalized cut)", interactive=False, elem_id="attention-ncut")
+            heads = gr.Gallery(
+                label="Per-head attention", columns=6, height="auto", interactive=False, elem_id="attention-heads"
+            )
+            head_masks = gr.Gallery(
+                label="Per-head masks", columns=6, height="auto", interactive=False, elem_id="attention-masks"
+            )
 
     @_friendly
     def show_attention(path: str | None, mass: float, short_side: float, use_ncut: bool):
@@ -204,12 +210,14 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
     gr.Markdown(intro)
     with gr.Row():
         with gr.Column(scale=1):
-            query = PhotoInput("Query photo")
+            query = photo_input("Query photo", elem_id="search-query")
             count = gr.Slider(1, 2 * SEARCH_RESULTS, value=SEARCH_RESULTS, step=1, label="Results")
-            run = gr.Button("Search", variant="primary", interactive=ready)
+            run = gr.Button("Search", variant="primary", interactive=ready, elem_id="search-run")
             gr.Examples([[str(path)] for path in settings.gallery], inputs=[query], label="Sample photos")
         with gr.Column(scale=2):
-            results = gr.Gallery(label="Most similar", columns=4, height="auto", interactive=False)
+            results = gr.Gallery(
+                label="Most similar", columns=4, height="auto", interactive=False, elem_id="search-results"
+            )
 
     @_friendly
     def search(path: str | None, k: float):
@@ -243,12 +251,12 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
     )
     gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("copy")))
     with gr.Row():
-        first = PhotoInput("Image A")
-        second = PhotoInput("Image B")
+        first = photo_input("Image A", elem_id="copy-a")
+        second = photo_input("Image B", elem_id="copy-b")
         with gr.Column():
-            compare = gr.Button("Compare", variant="primary", interactive=ready)
+            compare = gr.Button("Compare", variant="primary", interactive=ready, elem_id="copy-run")
             similarity = gr.Number(label="Cosine similarity", precision=4, interactive=False)
-            verdict = gr.Markdown()
+            verdict = gr.Markdown(elem_id="copy-verdict")
     examples = sample_copy(settings.cache_dir)
     gr.Examples(
         [[str(examples.original), str(examples.copy)], [str(examples.original), str(examples.other)]],
@@ -258,7 +266,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
     gr.Markdown("### One image against the index\nThe indexed images most similar to it, each with the verdict.")
     with gr.Row():
         with gr.Column(scale=1):
-            suspect = PhotoInput("Image to check")
+            suspect = photo_input("Image to check")
             check = gr.Button(
                 "Check against the index", variant="primary", interactive=ready and copy_index is not None
             )
@@ -407,8 +415,8 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
     gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("video")))
     with gr.Row():
         with gr.Column():
-            video = gr.Video(label="Video", sources=["upload"])
-            mask = PhotoInput("First-frame mask (optional if you draw)")
+            video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
+            mask = photo_input("First-frame mask (optional if you draw)", elem_id="video-mask")
             load_frame = gr.Button("Draw on the first frame instead")
             drawing = gr.ImageEditor(
                 label="Paint the object on the first frame",
@@ -419,12 +427,12 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
                 transforms=[],
                 brush=gr.Brush(colors=["#ff3366"], default_size=24, color_mode="fixed"),
             )
-            run = gr.Button("Propagate", variant="primary", interactive=ready)
+            run = gr.Button("Propagate", variant="primary", interactive=ready, elem_id="video-run")
             if sample is not None:
                 gr.Examples([[str(sample.video), str(sample.first_mask)]], inputs=[video, mask], label="Sample clip")
         with gr.Column():
-            result = gr.Video(label="Propagated masks", interactive=False)
-            notice = gr.Markdown()
+            result = gr.Video(label="Propagated masks", interactive=False, elem_id="video-result")
+            notice = gr.Markdown(elem_id="video-notice")
 
     @_friendly
     def first_frame(path: str | None):
@@ -555,8 +563,18 @@ def launch_demo(
     share: bool = False,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
+    max_file_size: str | int = MAX_UPLOAD_SIZE,
 ) -> str:
     """Serve a page from :func:`build_demo` (blocks until stopped unless `prevent_thread_lock`).
+
+    Args:
+        page: The page.
+        host: Address to listen on; the default serves this machine only.
+        port: Port, or None for the first free one from 7860.
+        share: Also open a public gradio.live tunnel (needs internet).
+        prevent_thread_lock: Return once the server runs (tests); close it with ``page.close()``.
+        quiet: Do not print the URL.
+        max_file_size: Larger uploads are refused (``"50mb"``, or bytes).
 
     Returns:
         The local URL.
@@ -567,7 +585,7 @@ def launch_demo(
         server_name=host,
         server_port=port,
         share=share,
-        max_file_size=MAX_UPLOAD_SIZE,
+        max_file_size=max_file_size,
         allowed_paths=[str(folder) for folder in settings.served_folders],
         prevent_thread_lock=prevent_thread_lock,
         show_error=False,
