@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--gallery", help="folder of images to index for Search and Copy check (default: the samples)")
-    data.add_argument("--index", help="an index folder written by `dino index` to search instead")
+    data.add_argument("--index", help="an index folder written by `dino search index` to search instead")
     data.add_argument("--cache-dir", help="where sample files are written (default: ~/.cache/dino-suite/demo)")
     data.add_argument(
         "--max-video-frames",
