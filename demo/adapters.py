@@ -32,6 +32,7 @@ __all__ = [
     "build_search_index",
     "compare_copies",
     "copy_threshold",
+    "find_copies",
     "open_search_index",
     "propagate_mask",
     "search_similar",
@@ -41,7 +42,7 @@ __all__ = [
 TAB_MODULES: dict[str, tuple[str, ...]] = {
     "attention": ("apps.segmentation.inference", "apps.segmentation.masks", "apps.segmentation.ncut"),
     "search": ("dino.index",),
-    "copy": ("dino.index", "apps.copy_detection"),
+    "copy": ("dino.index", "apps.copy_detection.find"),
     "video": ("apps.video_seg.pipeline",),
 }
 TAB_TITLES = {"attention": "Attention masks", "search": "Search", "copy": "Copy check", "video": "Video masks"}
@@ -176,34 +177,45 @@ def search_similar(index: Any, model: VisionTransformer, query: Image.Image, k: 
 # ---------------------------------------------------------------------------- (c) copy check
 @dataclass(frozen=True)
 class CopyVerdict:
-    """Cosine similarity of two copy-detection descriptors and what the calibrated threshold says."""
+    """Cosine similarity of two copy-detection descriptors and the app's calibrated threshold."""
 
     similarity: float
     threshold: float
 
     @property
     def is_copy(self) -> bool:
+        """The copy-detection app's rule: a copy reaches the threshold."""
         return self.similarity >= self.threshold
 
 
 def copy_threshold() -> float:
-    """The copy-detection app's calibrated decision threshold on the cosine similarity."""
-    return float(_app("apps.copy_detection", "copy").COPY_THRESHOLD)
-
-
-def compare_copies(model: VisionTransformer, first: Image.Image, second: Image.Image, **options: Any) -> CopyVerdict:
-    """Similarity of two images under the copy-detection descriptor, with the app's verdict."""
-    app = _app("apps.copy_detection", "copy")
-    return CopyVerdict(float(app.copy_similarity(model, first, second, **options)), copy_threshold())
+    """The copy-detection app's calibrated threshold on the cosine similarity."""
+    return float(_app("apps.copy_detection.find", "copy").DEFAULT_THRESHOLD)
 
 
 def build_copy_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
-    """An in-memory index of `images` under the copy-detection descriptor (SPEC §12), via dino.index."""
-    index = _app("dino.index", "copy")
-    _app("apps.copy_detection", "copy")
-    from dino.descriptors import DescriptorRecipe
+    """An in-memory index of `images` under the copy-detection descriptor (SPEC §12), by the copy app."""
+    return _app("apps.copy_detection.find", "copy").build_copy_index(images, model, **options)
 
-    return index.build_index(images, model, DescriptorRecipe.copy_detection(), **options)
+
+def find_copies(index: Any, model: VisionTransformer, query: str | os.PathLike[str], **options: Any) -> list[Any]:
+    """The indexed images the copy app calls copies of `query` (at its calibrated threshold), best first."""
+    find = _app("apps.copy_detection.find", "copy")
+    return find.find_copies([query], index, model, candidates=min(find.DEFAULT_CANDIDATES, len(index)), **options)[0]
+
+
+def compare_copies(
+    model: VisionTransformer, first: str | os.PathLike[str], second: str | os.PathLike[str], **options: Any
+) -> CopyVerdict:
+    """Similarity of two image files under the copy-detection descriptor, with the app's verdict.
+
+    The copy app compares a query with indexed images, so `second` is indexed alone and `first` queried
+    against it with no threshold, which returns their similarity whatever it is.
+    """
+    find = _app("apps.copy_detection.find", "copy")
+    index = find.build_copy_index([second], model, **options)
+    (hit,) = find.find_copies([first], index, model, threshold=-np.inf, candidates=1, include_self=True, **options)[0]
+    return CopyVerdict(hit.score, copy_threshold())
 
 
 # ---------------------------------------------------------------------------- (d) video

@@ -225,7 +225,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
             raise adapters.NotAvailableYet(_unavailable_notice("search"))
         image = _open_photo(path, "a query photo")
         hits = adapters.search_similar(
-            index, model, image, min(int(k), len(index)), device=settings.device, progress=False
+            index, model, image, min(int(k), len(index)), device=settings.device, num_workers=0, progress=False
         )
         return [
             (thumbnail(open_image(hit.path)), f"{hit.rank + 1}. {Path(hit.path).name} · {hit.score:.3f}")
@@ -246,9 +246,12 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
     ready = adapters.available("copy")
     intro = (
         "Is one image an edited copy (crop, resize, recompression, colour change…) of another? Both are "
-        "described with the copy-detection descriptor ([CLS] ⊕ GeM of patch tokens at 320×320, SPEC §12) and "
-        "their cosine similarity is compared with the app's calibrated threshold."
+        "described with the copy-detection descriptor ([CLS] ⊕ GeM of the patch tokens at 320×320, the paper's "
+        "Copydays recipe) and their cosine similarity is compared with the copy-detection app's calibrated "
+        "threshold."
     )
+    if ready:
+        intro += f" Threshold: {adapters.copy_threshold():.3f}."
     gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("copy")))
     with gr.Row():
         first = photo_input("Image A", elem_id="copy-a")
@@ -263,36 +266,35 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         inputs=[first, second],
         label="Sample pairs: an edited copy, and a different photo",
     )
-    gr.Markdown("### One image against the index\nThe indexed images most similar to it, each with the verdict.")
+    gr.Markdown(f"### One image against the index\nThe likely copies of it among {settings.index_source}.")
     with gr.Row():
         with gr.Column(scale=1):
-            suspect = photo_input("Image to check")
+            suspect = photo_input("Image to check", elem_id="copy-suspect")
             check = gr.Button(
-                "Check against the index", variant="primary", interactive=ready and copy_index is not None
+                "Find copies in the index", variant="primary", interactive=copy_index is not None, elem_id="copy-find"
             )
         with gr.Column(scale=2):
-            matches = gr.Gallery(label="Closest indexed images", columns=4, height="auto", interactive=False)
+            found = gr.Markdown(elem_id="copy-found")
+            matches = gr.Gallery(
+                label="Likely copies", columns=4, height="auto", interactive=False, elem_id="copy-matches"
+            )
 
     @_friendly
     def compare_pair(path_a: str | None, path_b: str | None):
-        image_a, image_b = _open_photo(path_a, "image A"), _open_photo(path_b, "image B")
-        result = adapters.compare_copies(model, image_a, image_b, device=settings.device, progress=False)
+        for path, role in ((path_a, "image A"), (path_b, "image B")):
+            _open_photo(path, role)  # a readable image, or a clear message before any model work
+        result = adapters.compare_copies(model, path_a, path_b, device=settings.device, num_workers=0, progress=False)
         return result.similarity, _verdict_text(result)
 
     @_friendly
-    def check_against_index(path: str | None):
+    def find_in_index(path: str | None):
         if copy_index is None:
             raise adapters.NotAvailableYet(_unavailable_notice("copy"))
-        image = _open_photo(path, "an image to check")
-        threshold = adapters.copy_threshold()
-        hits = adapters.search_similar(copy_index, model, image, SEARCH_RESULTS, device=settings.device, progress=False)
-        return [
-            (
-                thumbnail(open_image(hit.path)),
-                f"{Path(hit.path).name} · {hit.score:.3f} · {'copy' if hit.score >= threshold else 'not a copy'}",
-            )
-            for hit in hits
-        ]
+        _open_photo(path, "an image to check")  # a readable image, or a clear message before any model work
+        hits = adapters.find_copies(copy_index, model, path, device=settings.device, num_workers=0, progress=False)
+        summary = f"**{len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}** at threshold "
+        summary += f"{adapters.copy_threshold():.3f}."
+        return summary, [(thumbnail(open_image(hit.path)), f"{Path(hit.path).name} · {hit.score:.3f}") for hit in hits]
 
     compare.click(
         compare_pair,
@@ -302,7 +304,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         concurrency_id="model",
     )
     check.click(
-        check_against_index, inputs=[suspect], outputs=[matches], api_name="copy_search", concurrency_id="model"
+        find_in_index, inputs=[suspect], outputs=[found, matches], api_name="copy_search", concurrency_id="model"
     )
 
 

@@ -144,8 +144,11 @@ def test_copy_check_verdict_follows_the_calibrated_threshold(client, demo_cache)
 
 @pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
 def test_copy_search_finds_the_image_itself_in_the_index(client, demo_cache) -> None:
-    matches = client.predict(_file(_photo(demo_cache, "skimage-coffee")), api_name="/copy_search")
-    assert matches[0]["caption"].startswith("skimage-coffee.jpg · 1.000 · copy")
+    summary, matches = client.predict(_file(_photo(demo_cache, "skimage-coffee")), api_name="/copy_search")
+    assert matches[0]["caption"] == "skimage-coffee.jpg · 1.000"
+    assert summary.startswith(f"**{len(matches)} likely cop")
+    scores = [float(item["caption"].rsplit("· ", 1)[1]) for item in matches]
+    assert min(scores) >= adapters.copy_threshold()
 
 
 def test_copy_check_needs_both_images(client, demo_cache) -> None:
