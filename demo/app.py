@@ -161,12 +161,8 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
             with gr.Row():
                 mean_map = gr.Image(label="Mean attention over heads", interactive=False, elem_id="attention-mean")
                 foreground = gr.Image(label="Better mask (normalized cut)", interactive=False, elem_id="attention-ncut")
-            heads = gr.Gallery(
-                label="Per-head attention", columns=6, height="auto", interactive=False, elem_id="attention-heads"
-            )
-            head_masks = gr.Gallery(
-                label="Per-head masks", columns=6, height="auto", interactive=False, elem_id="attention-masks"
-            )
+            heads = gr.Gallery(label="Per-head attention", columns=6, interactive=False, elem_id="attention-heads")
+            head_masks = gr.Gallery(label="Per-head masks", columns=6, interactive=False, elem_id="attention-masks")
 
     @_friendly
     def show_attention(path: str | None, mass: float, short_side: float, use_ncut: bool):
@@ -199,6 +195,11 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
 
 
 # ---------------------------------------------------------------------------- (b) search
+def _caption(hit: Any) -> str:
+    """Score first: galleries cut long captions at the end."""
+    return f"{hit.score:.3f} · {Path(hit.path).name}"
+
+
 def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) -> None:
     ready = index is not None
     intro = "Find the indexed images whose DINO descriptor ([CLS] of a 224-pixel thumbnail, the paper's "
@@ -227,10 +228,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
         hits = adapters.search_similar(
             index, model, image, min(int(k), len(index)), device=settings.device, num_workers=0, progress=False
         )
-        return [
-            (thumbnail(open_image(hit.path)), f"{hit.rank + 1}. {Path(hit.path).name} · {hit.score:.3f}")
-            for hit in hits
-        ]
+        return [(thumbnail(open_image(hit.path)), _caption(hit)) for hit in hits]
 
     run.click(search, inputs=[query, count], outputs=[results], api_name="search", concurrency_id="model")
 
@@ -294,7 +292,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         hits = adapters.find_copies(copy_index, model, path, device=settings.device, num_workers=0, progress=False)
         summary = f"**{len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}** at threshold "
         summary += f"{adapters.copy_threshold():.3f}."
-        return summary, [(thumbnail(open_image(hit.path)), f"{Path(hit.path).name} · {hit.score:.3f}") for hit in hits]
+        return summary, [(thumbnail(open_image(hit.path)), _caption(hit)) for hit in hits]
 
     compare.click(
         compare_pair,

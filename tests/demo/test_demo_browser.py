@@ -37,6 +37,7 @@ RESULT_TIMEOUT_MS = 180_000
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*"),
     pytest.mark.skipif(
         not CHROMIUM.is_file(),
         reason=f"no Chromium at {CHROMIUM} (as root, `bash scripts/setup.sh dev` installs Debian's chromium; "
@@ -77,6 +78,10 @@ def _upload(page, component_id: str, path: Path) -> None:
 
 
 def _shoot(page, folder: Path, tab: str) -> Path:
+    """A full-page screenshot, without the notification toasts that would cover the page's top right."""
+    for close in page.locator(".toast-close").all():
+        close.click()
+    page.locator(".toast-close").first.wait_for(state="detached")
     path = folder / f"demo-{tab}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000  # a real rendering, not a blank page
@@ -106,19 +111,6 @@ def test_attention_tab_shows_heatmaps_and_masks(browser_page, demo_server, scree
     _shoot(page, screenshots, "attention")
 
 
-def test_a_file_that_is_not_an_image_gives_a_message_not_a_trace(browser_page, tmp_path) -> None:
-    page = browser_page
-    _open_tab(page, "Attention")
-    # Named like a photo, so the browser's file picker lets it through to the server.
-    notes = tmp_path / "notes.jpg"
-    notes.write_text("not a photo")
-    _upload(page, "attention-photo", notes)
-    page.locator("#attention-run").click()
-    message = page.get_by_text("notes.jpg is not an image this demo can read")
-    message.first.wait_for(timeout=RESULT_TIMEOUT_MS)
-    assert "Traceback" not in page.content()
-
-
 @pytest.mark.skipif(not adapters.available("search"), reason="dino.index not installed")
 def test_search_tab_shows_results(browser_page, demo_server, screenshots) -> None:
     page = browser_page
@@ -128,7 +120,7 @@ def test_search_tab_shows_results(browser_page, demo_server, screenshots) -> Non
     page.locator("#search-query img").first.wait_for()
     page.locator("#search-run").click()
     page.locator("#search-results img").nth(3).wait_for(timeout=RESULT_TIMEOUT_MS)
-    page.get_by_text("1. skimage-astronaut.jpg").first.wait_for()
+    page.get_by_text("1.000 · skimage-astronaut.jpg").first.wait_for()
     _shoot(page, screenshots, "search")
 
 
@@ -161,3 +153,16 @@ def test_video_tab_returns_a_playable_overlay(browser_page, demo_server, screens
     page.wait_for_function("document.querySelector('#video-result video').readyState >= 1", timeout=30_000)
     assert result.evaluate("video => video.videoWidth") == 320
     _shoot(page, screenshots, "video")
+
+
+def test_a_file_that_is_not_an_image_gives_a_message_not_a_trace(browser_page, tmp_path) -> None:
+    page = browser_page
+    _open_tab(page, "Attention")
+    # Named like a photo, so the browser's file picker lets it through to the server.
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    _upload(page, "attention-photo", notes)
+    page.locator("#attention-run").click()
+    message = page.get_by_text("notes.jpg is not an image this demo can read")
+    message.first.wait_for(timeout=RESULT_TIMEOUT_MS)
+    assert "Traceback" not in page.content()
