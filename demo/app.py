@@ -47,6 +47,8 @@ from dino.models.vision_transformer import VisionTransformer  # noqa: E402
 
 __all__ = ["build_demo", "launch_demo", "weights_notice"]
 
+# Gradio galleries keep a fixed height whatever their content; this fits two rows of heads.
+GALLERY_HEIGHT = 280
 # Fonts the browser already has: the default theme's Google fonts cannot load offline.
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")
 MONO_FONTS = ("ui-monospace", "Consolas", "monospace")
@@ -161,8 +163,16 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
             with gr.Row():
                 mean_map = gr.Image(label="Mean attention over heads", interactive=False, elem_id="attention-mean")
                 foreground = gr.Image(label="Better mask (normalized cut)", interactive=False, elem_id="attention-ncut")
-            heads = gr.Gallery(label="Per-head attention", columns=6, interactive=False, elem_id="attention-heads")
-            head_masks = gr.Gallery(label="Per-head masks", columns=6, interactive=False, elem_id="attention-masks")
+            heads = gr.Gallery(
+                label="Per-head attention",
+                columns=6,
+                height=GALLERY_HEIGHT,
+                interactive=False,
+                elem_id="attention-heads",
+            )
+            head_masks = gr.Gallery(
+                label="Per-head masks", columns=6, height=GALLERY_HEIGHT, interactive=False, elem_id="attention-masks"
+            )
 
     @_friendly
     def show_attention(path: str | None, mass: float, short_side: float, use_ncut: bool):
