@@ -430,6 +430,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
             load_frame = gr.Button("Draw on the first frame instead")
             drawing = gr.ImageEditor(
                 label="Paint the object on the first frame",
+                elem_id="video-draw",
                 type="numpy",
                 image_mode="RGBA",
                 sources=[],

@@ -178,6 +178,17 @@ def test_video_is_cut_to_the_frame_limit_with_a_notice(client, demo_server, demo
     assert f"only its first {limit} frames were used" in notice
 
 
+@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
+def test_video_follows_a_mask_drawn_on_the_first_frame(client, demo_cache, tmp_path) -> None:
+    clip = sample_video(demo_cache)
+    layer = np.zeros((240, 320, 4), np.uint8)
+    layer[100:140, 40:80] = (255, 51, 102, 255)  # a brush stroke on the disc, as the editor returns it
+    Image.fromarray(layer).save(tmp_path / "layer.png")
+    drawn = {"background": None, "layers": [_file(tmp_path / "layer.png")], "composite": None, "id": None}
+    _, notice = client.predict(_file(clip.video), None, drawn, api_name="/video")
+    assert "frames propagated, 1 object(s)" in notice
+
+
 def test_video_first_frame_for_drawing(client, demo_cache) -> None:
     editor = client.predict(_file(sample_video(demo_cache).video), api_name="/first_frame")
     assert np.asarray(Image.open(editor["background"])).shape[:2] == (240, 320)

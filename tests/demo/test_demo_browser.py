@@ -155,6 +155,29 @@ def test_video_tab_returns_a_playable_overlay(browser_page, demo_server, screens
     _shoot(page, screenshots, "video")
 
 
+@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
+def test_video_tab_propagates_a_mask_drawn_on_the_first_frame(browser_page, demo_server) -> None:
+    page = browser_page
+    page.reload()  # a fresh page: no mask left uploaded by another test, so the drawing is what counts
+    page.locator("#attention-photo").wait_for()
+    _open_tab(page, "Video")
+    _upload(page, "video-input", sample_video(demo_server.cache_dir).video)
+    page.get_by_role("button", name="Draw on the first frame instead").click()
+    page.locator("#video-draw canvas").first.wait_for()
+    page.wait_for_timeout(1000)  # the editor fits the frame into its canvas
+    box = page.locator("#video-draw canvas").first.bounding_box()
+    # A stroke through the middle of the canvas, where the editor centres the frame.
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 0.4 * box["width"], y)
+    page.mouse.down()
+    for step in range(11):
+        page.mouse.move(box["x"] + (0.4 + 0.02 * step) * box["width"], y + step % 3)
+    page.mouse.up()
+    page.locator("#video-run").click()
+    notice = page.locator("#video-notice").get_by_text("frames propagated, 1 object(s)")
+    notice.wait_for(timeout=RESULT_TIMEOUT_MS)
+
+
 def test_a_file_that_is_not_an_image_gives_a_message_not_a_trace(browser_page, tmp_path) -> None:
     page = browser_page
     _open_tab(page, "Attention")
