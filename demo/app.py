@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +48,8 @@ from dino.models.vision_transformer import VisionTransformer  # noqa: E402
 
 __all__ = ["build_demo", "launch_demo", "weights_notice"]
 
+# Every hour, uploads and results older than a day are deleted from Gradio's cache (seconds).
+CACHE_CLEANUP = (3600, 24 * 3600)
 # Gradio galleries keep a fixed height whatever their content; this fits two rows of heads.
 GALLERY_HEIGHT = 280
 # Fonts the browser already has: the default theme's Google fonts cannot load offline.
@@ -167,11 +170,17 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
                 label="Per-head attention",
                 columns=6,
                 height=GALLERY_HEIGHT,
+                object_fit="contain",
                 interactive=False,
                 elem_id="attention-heads",
             )
             head_masks = gr.Gallery(
-                label="Per-head masks", columns=6, height=GALLERY_HEIGHT, interactive=False, elem_id="attention-masks"
+                label="Per-head masks",
+                columns=6,
+                height=GALLERY_HEIGHT,
+                object_fit="contain",
+                interactive=False,
+                elem_id="attention-masks",
             )
 
     @_friendly
@@ -473,8 +482,10 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
             frames[1:], adapters.propagate_mask(model, frames, labels, settings.device, advance), strict=True
         ):
             overlays.append(label_overlay_bgr(frame, frame_labels))
-        out = Path(gr.utils.get_upload_folder()) / "dino-demo" / f"{Path(path).stem}-propagated.webm"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        # One folder per request, inside Gradio's cache (which delete_cache empties): users never share files.
+        cache = Path(gr.utils.get_upload_folder())
+        cache.mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix="dino-demo-", dir=cache)) / f"{Path(path).stem}-propagated.webm"
         _write_webm(overlays, fps, out)
         message = f"{total} frames propagated, {int(labels.max())} object(s)."
         if cut:
@@ -550,7 +561,7 @@ def build_demo(
         model, settings, os.fspath(gallery) if gallery else None, os.fspath(index) if index else None
     )
 
-    with gr.Blocks(title="DINO demo", analytics_enabled=False) as page:
+    with gr.Blocks(title="DINO demo", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as page:
         gr.Markdown("# DINO: attention masks, search, copy check and video masks")
         gr.Markdown(weights_notice(weights, model), elem_id="weights-notice")
         with gr.Tabs():
