@@ -139,6 +139,13 @@ def photo_input(label: str, **kwargs: Any) -> gr.Image:
     return component
 
 
+def _result_gallery(label: str, elem_id: str, columns: int = 4, height: int | str = "auto") -> gr.Gallery:
+    """An output gallery showing whole images (not cropped to squares)."""
+    return gr.Gallery(
+        label=label, columns=columns, height=height, object_fit="contain", interactive=False, elem_id=elem_id
+    )
+
+
 def _open_photo(path: str | None, role: str) -> Image.Image:
     if not path:
         raise gr.Error(f"Please upload {role} first (or pick a sample below).")
@@ -166,22 +173,8 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
             with gr.Row():
                 mean_map = gr.Image(label="Mean attention over heads", interactive=False, elem_id="attention-mean")
                 foreground = gr.Image(label="Better mask (normalized cut)", interactive=False, elem_id="attention-ncut")
-            heads = gr.Gallery(
-                label="Per-head attention",
-                columns=6,
-                height=GALLERY_HEIGHT,
-                object_fit="contain",
-                interactive=False,
-                elem_id="attention-heads",
-            )
-            head_masks = gr.Gallery(
-                label="Per-head masks",
-                columns=6,
-                height=GALLERY_HEIGHT,
-                object_fit="contain",
-                interactive=False,
-                elem_id="attention-masks",
-            )
+            heads = _result_gallery("Per-head attention", "attention-heads", columns=6, height=GALLERY_HEIGHT)
+            head_masks = _result_gallery("Per-head masks", "attention-masks", columns=6, height=GALLERY_HEIGHT)
 
     @_friendly
     def show_attention(path: str | None, mass: float, short_side: float, use_ncut: bool):
@@ -235,9 +228,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
             run = gr.Button("Search", variant="primary", interactive=ready, elem_id="search-run")
             gr.Examples([[str(path)] for path in settings.gallery], inputs=[query], label="Sample photos")
         with gr.Column(scale=2):
-            results = gr.Gallery(
-                label="Most similar", columns=4, height="auto", interactive=False, elem_id="search-results"
-            )
+            results = _result_gallery("Most similar", "search-results")
 
     @_friendly
     def search(path: str | None, k: float):
@@ -292,9 +283,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
             )
         with gr.Column(scale=2):
             found = gr.Markdown(elem_id="copy-found")
-            matches = gr.Gallery(
-                label="Likely copies", columns=4, height="auto", interactive=False, elem_id="copy-matches"
-            )
+            matches = _result_gallery("Likely copies", "copy-matches")
 
     @_friendly
     def compare_pair(path_a: str | None, path_b: str | None):

@@ -77,6 +77,15 @@ def _upload(page, component_id: str, path: Path) -> None:
     page.locator(f"#{component_id} input[type=file]").set_input_files(str(path))
 
 
+def _run_tab(page, tab: str, uploads: dict[str, Path], shown: str, run: str) -> None:
+    """Open a tab, upload files into components (by elem_id), wait until `shown` is displayed, press `run`."""
+    _open_tab(page, tab)
+    for component_id, path in uploads.items():
+        _upload(page, component_id, path)
+    page.locator(shown).first.wait_for()
+    page.locator(run).click()
+
+
 def _shoot(page, folder: Path, tab: str) -> Path:
     """A full-page screenshot, without the notification toasts that would cover the page's top right."""
     for close in page.locator(".toast-close").all():
@@ -96,11 +105,8 @@ def test_page_states_the_weights_and_their_quality(browser_page) -> None:
 @pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_attention_tab_shows_heatmaps_and_masks(browser_page, demo_server, screenshots) -> None:
     page = browser_page
-    _open_tab(page, "Attention")
     photo = next(path for path in sample_gallery(demo_server.cache_dir) if path.stem == "skimage-chelsea")
-    _upload(page, "attention-photo", photo)
-    page.locator("#attention-photo img").first.wait_for()
-    page.locator("#attention-run").click()
+    _run_tab(page, "Attention", {"attention-photo": photo}, "#attention-photo img", "#attention-run")
     heads = page.locator("#attention-heads img")
     heads.nth(demo_server.heads - 1).wait_for(timeout=RESULT_TIMEOUT_MS)
     page.locator("#attention-masks img").nth(demo_server.heads).wait_for(timeout=RESULT_TIMEOUT_MS)
@@ -114,11 +120,8 @@ def test_attention_tab_shows_heatmaps_and_masks(browser_page, demo_server, scree
 @pytest.mark.skipif(not adapters.available("search"), reason="dino.index not installed")
 def test_search_tab_shows_results(browser_page, demo_server, screenshots) -> None:
     page = browser_page
-    _open_tab(page, "Search")
     query = next(path for path in sample_gallery(demo_server.cache_dir) if path.stem == "skimage-astronaut")
-    _upload(page, "search-query", query)
-    page.locator("#search-query img").first.wait_for()
-    page.locator("#search-run").click()
+    _run_tab(page, "Search", {"search-query": query}, "#search-query img", "#search-run")
     page.locator("#search-results img").nth(3).wait_for(timeout=RESULT_TIMEOUT_MS)
     page.get_by_text("1.000 · skimage-astronaut.jpg").first.wait_for()
     _shoot(page, screenshots, "search")
@@ -127,12 +130,8 @@ def test_search_tab_shows_results(browser_page, demo_server, screenshots) -> Non
 @pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
 def test_copy_tab_gives_a_verdict(browser_page, demo_server, screenshots) -> None:
     page = browser_page
-    _open_tab(page, "Copy check")
     pair = sample_copy(demo_server.cache_dir)
-    _upload(page, "copy-a", pair.original)
-    _upload(page, "copy-b", pair.copy)
-    page.locator("#copy-b img").first.wait_for()
-    page.locator("#copy-run").click()
+    _run_tab(page, "Copy check", {"copy-a": pair.original, "copy-b": pair.copy}, "#copy-b img", "#copy-run")
     page.locator("#copy-verdict").get_by_text("threshold").wait_for(timeout=RESULT_TIMEOUT_MS)
     _shoot(page, screenshots, "copy")
 
@@ -140,12 +139,8 @@ def test_copy_tab_gives_a_verdict(browser_page, demo_server, screenshots) -> Non
 @pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
 def test_video_tab_returns_a_playable_overlay(browser_page, demo_server, screenshots) -> None:
     page = browser_page
-    _open_tab(page, "Video")
     clip = sample_video(demo_server.cache_dir)
-    _upload(page, "video-input", clip.video)
-    _upload(page, "video-mask", clip.first_mask)
-    page.locator("#video-mask img").first.wait_for()
-    page.locator("#video-run").click()
+    _run_tab(page, "Video", {"video-input": clip.video, "video-mask": clip.first_mask}, "#video-mask img", "#video-run")
     page.locator("#video-notice").get_by_text("frames propagated").wait_for(timeout=RESULT_TIMEOUT_MS)
     result = page.locator("#video-result video")
     result.wait_for()
@@ -180,12 +175,10 @@ def test_video_tab_propagates_a_mask_drawn_on_the_first_frame(browser_page, demo
 
 def test_a_file_that_is_not_an_image_gives_a_message_not_a_trace(browser_page, tmp_path) -> None:
     page = browser_page
-    _open_tab(page, "Attention")
     # Named like a photo, so the browser's file picker lets it through to the server.
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a photo")
-    _upload(page, "attention-photo", notes)
-    page.locator("#attention-run").click()
+    _run_tab(page, "Attention", {"attention-photo": notes}, "#attention-photo img", "#attention-run")
     message = page.get_by_text("notes.jpg is not an image this demo can read")
     message.first.wait_for(timeout=RESULT_TIMEOUT_MS)
     assert "Traceback" not in page.content()
