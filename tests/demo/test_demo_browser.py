@@ -157,8 +157,12 @@ def test_video_tab_propagates_a_mask_drawn_on_the_first_frame(browser_page, demo
     page.locator("#attention-photo").wait_for()
     _open_tab(page, "Video")
     _upload(page, "video-input", sample_video(demo_server.cache_dir).video)
+    page.locator("#video-input video").wait_for()
     page.get_by_role("button", name="Draw on the first frame instead").click()
-    page.locator("#video-draw canvas").first.wait_for()
+    # The empty editor asks for a tool; once the first frame is its background, it draws with the brush.
+    page.locator("#video-draw").get_by_text("select the draw tool to start").wait_for(
+        state="hidden", timeout=RESULT_TIMEOUT_MS
+    )
     page.wait_for_timeout(1000)  # the editor fits the frame into its canvas
     box = page.locator("#video-draw canvas").first.bounding_box()
     # A stroke through the middle of the canvas, where the editor centres the frame.
