@@ -33,6 +33,7 @@ from demo.config import (  # noqa: E402
     DEFAULT_PORT,
     MAX_MASK_OBJECTS,
     MAX_UPLOAD_SIZE,
+    MAX_VIDEO_FPS,
     OUTPUT_VIDEO_FPS_FALLBACK,
     QUEUE_MAX_SIZE,
     SEARCH_RESULTS,
@@ -322,7 +323,9 @@ def _read_frames(path: str, limit: int) -> tuple[list[np.ndarray], float, bool]:
     try:
         if not capture.isOpened():
             raise ValueError(f"{Path(path).name}: not a video this demo can decode (try MP4, WebM or AVI)")
-        fps = capture.get(cv2.CAP_PROP_FPS) or OUTPUT_VIDEO_FPS_FALLBACK
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        # Containers without a (sane) rate still get a watchable overlay.
+        fps = fps if 1 <= fps <= MAX_VIDEO_FPS else OUTPUT_VIDEO_FPS_FALLBACK
         frames: list[np.ndarray] = []
         while len(frames) < limit:
             ok, frame = capture.read()
@@ -412,7 +415,7 @@ def _write_webm(frames: Sequence[np.ndarray], fps: float, path: Path) -> Path:
     return path
 
 
-def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleVideo | None) -> None:
+def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleVideo) -> None:
     ready = adapters.available("video")
     intro = (
         "Give the first frame's mask, get it carried through the video by label propagation of DINO patch "
@@ -437,8 +440,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
                 brush=gr.Brush(colors=["#ff3366"], default_size=24, color_mode="fixed"),
             )
             run = gr.Button("Propagate", variant="primary", interactive=ready, elem_id="video-run")
-            if sample is not None:
-                gr.Examples([[str(sample.video), str(sample.first_mask)]], inputs=[video, mask], label="Sample clip")
+            gr.Examples([[str(sample.video), str(sample.first_mask)]], inputs=[video, mask], label="Sample clip")
         with gr.Column():
             result = gr.Video(label="Propagated masks", interactive=False, elem_id="video-result")
             notice = gr.Markdown(elem_id="video-notice")
@@ -476,7 +478,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
         cache.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkdtemp(prefix="dino-demo-", dir=cache)) / f"{Path(path).stem}-propagated.webm"
         _write_webm(overlays, fps, out)
-        message = f"{total} frames propagated, {int(labels.max())} object(s)."
+        message = f"{total} frames propagated, {len(np.unique(labels[labels > 0]))} object(s)."
         if cut:
             message += f" The video is longer: only its first {settings.max_video_frames} frames were used."
             gr.Warning(f"Video cut to its first {settings.max_video_frames} frames (the demo's limit).")

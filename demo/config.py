@@ -22,6 +22,7 @@ DEFAULT_MAX_VIDEO_FRAMES = 48
 # decoding and the overlay video light for large uploads.
 VIDEO_SHORT_SIDE = 480
 OUTPUT_VIDEO_FPS_FALLBACK = 8.0
+MAX_VIDEO_FPS = 120.0
 # SPEC §10 reference input size and threshold, the Attention tab's defaults.
 ATTENTION_SIZE = 480
 ATTENTION_THRESHOLD = 0.6
