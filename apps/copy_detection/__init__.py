@@ -1,0 +1,1 @@
+"""Copy detection: the Copydays protocol (SPEC §12), a Copydays-layout benchmark generator and a copy finder."""

@@ -1,0 +1,112 @@
+"""Finding copies: index a collection with the copy-detection descriptor, then ask which images copy a query.
+
+The index is the core's FAISS index (:mod:`dino.index`) built with :meth:`DescriptorRecipe.copy_detection` and,
+optionally, a whitening stored inside it; a query's likely copies are its nearest indexed images whose cosine
+similarity reaches a threshold.
+
+How :data:`DEFAULT_THRESHOLD` was calibrated (docs/copy_detection.md, "Calibrating the copy threshold"): a
+benchmark was generated from the 43 photos of the project's real check (``bench/copy_detection_real_check.py``:
+``make-benchmark --seed 0 --max-side 1024``, 20 originals, 10 whitening photos, 13 distractors), every query of
+every block but ``original`` was compared with every database image (420 copy pairs, 13,440 non-copy pairs), and
+the threshold maximising F1 between copy and non-copy pairs was taken; ``copy-detect eval`` reports the same
+``calibration`` for any backbone and benchmark. The only backbone that can be run offline here is a random
+initialisation (``random:vit_small/16``, unwhitened), so the constant is that backbone's value: it is a pipeline
+default, not a calibrated operating point for trained weights. With trained weights, run ``copy-detect eval`` on
+a benchmark made from photos like yours and pass its ``max_f1`` threshold as ``--threshold``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from apps.copy_detection.evaluate import load_or_fit_whitening
+from dino.checkpoint import load_backbone
+from dino.data.io import list_images
+from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
+from dino.index import Hit, ImageIndex, build_index, search_images
+from dino.models.vision_transformer import VisionTransformer
+from dino.whitening import Whitening
+
+__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_THRESHOLD", "backbone_of_index", "build_copy_index", "find_copies"]
+
+# The max-F1 copy/non-copy threshold of random:vit_small/16, unwhitened, on the real-check benchmark (0.97698:
+# precision 0.855, recall 0.714 over 420 copy and 13,440 non-copy pairs); see the module docstring.
+DEFAULT_THRESHOLD = 0.977
+# Nearest indexed images examined per query before thresholding.
+DEFAULT_CANDIDATES = 10
+
+
+def build_copy_index(
+    images: Sequence[str | os.PathLike[str]],
+    model: VisionTransformer,
+    out: str | os.PathLike[str] | None = None,
+    whitening: str | os.PathLike[str] | Whitening | None = None,
+    centered_whitening: bool = False,
+    factory: str = "Flat",
+    size: int = COPY_DETECTION_SIZE,
+    **extractor_options: Any,
+) -> ImageIndex:
+    """Index image files and folders (searched recursively) with the copy-detection descriptor.
+
+    Args:
+        images: Files and folders to index.
+        model: The backbone.
+        out: Where to save the index (atomically); not saved when None.
+        whitening: A folder of images to fit a whitening on, a saved whitening file, or a fitted one.
+        centered_whitening: Fit a centred PCA-whitening instead of the reference's uncentred one.
+        factory: The FAISS index_factory string (``Flat`` is exact).
+        size: Side of the square the images are resized to.
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+    """
+    paths = list_images(images)
+    if not paths:
+        raise ValueError(f"no images found in {', '.join(map(str, images))}")
+    recipe = DescriptorRecipe.copy_detection(size)
+    if isinstance(whitening, (str, os.PathLike)):
+        extractor = DescriptorExtractor(model, recipe, **extractor_options)
+        whitening = load_or_fit_whitening(whitening, extractor, centered=centered_whitening)
+    return build_index(paths, model, recipe, whitening=whitening, factory=factory, out=out, **extractor_options)
+
+
+def backbone_of_index(index: ImageIndex) -> VisionTransformer:
+    """Load the backbone an index was built with, from the weights source recorded in its manifest."""
+    backbone = index.manifest["backbone"]
+    return load_backbone(backbone["weights"], arch=backbone["arch"], patch_size=backbone["patch_size"])
+
+
+def find_copies(
+    queries: Sequence[str | os.PathLike[str] | Image.Image],
+    index: ImageIndex,
+    model: VisionTransformer,
+    threshold: float = DEFAULT_THRESHOLD,
+    candidates: int = DEFAULT_CANDIDATES,
+    include_self: bool = False,
+    **extractor_options: Any,
+) -> list[list[Hit]]:
+    """The indexed images that are likely copies of each query, best first.
+
+    Args:
+        queries: Image files or PIL images.
+        index: An index built with the copy-detection recipe (:func:`build_copy_index`).
+        model: The backbone the index was built with (checked).
+        threshold: Minimum cosine similarity of a copy.
+        candidates: Nearest indexed images examined per query.
+        include_self: Keep a hit that is the query file itself (same resolved path).
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+
+    Returns:
+        Per query, the hits scoring at least `threshold`.
+    """
+    if not queries:
+        raise ValueError("no query images")
+    results = search_images(index, queries, model, k=min(candidates, len(index)), **extractor_options)
+    copies = []
+    for query, hits in zip(queries, results, strict=True):
+        own_path = None if isinstance(query, Image.Image) or include_self else Path(query).resolve()
+        copies.append([hit for hit in hits if hit.score >= threshold and Path(hit.path).resolve() != own_path])
+    return copies

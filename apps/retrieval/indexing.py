@@ -1,0 +1,136 @@
+"""Folder-level search workflows: index a folder (optionally sharded under ``torchrun``), update it, fit a whitening.
+
+Each function is what one ``dino search`` verb calls, usable the same way from Python.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dino.checkpoint import model_identity
+from dino.data.io import list_images
+from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.index import ImageIndex, UpdateReport, build_index, describe_shard, update_index
+from dino.models.vision_transformer import VisionTransformer
+from dino.whitening import Whitening
+
+__all__ = ["distributed_world", "fit_whitening", "index_folders", "load_whitening", "update_folders"]
+
+PathInput = str | os.PathLike[str]
+
+
+def _images_in(inputs: Sequence[PathInput], recursive: bool = True) -> list[Path]:
+    images = list_images(inputs, recursive=recursive)
+    if not images:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    return images
+
+
+def distributed_world() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when launched by ``torchrun`` with more than one process, else None."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return None
+    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def index_folders(
+    inputs: Sequence[PathInput],
+    out: PathInput,
+    model: VisionTransformer,
+    recipe: DescriptorRecipe | None = None,
+    whitening: Whitening | None = None,
+    factory: str = "Flat",
+    recursive: bool = True,
+    checkpoint_every: int = 20,
+    **extractor_options: Any,
+) -> ImageIndex | None:
+    """Index every image under `inputs` into the folder `out`.
+
+    Interrupted runs resume from the descriptors already computed. Under ``torchrun`` with several processes
+    each rank describes a contiguous shard (on GPU ``LOCAL_RANK`` when CUDA is available), then rank 0 merges
+    the shards into one index; `out` must then be on a filesystem all ranks share.
+
+    Returns:
+        The index (None on ranks other than 0).
+    """
+    recipe = recipe or DescriptorRecipe.retrieval()
+    images = _images_in(inputs, recursive)
+    world = distributed_world()
+    if world is None:
+        return build_index(images, model, recipe, whitening, factory, out, checkpoint_every, **extractor_options)
+    rank, world_size, local_rank = world
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        extractor_options["device"] = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        describe_shard(images, model, recipe, out, rank, world_size, whitening, checkpoint_every, **extractor_options)
+        dist.barrier()
+        index = None
+        if rank == 0:
+            index = build_index(images, model, recipe, whitening, factory, out, checkpoint_every, **extractor_options)
+        dist.barrier()
+        return index
+    finally:
+        dist.destroy_process_group()
+
+
+def update_folders(
+    index: ImageIndex | PathInput,
+    inputs: Sequence[PathInput],
+    model: VisionTransformer,
+    recursive: bool = True,
+    **extractor_options: Any,
+) -> UpdateReport:
+    """Bring a saved index (an :class:`ImageIndex` or its folder) in line with the images now under `inputs`,
+    and save it where it was loaded from when anything changed."""
+    if not isinstance(index, ImageIndex):
+        index = ImageIndex.load(index)
+    report = update_index(index, _images_in(inputs, recursive), model, **extractor_options)
+    if report.added or report.updated or report.removed:
+        index.save(index.path)
+    return report
+
+
+def fit_whitening(
+    inputs: Sequence[PathInput],
+    out: PathInput,
+    model: VisionTransformer,
+    recipe: DescriptorRecipe | None = None,
+    dim: int | None = None,
+    centered: bool = False,
+    recursive: bool = True,
+    **extractor_options: Any,
+) -> Whitening:
+    """Fit a PCA-whitening on the raw descriptors of the images under `inputs` (a set disjoint from the
+    database) and save it to `out`; its metadata records the backbone and recipe it is valid for."""
+    recipe = recipe or DescriptorRecipe.retrieval()
+    images = _images_in(inputs, recursive)
+    raw = DescriptorExtractor(model, recipe, **extractor_options).extract_raw(images)
+    metadata = {"backbone": model_identity(model), "recipe": recipe.as_dict(), "images": len(images)}
+    whitening = Whitening.fit(raw, dim=dim, centered=centered, metadata=metadata)
+    whitening.save(out)
+    return whitening
+
+
+def load_whitening(path: PathInput, model: VisionTransformer, recipe: DescriptorRecipe) -> Whitening:
+    """Load a whitening saved by :func:`fit_whitening`, refusing one fitted for another backbone or recipe."""
+    whitening = Whitening.load(path)
+    fitted = whitening.metadata
+    if "backbone" in fitted and fitted["backbone"].get("sha256") != model_identity(model)["sha256"]:
+        raise ValueError(
+            f"{path}: this whitening was fitted on descriptors of another backbone "
+            f"({fitted['backbone'].get('weights')!r}); fit one with `dino search whiten` and these weights"
+        )
+    if "recipe" in fitted and DescriptorRecipe.from_dict(fitted["recipe"]) != recipe:
+        raise ValueError(
+            f"{path}: this whitening was fitted for descriptor recipe {fitted['recipe']}, not {recipe.as_dict()}"
+        )
+    return whitening

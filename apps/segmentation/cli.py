@@ -1,0 +1,180 @@
+"""`dino attention` and `dino seg-eval`: argument parsing, then one call into the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from apps.segmentation.evaluate import evaluate_masks, write_results
+from apps.segmentation.masks import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
+from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU
+from apps.segmentation.visualize import save_attention_figures
+from apps.segmentation.voc import davis_samples, voc_samples
+from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args
+
+__all__ = ["register"]
+
+DEFAULT_BATCH_SIZE = 8
+
+
+def _add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("preprocessing (SPEC §10)")
+    group.add_argument(
+        "--size",
+        type=int,
+        default=REFERENCE_IMAGE_SIZE,
+        help="resize to SIZE×SIZE, bilinear, then crop to a multiple of the patch size (reference: %(default)s)",
+    )
+    group.add_argument(
+        "--keep-aspect", action="store_true", help="resize the short side to SIZE instead (aspect ratio kept)"
+    )
+
+
+def _add_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="fraction of each head's attention mass a mask keeps (paper: %(default)s)",
+    )
+
+
+def _runtime_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of :func:`dino.cli.add_runtime_arguments` as keyword arguments of the Python API."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "progress": not args.no_progress,
+    }
+
+
+def _attention(args: argparse.Namespace) -> int:
+    model = backbone_from_args(args)
+    folders = save_attention_figures(
+        model,
+        args.images,
+        args.out,
+        threshold=args.threshold,
+        size=args.size,
+        keep_aspect=args.keep_aspect,
+        ncut=args.ncut,
+        **_runtime_options(args),
+    )
+    print(f"wrote figures of {len(folders)} image(s) under {args.out} (see */summary.png)")
+    return 0
+
+
+def _seg_eval(args: argparse.Namespace) -> int:
+    if args.voc:
+        samples = voc_samples(args.voc, args.split, args.masks)
+        protocol = {"dataset": "voc", "root": str(args.voc), "split": args.split, "masks": args.masks}
+    else:
+        samples = davis_samples(args.davis, args.split, args.every)
+        protocol = {
+            "dataset": "davis",
+            "root": str(args.davis),
+            "split": args.split,
+            "every": args.every,
+            "masks": "foreground (id > 0)",
+        }
+    if args.limit:
+        samples = samples[: args.limit]
+        protocol["limit"] = args.limit
+    model = backbone_from_args(args)
+    result = evaluate_masks(
+        model,
+        samples,
+        method=args.method,
+        heads=args.heads,
+        threshold=args.threshold,
+        size=args.size,
+        keep_aspect=args.keep_aspect,
+        void=args.void,
+        tau=args.tau,
+        eps=args.eps,
+        **_runtime_options(args),
+        protocol=protocol,
+    )
+    summary, rows = write_results(result, args.out)
+    score = "n/a" if math.isnan(result.jaccard) else f"{100 * result.jaccard:.1f}"
+    print(f"Jaccard {score} over {result.images} images ({result.objects} objects); wrote {summary} and {rows}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `attention` and `seg-eval` verbs."""
+    attention = subparsers.add_parser(
+        "attention",
+        help="per-head [CLS] attention maps and masks of images",
+        description="For each image (files or folders, searched recursively): the last layer's per-head [CLS] "
+        "attention heatmaps, the masks keeping THRESHOLD of each head's attention mass (contours in distinct "
+        "colours), the mean-attention heatmap, a normalized-cut foreground mask, and one combined summary.png, "
+        "written under OUT/<image stem>/. One forward pass per image, batched over same-size images.",
+    )
+    attention.add_argument("images", nargs="+", help="image files or folders")
+    attention.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_threshold_argument(attention)
+    attention.add_argument(
+        "--ncut",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also compute the normalized-cut foreground mask (default: on)",
+    )
+    _add_preprocessing_arguments(attention)
+    add_weights_arguments(attention)
+    add_runtime_arguments(attention, batch_size=DEFAULT_BATCH_SIZE)
+    attention.set_defaults(func=_attention)
+
+    evaluate = subparsers.add_parser(
+        "seg-eval",
+        help="Jaccard of attention or normalized-cut masks on PASCAL VOC12 (or DAVIS foreground)",
+        description="The paper's Jaccard (Fig. 4): for each ground-truth object, the best IoU over the "
+        "candidate masks (each head's, for --method attention --heads best), averaged over the objects of an "
+        "image, then over images. Writes OUT/results.json (score and protocol) and OUT/per_image.csv.",
+    )
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--voc", type=Path, help="VOC2012 folder (JPEGImages, SegmentationObject, …)")
+    source.add_argument(
+        "--davis", type=Path, help="DAVIS folder (2017 layout); each frame's non-zero ids are one foreground object"
+    )
+    evaluate.add_argument("--out", required=True, type=Path, help="output folder for results.json and per_image.csv")
+    evaluate.add_argument("--split", default="val", help="split list to evaluate (default: %(default)s)")
+    evaluate.add_argument(
+        "--masks",
+        choices=["object", "class"],
+        default="object",
+        help="VOC ground truth: SegmentationObject instances or SegmentationClass classes (default: %(default)s)",
+    )
+    evaluate.add_argument("--every", type=int, default=5, help="DAVIS: score every N-th frame (default: %(default)s)")
+    evaluate.add_argument("--limit", type=int, help="score only the first N images (quick checks)")
+    evaluate.add_argument(
+        "--method",
+        choices=["attention", "ncut"],
+        default="attention",
+        help="attention: thresholded [CLS] attention (paper); ncut: normalized cut of the last layer's keys, "
+        "one foreground mask (TokenCut) (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--heads",
+        choices=["best", "merged", "mean"],
+        default="best",
+        help="attention masks scored: best = every head, best per object (paper); merged = union of the heads' "
+        "masks; mean = threshold of the mean-over-heads map (default: %(default)s)",
+    )
+    _add_threshold_argument(evaluate)
+    evaluate.add_argument(
+        "--void",
+        choices=["count", "ignore"],
+        default="count",
+        help="VOC void (255) pixels: count = predictions on void are false positives (authors' code); "
+        "ignore = left out of the IoU (default: %(default)s)",
+    )
+    evaluate.add_argument("--tau", type=float, default=NCUT_TAU, help="ncut edge threshold (default: %(default)s)")
+    evaluate.add_argument("--eps", type=float, default=NCUT_EPS, help="ncut non-edge weight (default: %(default)s)")
+    _add_preprocessing_arguments(evaluate)
+    add_weights_arguments(evaluate)
+    add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE)
+    evaluate.set_defaults(func=_seg_eval)

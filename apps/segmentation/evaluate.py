@@ -1,0 +1,169 @@
+"""Score attention or normalized-cut masks against ground truth with the paper's Jaccard (SPEC §10)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from apps.segmentation.inference import ImageAttention, iter_attention
+from apps.segmentation.jaccard import VoidMode, best_mask_jaccard
+from apps.segmentation.masks import (
+    DEFAULT_THRESHOLD,
+    REFERENCE_IMAGE_SIZE,
+    HeadMerge,
+    merge_heads,
+    threshold_attention,
+    upsample_nearest,
+)
+from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU, ncut_foreground
+from apps.segmentation.voc import SegmentationSample, read_labels
+from dino.atomic import atomic_write, atomic_write_json
+from dino.features import DTypeName
+from dino.models.vision_transformer import VisionTransformer
+
+__all__ = ["EvaluationResult", "MaskMethod", "evaluate_masks", "predict_masks", "write_results"]
+
+MaskMethod = Literal["attention", "ncut"]
+CSV_FIELDS = ("name", "jaccard", "objects", "object_ids", "object_jaccards", "best_masks")
+
+
+def predict_masks(
+    item: ImageAttention,
+    patch_size: int,
+    method: MaskMethod = "attention",
+    heads: HeadMerge = "best",
+    threshold: float = DEFAULT_THRESHOLD,
+    tau: float = NCUT_TAU,
+    eps: float = NCUT_EPS,
+) -> np.ndarray:
+    """Candidate masks of one image at the network-input resolution, (K, H, W) boolean.
+
+    ``attention`` gives the per-head masks (K = heads) for ``heads="best"`` and one mask otherwise
+    (see :func:`apps.segmentation.masks.merge_heads`); ``ncut`` gives one foreground mask.
+    """
+    if method == "attention":
+        grids = merge_heads(item.maps, threshold_attention(item.maps, threshold), heads, threshold)
+    elif method == "ncut":
+        grids = torch.from_numpy(ncut_foreground(item.keys, item.grid, tau, eps))[None]
+    else:
+        raise ValueError(f"unknown mask method {method!r}; choose attention or ncut")
+    return upsample_nearest(grids, patch_size).numpy()
+
+
+def labels_at_input_resolution(labels: np.ndarray, size: int, keep_aspect: bool, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a label map like the image (square or short side, nearest so ids stay ids) and crop it to the
+    network input's (H, W), bottom/right, as the image was cropped."""
+    resize = T.Resize(size if keep_aspect else (size, size), interpolation=InterpolationMode.NEAREST)
+    resized = np.array(resize(Image.fromarray(labels)))
+    return resized[: shape[0], : shape[1]]
+
+
+@dataclass
+class EvaluationResult:
+    """The dataset score, the protocol that produced it, and one row per image."""
+
+    jaccard: float
+    images: int
+    objects: int
+    protocol: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready score with the protocol beside it."""
+        return {"jaccard": self.jaccard, "images": self.images, "objects": self.objects, "protocol": self.protocol}
+
+
+def evaluate_masks(
+    model: VisionTransformer,
+    samples: Sequence[SegmentationSample],
+    method: MaskMethod = "attention",
+    heads: HeadMerge = "best",
+    threshold: float = DEFAULT_THRESHOLD,
+    size: int = REFERENCE_IMAGE_SIZE,
+    keep_aspect: bool = False,
+    void: VoidMode = "count",
+    tau: float = NCUT_TAU,
+    eps: float = NCUT_EPS,
+    device: str = "auto",
+    dtype: DTypeName = "auto",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    progress: bool = True,
+    protocol: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """The paper's Jaccard of `method`'s masks on `samples`: best candidate mask per ground-truth object, mean
+    over the objects of an image, then over images (images without objects are listed but not averaged).
+
+    The comparison happens at the network input's resolution: labels are resized like the image (nearest)
+    and cropped to a multiple of the patch size. `protocol` adds entries (dataset, split…) to the record.
+    """
+    if not samples:
+        raise ValueError("no images to evaluate")
+    rows: list[dict[str, Any]] = [{}] * len(samples)
+    for item in iter_attention(
+        model, [s.image for s in samples], size, keep_aspect, device, dtype, batch_size, num_workers, progress
+    ):
+        sample = samples[item.index]
+        masks = predict_masks(item, model.patch_size, method, heads, threshold, tau, eps)
+        labels = labels_at_input_resolution(read_labels(sample), size, keep_aspect, masks.shape[1:])
+        score = best_mask_jaccard(masks, labels, void)
+        rows[item.index] = {
+            "name": sample.name,
+            "jaccard": score.mean,
+            "objects": len(score.object_ids),
+            "object_ids": " ".join(map(str, score.object_ids)),
+            "object_jaccards": " ".join(f"{v:.6f}" for v in score.per_object),
+            "best_masks": " ".join(map(str, score.best_mask)) if method == "attention" and heads == "best" else "",
+        }
+    scored = [row["jaccard"] for row in rows if not math.isnan(row["jaccard"])]
+    record = {
+        **(protocol or {}),
+        "method": method,
+        "heads": heads if method == "attention" else None,
+        "threshold": threshold if method == "attention" else None,
+        "ncut_tau": tau if method == "ncut" else None,
+        "ncut_eps": eps if method == "ncut" else None,
+        "size": size,
+        "resize": "short-side" if keep_aspect else "square",
+        "void": void,
+        "aggregation": "best mask per object, mean over objects, then over images",
+        "resolution": "network input (labels resized nearest, cropped to a multiple of the patch size)",
+        "weights": str(getattr(model, "weights_source", "")),
+        "patch_size": model.patch_size,
+        "embed_dim": model.embed_dim,
+        "num_heads": model.num_heads,
+    }
+    return EvaluationResult(
+        jaccard=float(np.mean(scored)) if scored else float("nan"),
+        images=len(scored),
+        objects=sum(row["objects"] for row in rows),
+        protocol=record,
+        rows=rows,
+    )
+
+
+def write_results(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``results.json`` (score + protocol) and ``per_image.csv`` into `out_dir`, atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path, rows_path = out_dir / "results.json", out_dir / "per_image.csv"
+    atomic_write_json(summary_path, result.summary())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(result.rows)
+    with atomic_write(rows_path, "w") as handle:
+        handle.write(buffer.getvalue())
+    return summary_path, rows_path

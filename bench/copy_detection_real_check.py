@@ -1,0 +1,224 @@
+"""Copy detection on real photos: a Copydays-layout benchmark from the project's photos, scored three ways.
+
+The photos are the shared data's ``images/`` (OpenCV and imageio samples), the colour photos shipped in
+scikit-image and the two in scikit-learn. ``make-benchmark`` (seed 0) splits them into originals, a disjoint
+whitening set and distractors; the descriptors are computed once per backbone and scored unwhitened, with the
+reference's uncentred whitening and with centred whitening. Results go to ``WORK/results_<weights>.json`` and a
+markdown table on stdout (recorded in docs/copy_detection.md).
+
+    python bench/copy_detection_real_check.py --work /tmp/copy_real --weights random:vit_small/16
+
+With ``--find``, the photos are also indexed as one collection and the real near-duplicate pairs of the OpenCV
+samples are searched with ``copy-detect find``'s logic; this needs ``dino.index``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from apps.copy_detection.copydays import STRONG_BLOCK, CopydaysLayout, read_copydays
+from apps.copy_detection.evaluate import (
+    CopydaysDescriptors,
+    describe_copydays,
+    finalize_descriptors,
+    score_copydays,
+    top_k_neighbours,
+)
+from apps.copy_detection.metrics import holidays_ap, positive_ranks
+from dino.atomic import atomic_write, atomic_write_json
+from dino.checkpoint import load_backbone, model_identity
+from dino.data.io import list_images
+from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.whitening import Whitening
+
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "motorcycle_left.png",
+)
+# The real near-duplicate pairs among the OpenCV samples: (query, the copy it should find).
+REAL_PAIRS = (
+    ("ela_modified.jpg", "ela_original.jpg"),
+    ("box.png", "box_in_scene.png"),
+    ("ela_original.jpg", "ela_modified.jpg"),
+    ("box_in_scene.png", "box.png"),
+)
+SPLIT = {"originals": 20, "whitening": 10}  # the other 13 photos are distractors
+
+
+def collect_photos(data_dir: Path) -> list[Path]:
+    """The shared photos plus the colour photos of scikit-image and scikit-learn, as files on disk."""
+    import skimage.data
+    import sklearn.datasets
+
+    skimage_dir = Path(skimage.data.__file__).parent
+    sklearn_photos = sklearn.datasets.load_sample_images().filenames
+    return (
+        list_images(data_dir / "images")
+        + [skimage_dir / name for name in SKIMAGE_PHOTOS]
+        + [Path(p) for p in sklearn_photos]
+    )
+
+
+def run_eval(work: Path, weights: str, options: dict) -> dict:
+    from apps.copy_detection.generate import make_benchmark
+
+    bench, distractors, whitening_dir = work / "bench", work / "distractors", work / "whitening"
+    if not bench.exists():
+        photos = collect_photos(Path(os.environ.get("DINO_DATA_DIR", "../shared/data")))
+        make_benchmark(
+            photos,
+            bench,
+            seed=0,
+            originals=SPLIT["originals"],
+            distractors_out=distractors,
+            whitening_out=whitening_dir,
+            whitening_count=SPLIT["whitening"],
+            max_side=1024,
+        )
+    layout = read_copydays(bench)
+    model = load_backbone(weights)
+    extractor = DescriptorExtractor(model, DescriptorRecipe.copy_detection(), **options)
+    cache = work / f"descriptors_{_slug(weights)}.npz"
+    start = time.time()
+    if cache.is_file():  # raw descriptors of an earlier run: rescoring takes seconds
+        with np.load(cache) as saved:
+            descriptors = CopydaysDescriptors(saved["database"], saved["queries"], int(saved["distractors"]))
+            whitening_raw = saved["whitening"]
+    else:
+        descriptors = describe_copydays(layout, extractor, list_images(distractors))
+        whitening_raw = extractor.extract_raw(list_images(whitening_dir))
+        with atomic_write(cache, "wb") as handle:
+            np.savez(
+                handle,
+                database=descriptors.database,
+                queries=descriptors.queries,
+                distractors=descriptors.distractors,
+                whitening=whitening_raw,
+            )
+    seconds = time.time() - start
+    manifest = json.loads((bench / "benchmark.json").read_text())
+    results = {
+        "weights": weights,
+        "backbone": model_identity(model),
+        "describe_seconds": round(seconds, 1),
+        "database": {"originals": len(layout.originals), "distractors": descriptors.distractors},
+        "whitening_images": len(whitening_raw),
+        "runs": {},
+    }
+    for name, whitening in (
+        ("none", None),
+        ("uncentred (reference)", Whitening.fit(whitening_raw)),
+        ("centred", Whitening.fit(whitening_raw, centered=True)),
+    ):
+        blocks, calibration = score_copydays(layout, descriptors, whitening)
+        results["runs"][name] = {
+            "blocks": [vars(b) for b in blocks],
+            "calibration": [vars(c) for c in calibration],
+            "strong_by_edit": strong_map_by_edit(layout, descriptors, whitening, manifest),
+        }
+    atomic_write_json(work / f"results_{_slug(weights)}.json", results)
+    runs = results["runs"]
+    print(f"| block | queries | {' | '.join(f'mAP, whitening {n}' for n in runs)} |")
+    print("|---|---|" + "---|" * len(runs))
+    for row, block in enumerate(runs["none"]["blocks"]):
+        cells = " | ".join(f"{run['blocks'][row]['mAP']:.3f}" for run in runs.values())
+        print(f"| {block['block']} | {block['queries']} | {cells} |")
+    for name, run in runs.items():
+        for c in run["calibration"]:
+            print(
+                f"whitening {name}: {c['criterion']} threshold {c['threshold']:.4f} P {c['precision']:.3f} "
+                f"R {c['recall']:.3f} F1 {c['f1']:.3f} ({c['positives']}/{c['negatives']})"
+            )
+    for name, run in runs.items():
+        print(
+            f"whitening {name}: strong mAP by edit "
+            + ", ".join(f"{k} {v:.3f}" for k, v in run["strong_by_edit"].items())
+        )
+    print(
+        f"descriptors of {len(layout.queries) + len(layout.originals) + descriptors.distractors} + "
+        f"{len(whitening_raw)} images in {seconds:.0f} s"
+    )
+    return results
+
+
+def strong_map_by_edit(
+    layout: CopydaysLayout, descriptors: CopydaysDescriptors, whitening: Whitening | None, manifest: dict
+) -> dict[str, float]:
+    """Mean AP of the strong queries whose copy used each edit (every copy combines two edits)."""
+    database = finalize_descriptors(descriptors.database, whitening)
+    queries = finalize_descriptors(descriptors.queries, whitening)
+    _, retrieved = top_k_neighbours(queries, database)
+    start = sum(len(block) for block in layout.blocks[: [b.name for b in layout.blocks].index(STRONG_BLOCK)])
+    block = layout.block(STRONG_BLOCK)
+    by_edit: dict[str, list[float]] = defaultdict(list)
+    for row, (path, positives) in enumerate(zip(block.images, block.positives, strict=True)):
+        ap = holidays_ap(positive_ranks(retrieved[start + row], positives), len(positives))
+        for edit in manifest["strong"][path.name]["edits"]:
+            by_edit[edit].append(ap)
+    return {edit: float(np.mean(aps)) for edit, aps in sorted(by_edit.items())}
+
+
+def _slug(weights: str) -> str:
+    return weights.replace(":", "_").replace("/", "_")
+
+
+def run_find(work: Path, weights: str, threshold: float | None, options: dict) -> None:
+    from apps.copy_detection.find import DEFAULT_THRESHOLD, build_copy_index, find_copies
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    photos = collect_photos(Path(os.environ.get("DINO_DATA_DIR", "../shared/data")))
+    model = load_backbone(weights)
+    index = build_copy_index(photos, model, out=work / "collection_index", **options)
+    by_name = {p.name: p for p in photos}
+    queries = [by_name[query] for query, _ in REAL_PAIRS]
+    top = find_copies(queries, index, model, threshold=-1.0, candidates=5, **options)
+    report = []
+    for (query, expected), hits in zip(REAL_PAIRS, top, strict=True):
+        names = [Path(h.path).name for h in hits]
+        rank = names.index(expected) if expected in names else None
+        score = hits[rank].score if rank is not None else None
+        report.append(
+            {
+                "query": query,
+                "expected": expected,
+                "rank": rank,
+                "score": score,
+                "is_copy_at_threshold": score is not None and score >= threshold,
+                "top": [(Path(h.path).name, round(h.score, 4)) for h in hits],
+            }
+        )
+        print(
+            f"{query} -> {expected}: rank {rank}, score {score}, copy at {threshold:.4f}: "
+            f"{report[-1]['is_copy_at_threshold']}; top {report[-1]['top']}"
+        )
+    atomic_write_json(work / f"find_{_slug(weights)}.json", {"threshold": threshold, "pairs": report})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--weights", default="random:vit_small/16")
+    parser.add_argument("--find", action="store_true", help="run only the near-duplicate check (needs dino.index)")
+    parser.add_argument("--threshold", type=float, help="copy threshold for --find (default: find's default)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    options = {"device": "cpu", "batch_size": args.batch_size, "num_workers": 1, "progress": False}
+    if args.find:
+        run_find(args.work, args.weights, args.threshold, options)
+    else:
+        print(json.dumps(run_eval(args.work, args.weights, options)["database"]))
+
+
+if __name__ == "__main__":
+    main()

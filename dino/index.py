@@ -1,0 +1,733 @@
+"""A FAISS index over global image descriptors, saved with a manifest (SPEC §12, §13).
+
+Shared by image retrieval and copy detection. Descriptors are L2-normalised, so FAISS's inner product is
+the cosine similarity of the reference's ``db @ qᵀ`` for every factory (exact for ``Flat``, approximate
+for IVF, HNSW and PQ). An index on disk is a folder::
+
+    INDEX/
+      index.faiss      # readable by plain ``faiss.read_index``; id i is ``manifest["files"]`` entry with "id" i
+      manifest.json    # backbone identity, descriptor recipe, whitening checksum, dim, factory, files + sha256
+      whitening.npz    # only when the descriptors are whitened; queries are whitened with the same one
+
+written to a temporary sibling folder and swapped in, so a crash never leaves a half-written index.
+
+Building streams: descriptors are computed batch by batch into one preallocated array (memory grows only
+with the stored vectors) and, when the index has an output folder, flushed every few batches into chunk files
+in a sidecar folder ``.INDEX.partial`` beside it. A rerun after an interruption reuses them, and
+:func:`describe_shard` lets several processes (``torchrun``) fill the same sidecar before one of them builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import faiss
+import numpy as np
+from PIL import Image
+
+from dino.atomic import atomic_output_path, atomic_write, atomic_write_json
+from dino.checkpoint import file_sha256, model_identity
+from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.models.vision_transformer import VisionTransformer
+from dino.whitening import Whitening
+
+__all__ = [
+    "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_FACTORY",
+    "Hit",
+    "ImageIndex",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "UpdateReport",
+    "build_index",
+    "create_faiss_index",
+    "describe_shard",
+    "partial_results_path",
+    "search_images",
+    "update_index",
+]
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+MANIFEST_FILE = "manifest.json"
+WHITENING_FILE = "whitening.npz"
+METRIC = "inner_product"
+# SPEC §13: `IndexFlatIP` over L2-normalised vectors ranks exactly as the reference's matmul and argsort.
+DEFAULT_FACTORY = "Flat"
+# Partial descriptors are flushed to the sidecar after this many batches.
+DEFAULT_CHECKPOINT_EVERY = 20
+# The backbone fields that decide descriptor values; "weights" (where they were read from) does not.
+IDENTITY_FIELDS = ("arch", "patch_size", "embed_dim", "sha256")
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_STATE = "state.json"
+
+ImageInput = str | os.PathLike[str]
+
+
+class Hit(NamedTuple):
+    """One search result: the indexed image, its cosine similarity to the query, and its rank (0 = best)."""
+
+    path: str
+    score: float
+    rank: int
+
+
+class UpdateReport(NamedTuple):
+    """What :func:`update_index` did, in images."""
+
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+
+
+class IndexMismatchError(ValueError):
+    """The index was built with another backbone, descriptor recipe or whitening than the one asked for."""
+
+
+class IndexNotFoundError(FileNotFoundError, ValueError):
+    """No index folder at the given path (both a FileNotFoundError and, as every load error, a ValueError)."""
+
+
+# ---------------------------------------------------------------------------- FAISS helpers
+def create_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> faiss.Index:
+    """A trained inner-product FAISS index holding `vectors` (n, d) under ids 0..n-1.
+
+    Args:
+        vectors: float32 rows, L2-normalised by the caller.
+        factory: Any ``faiss.index_factory`` string: ``Flat`` (exact), ``IVF1024,Flat``, ``HNSW32``,
+            ``IVF4096,PQ32`` … Indexes that need training are trained on `vectors` (FAISS subsamples).
+
+    Raises:
+        ValueError: An unknown factory string, or too few vectors to train it.
+    """
+    vectors = _as_matrix(vectors)
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise ValueError(f"invalid FAISS factory string {factory!r}: {_faiss_message(error)}") from None
+    if not index.is_trained:
+        try:
+            index.train(vectors)
+        except RuntimeError as error:
+            raise ValueError(
+                f"cannot train FAISS index {factory!r} on {len(vectors)} vectors: {_faiss_message(error)} "
+                "(use a smaller IVF list count, or 'Flat' for small collections)"
+            ) from None
+    index.add(vectors)
+    return index
+
+
+def _as_matrix(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"expected descriptors of shape (n, dim), got {vectors.shape}")
+    return vectors
+
+
+def _faiss_message(error: RuntimeError) -> str:
+    """The useful last line of a FAISS C++ exception."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    """Spread `index` over every GPU, or return it unchanged when its type has no GPU version (e.g. HNSW)."""
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError as error:
+        warnings.warn(
+            f"searching on the CPU: this FAISS index has no GPU version ({_faiss_message(error)})", stacklevel=3
+        )
+        return index
+
+
+def _reconstruct_all(index: faiss.Index) -> np.ndarray:
+    """Every stored vector, (n, d) in id order; exact for Flat, HNSW-Flat and IVF-Flat, decoded for PQ/SQ."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        ivf.make_direct_map()
+    try:
+        return index.reconstruct_n(0, index.ntotal)
+    except RuntimeError as error:
+        raise ValueError(
+            f"this FAISS index type cannot return its stored vectors ({_faiss_message(error)}); rebuild the "
+            "index instead of updating it"
+        ) from None
+
+
+# ---------------------------------------------------------------------------- the index
+class ImageIndex:
+    """Image descriptors in a FAISS inner-product index, with the manifest that says how they were made.
+
+    Build one with :func:`build_index`, open a saved one with :meth:`load`, query it with
+    :func:`search_images` (images) or :meth:`search` (descriptors), keep it in sync with a folder with
+    :func:`update_index`.
+
+    Args:
+        faiss_index: The CPU FAISS index; id i is ``paths[i]``.
+        manifest: See :attr:`manifest`.
+        whitening: Applied to raw descriptors before L2 normalisation, for the database and the queries.
+        path: The folder the index was loaded from or last saved to.
+        gpu: Search on every GPU (``None``: when a FAISS-GPU build and a GPU are present).
+    """
+
+    def __init__(
+        self,
+        faiss_index: faiss.Index,
+        manifest: dict[str, Any],
+        whitening: Whitening | None = None,
+        path: str | os.PathLike[str] | None = None,
+        gpu: bool | None = None,
+    ) -> None:
+        self._whitening = whitening
+        self.path = Path(path) if path is not None else None
+        self._gpu = _gpu_available() if gpu is None else gpu
+        self._replace_contents(faiss_index, manifest)
+
+    def _replace_contents(self, faiss_index: faiss.Index, manifest: dict[str, Any]) -> None:
+        self._index = faiss_index
+        self._manifest = manifest
+        self._paths = [""] * len(manifest["files"])
+        for file, entry in manifest["files"].items():
+            self._paths[entry["id"]] = file
+        self._searcher = _to_gpu(faiss_index) if self._gpu else faiss_index
+
+    # -------------------------------------------------------------- properties
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """``format_version``, ``created``, ``updated``, ``backbone`` (:func:`dino.checkpoint.model_identity`),
+        ``recipe`` (:meth:`DescriptorRecipe.as_dict`), ``whitening`` (sha256 or None), ``dim``, ``factory``,
+        ``metric`` (``inner_product``) and ``files`` ({absolute path: {"sha256", "id"}})."""
+        return self._manifest
+
+    @property
+    def recipe(self) -> DescriptorRecipe:
+        return DescriptorRecipe.from_dict(self._manifest["recipe"])
+
+    @property
+    def whitening(self) -> Whitening | None:
+        return self._whitening
+
+    @property
+    def paths(self) -> list[str]:
+        """Indexed image paths, in id order."""
+        return list(self._paths)
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def factory(self) -> str:
+        return str(self._manifest["factory"])
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The underlying CPU FAISS index (id i = ``paths[i]``)."""
+        return self._index
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def __repr__(self) -> str:
+        return f"ImageIndex({len(self)} images, dim={self.dim}, factory={self.factory!r}, path={self.path})"
+
+    # -------------------------------------------------------------- search
+    def search(self, vectors: np.ndarray, k: int, params: str | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """The `k` nearest indexed images of each final (whitened, L2-normalised) descriptor.
+
+        Args:
+            vectors: (Q, dim) float32 query descriptors.
+            k: Results per query; at most ``len(self)``.
+            params: FAISS search parameters for approximate indexes, e.g. ``"nprobe=16"`` (IVF) or
+                ``"efSearch=128"`` (HNSW); they stay set for later searches.
+
+        Returns:
+            Scores (Q, k) float32, best first, and the matching paths. An approximate index may find fewer
+            than k results; those paths are left out and their scores are ``-inf``.
+        """
+        vectors = _as_matrix(vectors)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"query descriptors have dimension {vectors.shape[1]}, the index holds {self.dim}-d ones")
+        if k < 1:
+            raise ValueError(f"k must be positive, got {k}")
+        if params:
+            self.set_search_parameters(params)
+        k = min(k, len(self))
+        if k == 0:
+            return np.zeros((len(vectors), 0), dtype=np.float32), [[] for _ in vectors]
+        scores, ids = self._searcher.search(vectors, k)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        return scores, [[self._paths[i] for i in row if i >= 0] for row in ids]
+
+    def set_search_parameters(self, params: str) -> None:
+        """Set FAISS search parameters, e.g. ``"nprobe=16"`` or ``"efSearch=128"`` (comma-separated)."""
+        space = faiss.GpuParameterSpace() if self._searcher is not self._index else faiss.ParameterSpace()
+        try:
+            space.set_index_parameters(self._searcher, params)
+        except RuntimeError as error:
+            raise ValueError(
+                f"cannot set search parameters {params!r} on a {self.factory!r} index: {_faiss_message(error)}"
+            ) from None
+
+    # -------------------------------------------------------------- compatibility
+    def check_compatible(
+        self,
+        model: VisionTransformer,
+        recipe: DescriptorRecipe | None = None,
+        whitening: Whitening | None | bool = False,
+    ) -> None:
+        """Refuse to compare this index's descriptors with those of another backbone, recipe or whitening.
+
+        Args:
+            model: The backbone that will describe the queries.
+            recipe: If given, the recipe the caller means to use.
+            whitening: If given (a :class:`Whitening` or None), the whitening the caller means to use;
+                ``False`` (default) skips the check.
+
+        Raises:
+            IndexMismatchError: Naming the index and every differing field.
+        """
+        differences = []
+        built_with = self._manifest["backbone"]
+        identity = model_identity(model)
+        for key in IDENTITY_FIELDS:
+            if built_with.get(key) != identity[key]:
+                differences.append(f"backbone {key}: index {built_with.get(key)!r}, given {identity[key]!r}")
+        if recipe is not None:
+            stored = self._manifest["recipe"]
+            for key, value in recipe.as_dict().items():
+                if stored.get(key) != value:
+                    differences.append(f"recipe {key}: index {stored.get(key)!r}, given {value!r}")
+        if whitening is not False:
+            given = _whitening_sha256(whitening) if isinstance(whitening, Whitening) else None
+            if given != self._manifest["whitening"]:
+                differences.append(f"whitening: index {self._manifest['whitening']}, given {given}")
+        if differences:
+            where = self.path or "this index"
+            raise IndexMismatchError(
+                f"{where} was built with weights {built_with.get('weights')!r} and cannot be used with these "
+                "settings (rebuild it, or pass the backbone and options it was built with):\n  "
+                + "\n  ".join(differences)
+            )
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the index folder at `path`: built beside it, then swapped in (an interrupted save keeps the
+        previous index)."""
+        target = Path(path).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            with atomic_output_path(staging / INDEX_FILE) as temporary:
+                faiss.write_index(self._index, str(temporary))
+            if self._whitening is not None:
+                self._whitening.save(staging / WHITENING_FILE)
+            atomic_write_json(staging / MANIFEST_FILE, self._manifest)
+            _apply_umask(staging)
+            _swap_in(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.path = target
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], gpu: bool | None = None) -> ImageIndex:
+        """Open an index folder written by :meth:`save`.
+
+        Args:
+            path: The index folder.
+            gpu: Search on the GPUs (``None``: when FAISS-GPU and a GPU are present).
+
+        Raises:
+            ValueError: Naming `path`, when it is missing, not a dino index, damaged or inconsistent.
+        """
+        path = Path(path).absolute()
+        _recover_interrupted_swap(path)
+        if not path.is_dir():
+            raise IndexNotFoundError(f"{path}: no such index folder (build one with `dino search index`)")
+        manifest = _read_manifest(path)
+        try:
+            faiss_index = faiss.read_index(str(path / INDEX_FILE))
+        except RuntimeError as error:
+            raise ValueError(f"{path}: {INDEX_FILE} is missing or damaged ({_faiss_message(error)})") from None
+        whitening = None
+        if manifest["whitening"] is not None:
+            if not (path / WHITENING_FILE).is_file():
+                raise ValueError(f"{path}: {MANIFEST_FILE} names a whitening but {WHITENING_FILE} is missing")
+            whitening = Whitening.load(path / WHITENING_FILE)
+            if _whitening_sha256(whitening) != manifest["whitening"]:
+                raise ValueError(f"{path}: {WHITENING_FILE} does not match the checksum in {MANIFEST_FILE}")
+        if faiss_index.ntotal != len(manifest["files"]) or faiss_index.d != manifest["dim"]:
+            raise ValueError(
+                f"{path}: {INDEX_FILE} holds {faiss_index.ntotal} {faiss_index.d}-d vectors but {MANIFEST_FILE} "
+                f"lists {len(manifest['files'])} {manifest['dim']}-d ones; the index is torn, rebuild it"
+            )
+        return cls(faiss_index, manifest, whitening, path, gpu=gpu)
+
+    def vectors(self) -> np.ndarray:
+        """The stored descriptors (n, dim) in id order (decoded approximations for compressed factories)."""
+        return _reconstruct_all(self._index)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    file = folder / MANIFEST_FILE
+    if not file.is_file():
+        raise ValueError(f"{folder}: not a dino image index (no {MANIFEST_FILE})")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: damaged manifest ({error})") from None
+    required = ("format_version", "backbone", "recipe", "whitening", "dim", "factory", "metric", "files")
+    missing = [key for key in required if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise ValueError(f"{file}: not a dino index manifest (missing {', '.join(missing)})")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{file}: index format version {manifest['format_version']} is not supported")
+    if manifest["metric"] != METRIC:
+        raise ValueError(f"{file}: metric {manifest['metric']!r} is not supported")
+    ids = sorted(entry.get("id", -1) for entry in manifest["files"].values())
+    if ids != list(range(len(ids))):
+        raise ValueError(f"{file}: file ids are not 0..{len(ids) - 1}; the manifest is damaged")
+    return manifest
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the staged folder and its files the permissions a plain mkdir/open would (temp files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
+def _check_replaceable(target: Path) -> None:
+    """An index may only replace nothing or another index."""
+    if target.exists() and not (target / MANIFEST_FILE).is_file():
+        raise FileExistsError(f"{target} exists and is not a dino index; refusing to replace it")
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace the folder `target` by `staging`; the old one is renamed aside first and deleted last."""
+    _check_replaceable(target)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(target, backup)
+    os.replace(staging, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _recover_interrupted_swap(target: Path) -> None:
+    """If a save died between its two renames, put the previous index back."""
+    if target.exists():
+        return
+    backups = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if backups and (backups[-1] / MANIFEST_FILE).is_file():
+        os.replace(backups[-1], target)
+
+
+def _whitening_sha256(whitening: Whitening) -> str:
+    digest = hashlib.sha256()
+    for array in (whitening.mean, whitening.projection):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        digest.update(f"{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _unique_paths(images: Iterable[ImageInput]) -> list[str]:
+    """Absolute paths (symlinks kept as named), duplicates dropped, order kept."""
+    return list(dict.fromkeys(os.path.abspath(os.fspath(image)) for image in images))
+
+
+# ---------------------------------------------------------------------------- describing, resumably
+def partial_results_path(out: str | os.PathLike[str]) -> Path:
+    """The sidecar folder holding the partial descriptors of an index being built at `out`."""
+    out = Path(out).absolute()
+    return out.with_name(f".{out.name}{PARTIAL_SUFFIX}")
+
+
+class _PartialResults:
+    """Descriptors computed so far for the index at `out`: chunk files of (paths, sha256, vectors)."""
+
+    def __init__(self, out: str | os.PathLike[str], state: dict[str, Any]) -> None:
+        self.folder = partial_results_path(out)
+        self.state = state
+
+    def open(self) -> None:
+        """Create the sidecar, or check that an existing one was computed the same way."""
+        state_file = self.folder / PARTIAL_STATE
+        if state_file.is_file():
+            if json.loads(state_file.read_text()) != self.state:
+                raise ValueError(
+                    f"{self.folder}: partial descriptors from an interrupted build with another backbone, recipe "
+                    "or whitening; delete this folder to start over"
+                )
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(state_file, self.state)
+
+    def load(self, wanted: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+        """{path: (sha256, vector)} of the already described images among `wanted`."""
+        wanted_set = set(wanted)
+        found: dict[str, tuple[str, np.ndarray]] = {}
+        for chunk in sorted(self.folder.glob("chunk-*.npz")):
+            try:
+                with np.load(chunk, allow_pickle=False) as data:
+                    for path, sha, vector in zip(data["paths"], data["sha256"], data["vectors"], strict=True):
+                        if str(path) in wanted_set:
+                            found[str(path)] = (str(sha), vector)
+            except (OSError, ValueError, KeyError) as error:
+                raise ValueError(f"{chunk}: damaged partial descriptors ({error}); delete the file") from None
+        return found
+
+    def write(self, paths: list[str], hashes: list[str], vectors: np.ndarray, tag: str) -> None:
+        with atomic_write(self.folder / f"chunk-{tag}-{time.time_ns()}.npz", "wb") as handle:
+            np.savez(handle, paths=np.array(paths), sha256=np.array(hashes), vectors=vectors)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _partial_state(identity: dict[str, Any], recipe: DescriptorRecipe, whitening: Whitening | None) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": {key: identity[key] for key in IDENTITY_FIELDS},
+        "recipe": recipe.as_dict(),
+        "whitening": _whitening_sha256(whitening) if whitening is not None else None,
+    }
+
+
+def _describe(
+    paths: Sequence[str],
+    extractor: DescriptorExtractor,
+    partial: _PartialResults | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    tag: str = "0",
+) -> tuple[np.ndarray, list[str]]:
+    """Final descriptors (n, dim) and content sha256 of `paths`, reusing and extending `partial`."""
+    vectors = np.zeros((len(paths), extractor.dim), dtype=np.float32)
+    hashes = [""] * len(paths)
+    done = partial.load(paths) if partial is not None else {}
+    position = {path: i for i, path in enumerate(paths)}
+    for path, (sha, vector) in done.items():
+        vectors[position[path]], hashes[position[path]] = vector, sha
+    todo = [path for path in paths if path not in done]
+    if not todo:
+        return vectors, hashes
+    pending: list[int] = []
+    batches = 0
+    for indices, raw in extractor.iter_raw(todo):
+        rows = [position[todo[i]] for i in indices]
+        vectors[rows] = extractor.finalize(raw)
+        for row in rows:
+            hashes[row] = file_sha256(paths[row])
+        pending.extend(rows)
+        batches += 1
+        if partial is not None and batches % checkpoint_every == 0:
+            partial.write([paths[r] for r in pending], [hashes[r] for r in pending], vectors[pending], tag)
+            pending = []
+    if partial is not None and pending:
+        partial.write([paths[r] for r in pending], [hashes[r] for r in pending], vectors[pending], tag)
+    return vectors, hashes
+
+
+# ---------------------------------------------------------------------------- public functions
+def build_index(
+    images: Sequence[ImageInput],
+    model: VisionTransformer,
+    recipe: DescriptorRecipe,
+    whitening: Whitening | None = None,
+    factory: str = DEFAULT_FACTORY,
+    out: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    **extractor_options: Any,
+) -> ImageIndex:
+    """Describe `images` and index them.
+
+    Args:
+        images: Image files (list folders with :func:`dino.data.io.list_images`); duplicates are dropped.
+        model: The backbone.
+        recipe: How descriptors are computed (:meth:`DescriptorRecipe.retrieval` is the SPEC §13 reference).
+        whitening: Applied before L2 normalisation; stored inside the index so that queries use it too.
+        factory: A ``faiss.index_factory`` string; trained on the descriptors when needed.
+        out: Save the index there (atomically). Descriptors are also flushed every `checkpoint_every`
+            batches to :func:`partial_results_path` so that a rerun after an interruption resumes.
+        checkpoint_every: Batches between flushes of partial descriptors.
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+
+    Raises:
+        ValueError: No images, or a factory that cannot be built or trained on them.
+    """
+    paths = _unique_paths(images)
+    if not paths:
+        raise ValueError("no images to index")
+    extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
+    identity = model_identity(model)
+    partial = None
+    if out is not None:
+        _check_replaceable(Path(out).absolute())
+        partial = _PartialResults(out, _partial_state(identity, recipe, whitening))
+        partial.open()
+    vectors, hashes = _describe(paths, extractor, partial, checkpoint_every)
+    created = _now()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": created,
+        "updated": created,
+        "backbone": identity,
+        "recipe": recipe.as_dict(),
+        "whitening": _whitening_sha256(whitening) if whitening is not None else None,
+        "dim": extractor.dim,
+        "factory": factory,
+        "metric": METRIC,
+        "files": {path: {"sha256": sha, "id": i} for i, (path, sha) in enumerate(zip(paths, hashes, strict=True))},
+    }
+    index = ImageIndex(create_faiss_index(vectors, factory), manifest, whitening)
+    if out is not None:
+        index.save(out)
+        partial.remove()
+    return index
+
+
+def describe_shard(
+    images: Sequence[ImageInput],
+    model: VisionTransformer,
+    recipe: DescriptorRecipe,
+    out: str | os.PathLike[str],
+    rank: int,
+    world_size: int,
+    whitening: Whitening | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    **extractor_options: Any,
+) -> int:
+    """Describe this process's share of `images` into the partial-results sidecar of `out`.
+
+    For sharded builds (one process per GPU or machine, e.g. under ``torchrun``, with `out` on a filesystem
+    they share): every rank calls this with the same arguments, then, once all are done, one rank calls
+    :func:`build_index` with the same images and `out`, which finds every descriptor already computed.
+
+    Returns:
+        The number of images in this rank's shard.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    paths = _unique_paths(images)
+    shard = [str(part) for part in np.array_split(np.array(paths, dtype=object), world_size)[rank]]
+    partial = _PartialResults(out, _partial_state(model_identity(model), recipe, whitening))
+    partial.open()
+    if shard:
+        extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
+        _describe(shard, extractor, partial, checkpoint_every, tag=f"r{rank}")
+    return len(shard)
+
+
+def search_images(
+    index: ImageIndex,
+    queries: Sequence[ImageInput | Image.Image],
+    model: VisionTransformer,
+    k: int = 10,
+    params: str | None = None,
+    **extractor_options: Any,
+) -> list[list[Hit]]:
+    """The `k` best indexed images for each query image, best first.
+
+    Queries are described with the index's recipe and whitening, after checking that `model` is the
+    backbone the index was built with.
+
+    Args:
+        index: The index.
+        queries: Image files or PIL images.
+        model: The backbone.
+        k: Results per query.
+        params: FAISS search parameters (see :meth:`ImageIndex.search`).
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+    """
+    index.check_compatible(model)
+    if not queries:
+        raise ValueError("no query images")
+    vectors = DescriptorExtractor(model, index.recipe, index.whitening, **extractor_options).extract(queries)
+    scores, paths = index.search(vectors, k, params)
+    # An approximate index may return fewer paths than scores (missing results are -inf, at the end).
+    return [
+        [Hit(path, float(score), rank) for rank, (path, score) in enumerate(zip(row_paths, row_scores, strict=False))]
+        for row_paths, row_scores in zip(paths, scores, strict=True)
+    ]
+
+
+def update_index(
+    index: ImageIndex,
+    images: Sequence[ImageInput],
+    model: VisionTransformer,
+    **extractor_options: Any,
+) -> UpdateReport:
+    """Make `index` hold exactly `images`, describing only new and changed files (by content sha256).
+
+    Unchanged descriptors are read back from the FAISS index (exactly for Flat, HNSW-Flat and IVF-Flat);
+    the index keeps its trained structure (IVF centroids) and is refilled in place. Save it afterwards.
+
+    Returns:
+        Counts of added, updated (content changed), removed and unchanged images.
+
+    Raises:
+        IndexMismatchError: `model` is not the backbone the index was built with.
+        ValueError: `images` is empty.
+    """
+    index.check_compatible(model)
+    paths = _unique_paths(images)
+    if not paths:
+        raise ValueError("no images to index; an index cannot be empty (delete its folder instead)")
+    files = index.manifest["files"]
+    current = {path: file_sha256(path) for path in paths}
+    unchanged = [path for path in paths if path in files and files[path]["sha256"] == current[path]]
+    changed = [path for path in paths if path in files and files[path]["sha256"] != current[path]]
+    added = [path for path in paths if path not in files]
+    wanted = set(paths)
+    removed = [path for path in files if path not in wanted]
+    report = UpdateReport(len(added), len(changed), len(removed), len(unchanged))
+    if not (changed or added or removed):
+        return report
+
+    kept = sorted(unchanged, key=lambda path: files[path]["id"])
+    kept_vectors = index.vectors()[[files[path]["id"] for path in kept]]
+    fresh = changed + added
+    if fresh:
+        extractor = DescriptorExtractor(model, index.recipe, index.whitening, **extractor_options)
+        fresh_vectors = extractor.extract(fresh)
+    else:
+        fresh_vectors = np.zeros((0, index.dim), dtype=np.float32)
+    order = kept + fresh
+    faiss_index = faiss.clone_index(index.faiss_index)
+    faiss_index.reset()
+    faiss_index.add(np.concatenate([kept_vectors, fresh_vectors]))
+    manifest = dict(index.manifest)
+    manifest["updated"] = _now()
+    manifest["files"] = {path: {"sha256": current[path], "id": i} for i, path in enumerate(order)}
+    index._replace_contents(faiss_index, manifest)
+    return report

@@ -1,0 +1,80 @@
+"""copy-detect index and find on a tiny collection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from apps.copy_detection.find import backbone_of_index, build_copy_index, find_copies
+from dino import cli
+from dino.checkpoint import load_backbone
+from dino.index import ImageIndex, IndexMismatchError
+
+OPTIONS = {"device": "cpu", "num_workers": 0, "progress": False}
+
+
+@pytest.fixture
+def copies(photos: Path, tmp_path: Path) -> list[Path]:
+    """A JPEG re-encode and a 10 % crop of photo0, outside the indexed folder."""
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    original = Image.open(photos / "photo0.jpg")
+    original.save(folder / "photo0_q40.jpg", quality=40)
+    original.crop((3, 2, 93, 62)).save(folder / "photo0_crop.png")
+    return [folder / "photo0_q40.jpg", folder / "photo0_crop.png"]
+
+
+@pytest.mark.slow
+def test_find_on_a_tiny_index(photos: Path, copies: list[Path], tmp_path: Path) -> None:
+    model = load_backbone("random:vit_tiny/16")
+    index = build_copy_index([photos], model, out=tmp_path / "index", size=64, **OPTIONS)
+    assert len(index) == 5 and index.recipe.pooling == "cls+gem" and index.recipe.size == 64
+
+    found = find_copies(copies, index, model, threshold=-1.0, **OPTIONS)
+    for hits in found:
+        assert Path(hits[0].path).name == "photo0.jpg"
+        assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+    # The threshold keeps exactly the hits that reach it.
+    cut = found[0][1].score
+    kept = find_copies(copies[:1], index, model, threshold=cut, **OPTIONS)[0]
+    assert [hit.path for hit in kept] == [hit.path for hit in found[0] if hit.score >= cut]
+    assert find_copies(copies[:1], index, model, threshold=1.01, **OPTIONS) == [[]]
+
+    # An indexed query does not report itself, unless asked to.
+    own = photos / "photo0.jpg"
+    assert all(Path(hit.path).name != "photo0.jpg" for hit in find_copies([own], index, model, -1.0, **OPTIONS)[0])
+    itself = find_copies([own], index, model, threshold=-1.0, include_self=True, **OPTIONS)[0][0]
+    assert Path(itself.path).name == "photo0.jpg" and itself.score == pytest.approx(1.0, abs=1e-5)
+
+    # The backbone recorded in the index is loaded back; another backbone is refused.
+    reloaded = ImageIndex.load(tmp_path / "index")
+    assert backbone_of_index(reloaded).embed_dim == model.embed_dim
+    with pytest.raises(IndexMismatchError):
+        find_copies(copies, reloaded, load_backbone("random:vit_small/16"), **OPTIONS)
+
+
+@pytest.mark.slow
+def test_index_and_find_cli(photos: Path, copies: list[Path], tmp_path: Path, capsys) -> None:
+    runtime = ["--device", "cpu", "--workers", "0", "--no-progress"]
+    whitening = tmp_path / "whitening"
+    whitening.mkdir()
+    for name in ("photo1.png", "photo2.jpg", "photo3.png"):
+        (whitening / name).write_bytes((photos / name).read_bytes())
+    argv = ["copy-detect", "index", str(photos), "--out", str(tmp_path / "index"), "--size", "64"]
+    argv += ["--weights", "random:vit_tiny/16", "--whitening", str(whitening)]
+    assert cli.main(argv + runtime) == 0
+    assert "5 images" in capsys.readouterr().out
+    assert ImageIndex.load(tmp_path / "index").whitening is not None
+
+    out = tmp_path / "copies.json"
+    argv = ["copy-detect", "find", *map(str, copies), "--index", str(tmp_path / "index"), "--threshold", "-1"]
+    assert cli.main(argv + ["--out", str(out)] + runtime) == 0  # the backbone comes from the index
+    printed = capsys.readouterr().out
+    assert "photo0_q40.jpg: " in printed and "photo0.jpg" in printed
+    result = json.loads(out.read_text())
+    assert result["threshold"] == -1.0
+    assert [Path(r["copies"][0]["path"]).name for r in result["results"]] == ["photo0.jpg", "photo0.jpg"]
+    assert cli.main(["copy-detect", "find", str(copies[0]), "--index", str(tmp_path / "missing")] + runtime) == 2
