@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +51,7 @@ class _AttentionExtractor(FeatureExtractor):
     @torch.inference_mode()
     def forward(self, images: Tensor, patch_tokens: bool = False, attention: bool = True) -> _AttentionBatch:
         device_images = images.to(self.device, non_blocking=True)
-        context = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+        context = self.autocast()
         with context:
             out = self.model.forward_with_attention(device_images)
         return _AttentionBatch(
