@@ -34,7 +34,9 @@ __all__ = [
     "copy_threshold",
     "find_copies",
     "open_search_index",
+    "overlay_labels",
     "propagate_mask",
+    "read_video",
     "search_similar",
 ]
 
@@ -43,7 +45,7 @@ TAB_MODULES: dict[str, tuple[str, ...]] = {
     "attention": ("apps.segmentation.inference", "apps.segmentation.masks", "apps.segmentation.ncut"),
     "search": ("dino.index",),
     "copy": ("dino.index", "apps.copy_detection.find"),
-    "video": ("apps.video_seg.pipeline",),
+    "video": ("apps.video_seg.pipeline", "apps.video_seg.video"),
 }
 TAB_TITLES = {"attention": "Attention masks", "search": "Search", "copy": "Copy check", "video": "Video masks"}
 
@@ -240,3 +242,13 @@ def propagate_mask(
         if on_frame is not None:
             on_frame(done)
         yield labels
+
+
+def read_video(path: str | os.PathLike[str], max_frames: int) -> Iterator[np.ndarray]:
+    """The first `max_frames` BGR frames of a video file, as the video app decodes them."""
+    return _app("apps.video_seg.video", "video").read_video_frames(path, max_frames)
+
+
+def overlay_labels(frame_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A BGR frame with its objects painted in the DAVIS palette, as ``dino video-seg`` draws its overlay."""
+    return _app("apps.video_seg.video", "video").overlay(frame_bgr, labels)

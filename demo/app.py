@@ -41,7 +41,7 @@ from demo.config import (  # noqa: E402
     DemoSettings,
 )
 from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gallery, sample_video  # noqa: E402
-from demo.render import colorize, label_overlay_bgr, thumbnail, to_uint8  # noqa: E402
+from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
 from dino.checkpoint import RELEASES, load_backbone  # noqa: E402
 from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
 from dino.features import pick_device  # noqa: E402
@@ -317,27 +317,17 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
 
 # ---------------------------------------------------------------------------- (d) video
 def _read_frames(path: str, limit: int) -> tuple[list[np.ndarray], float, bool]:
-    """Up to `limit` BGR frames (short side at most VIDEO_SHORT_SIDE), the frame rate, and whether frames
-    were left out."""
-    capture = cv2.VideoCapture(path)
-    try:
-        if not capture.isOpened():
-            raise ValueError(f"{Path(path).name}: not a video this demo can decode (try MP4, WebM or AVI)")
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        # Containers without a (sane) rate still get a watchable overlay.
-        fps = fps if 1 <= fps <= MAX_VIDEO_FPS else OUTPUT_VIDEO_FPS_FALLBACK
-        frames: list[np.ndarray] = []
-        while len(frames) < limit:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(_shrink(frame))
-        cut = len(frames) == limit and capture.read()[0]
-    finally:
-        capture.release()
+    """Up to `limit` BGR frames (short side at most VIDEO_SHORT_SIDE), the frame rate, and whether the video
+    had more frames."""
+    frames = [_shrink(frame) for frame in adapters.read_video(path, limit + 1)]
     if not frames:
         raise ValueError(f"{Path(path).name}: no frames could be decoded")
-    return frames, float(fps), bool(cut)
+    capture = cv2.VideoCapture(path)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    # Containers without a (sane) rate still get a watchable overlay.
+    fps = fps if 1 <= fps <= MAX_VIDEO_FPS else OUTPUT_VIDEO_FPS_FALLBACK
+    return frames[:limit], float(fps), len(frames) > limit
 
 
 def _shrink(frame: np.ndarray) -> np.ndarray:
@@ -464,7 +454,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
             raise gr.Error("Upload a first-frame mask or draw the object on the first frame.")
         total = len(frames)
         progress((1, total), desc="Propagating", unit="frames")
-        overlays = [label_overlay_bgr(frames[0], labels)]
+        overlays = [adapters.overlay_labels(frames[0], labels)]
 
         def advance(done: int) -> None:
             progress((done + 1, total), desc="Propagating", unit="frames")
@@ -472,7 +462,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
         for frame, frame_labels in zip(
             frames[1:], adapters.propagate_mask(model, frames, labels, settings.device, advance), strict=True
         ):
-            overlays.append(label_overlay_bgr(frame, frame_labels))
+            overlays.append(adapters.overlay_labels(frame, frame_labels))
         # One folder per request, inside Gradio's cache (which delete_cache empties): users never share files.
         cache = Path(gr.utils.get_upload_folder())
         cache.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Pictures for the page: colour-mapped maps, label overlays and thumbnails, as uint8 arrays.
+"""Pictures for the page: colour-mapped maps and thumbnails.
 
 Display only; every number drawn here was computed by an app.
 """
@@ -9,12 +9,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from dino.data.masks import voc_palette
+__all__ = ["colorize", "thumbnail", "to_uint8"]
 
-__all__ = ["colorize", "label_overlay_bgr", "thumbnail", "to_uint8"]
-
-# Objects are painted half-transparent so the frame stays visible under them, as DAVIS overlays do.
-LABEL_OPACITY = 0.5
 THUMBNAIL_SIDE = 256
 
 
@@ -29,15 +25,6 @@ def colorize(values: np.ndarray, cmap: str) -> np.ndarray:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """A float image in [0, 1] as uint8."""
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-
-
-def label_overlay_bgr(frame_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """An OpenCV BGR frame with each non-zero label painted in its DAVIS palette colour."""
-    colours = voc_palette()[labels][..., ::-1].astype(np.float32)
-    out = frame_bgr.astype(np.float32)
-    painted = labels > 0
-    out[painted] = (1 - LABEL_OPACITY) * out[painted] + LABEL_OPACITY * colours[painted]
-    return out.round().astype(np.uint8)
 
 
 def thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE) -> Image.Image:

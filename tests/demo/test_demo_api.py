@@ -203,4 +203,4 @@ def test_video_refuses_a_file_that_is_not_a_video(client, demo_cache, tmp_path) 
     fake = tmp_path / "holiday.mp4"
     fake.write_text("not a video")
     message = _app_error(client, _file(fake), _file(sample_video(demo_cache).first_mask), None, api_name="/video")
-    assert "holiday.mp4: not a video this demo can decode" in message
+    assert "holiday.mp4: OpenCV cannot decode this video" in message

@@ -13,9 +13,9 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]' (or '.[dev]')")
 
 from demo import app, gallery  # noqa: E402
-from demo.render import colorize, label_overlay_bgr  # noqa: E402
+from demo.render import colorize  # noqa: E402
 from dino.checkpoint import load_backbone  # noqa: E402
-from dino.data.masks import voc_palette, write_indexed_png  # noqa: E402
+from dino.data.masks import write_indexed_png  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- sample data
@@ -139,14 +139,6 @@ def test_colorize_stretches_min_to_max() -> None:
     assert np.array_equal(rgb[0], ends.astype(np.uint8))
     flat = colorize(np.ones((2, 2)), "inferno")
     assert np.array_equal(flat, np.broadcast_to(ends[0].astype(np.uint8), flat.shape))
-
-
-def test_label_overlay_blends_half_of_the_palette_colour() -> None:
-    frame = np.full((1, 2, 3), 100, np.uint8)
-    out = label_overlay_bgr(frame, np.array([[0, 1]], np.uint8))
-    red_bgr = voc_palette()[1][::-1].astype(float)
-    assert np.array_equal(out[0, 0], [100, 100, 100])
-    assert np.array_equal(out[0, 1], np.round(0.5 * 100 + 0.5 * red_bgr))
 
 
 def test_weights_notice_says_random_is_not_meaningful() -> None:
