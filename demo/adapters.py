@@ -191,7 +191,7 @@ class CopyVerdict:
 
 
 def copy_threshold() -> float:
-    """The copy-detection app's calibrated threshold on the cosine similarity."""
+    """The copy-detection app's default threshold on the cosine similarity (max-F1 on its benchmark)."""
     return float(_app("apps.copy_detection.find", "copy").DEFAULT_THRESHOLD)
 
 
@@ -200,16 +200,23 @@ def build_copy_index(model: VisionTransformer, images: Sequence[str | os.PathLik
     return _app("apps.copy_detection.find", "copy").build_copy_index(images, model, **options)
 
 
-def find_copies(index: Any, model: VisionTransformer, query: str | os.PathLike[str], **options: Any) -> list[Any]:
-    """The indexed images the copy app calls copies of `query` (at its calibrated threshold), best first."""
+def find_copies(
+    index: Any, model: VisionTransformer, query: str | os.PathLike[str], threshold: float, **options: Any
+) -> list[Any]:
+    """The indexed images the copy app calls copies of `query` at `threshold`, best first."""
     find = _app("apps.copy_detection.find", "copy")
-    return find.find_copies([query], index, model, candidates=min(find.DEFAULT_CANDIDATES, len(index)), **options)[0]
+    candidates = min(find.DEFAULT_CANDIDATES, len(index))
+    return find.find_copies([query], index, model, threshold=threshold, candidates=candidates, **options)[0]
 
 
 def compare_copies(
-    model: VisionTransformer, first: str | os.PathLike[str], second: str | os.PathLike[str], **options: Any
+    model: VisionTransformer,
+    first: str | os.PathLike[str],
+    second: str | os.PathLike[str],
+    threshold: float,
+    **options: Any,
 ) -> CopyVerdict:
-    """Similarity of two image files under the copy-detection descriptor, with the app's verdict.
+    """Similarity of two image files under the copy-detection descriptor, and the verdict at `threshold`.
 
     The copy app compares a query with indexed images, so `second` is indexed alone and `first` queried
     against it with no threshold, which returns their similarity whatever it is.
@@ -217,7 +224,7 @@ def compare_copies(
     find = _app("apps.copy_detection.find", "copy")
     index = find.build_copy_index([second], model, **options)
     (hit,) = find.find_copies([first], index, model, threshold=-np.inf, candidates=1, include_self=True, **options)[0]
-    return CopyVerdict(hit.score, copy_threshold())
+    return CopyVerdict(hit.score, threshold)
 
 
 # ---------------------------------------------------------------------------- (d) video

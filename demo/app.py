@@ -260,7 +260,13 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         "threshold."
     )
     if ready:
-        intro += f" Threshold: {adapters.copy_threshold():.3f}."
+        intro += f" Threshold: {settings.copy_threshold:.3f}"
+        if settings.copy_threshold == adapters.copy_threshold():
+            intro += (
+                " (the app's max-F1 threshold, calibrated for random ViT-S/16 weights; with other weights run "
+                "`dino copy-detect eval` on a benchmark and start the demo with `--copy-threshold`)"
+            )
+        intro += "."
     gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("copy")))
     with gr.Row():
         first = photo_input("Image A", elem_id="copy-a")
@@ -290,7 +296,9 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
     def compare_pair(path_a: str | None, path_b: str | None):
         for path, role in ((path_a, "image A"), (path_b, "image B")):
             _open_photo(path, role)  # a readable image, or a clear message before any model work
-        result = adapters.compare_copies(model, path_a, path_b, device=settings.device, num_workers=0, progress=False)
+        result = adapters.compare_copies(
+            model, path_a, path_b, settings.copy_threshold, device=settings.device, num_workers=0, progress=False
+        )
         return result.similarity, _verdict_text(result)
 
     @_friendly
@@ -298,9 +306,11 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         if copy_index is None:
             raise adapters.NotAvailableYet(_unavailable_notice("copy"))
         _open_photo(path, "an image to check")  # a readable image, or a clear message before any model work
-        hits = adapters.find_copies(copy_index, model, path, device=settings.device, num_workers=0, progress=False)
+        hits = adapters.find_copies(
+            copy_index, model, path, settings.copy_threshold, device=settings.device, num_workers=0, progress=False
+        )
         summary = f"**{len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}** at threshold "
-        summary += f"{adapters.copy_threshold():.3f}."
+        summary += f"{settings.copy_threshold:.3f}."
         return summary, [(thumbnail(open_image(hit.path)), _caption(hit)) for hit in hits]
 
     compare.click(
@@ -510,6 +520,7 @@ def build_demo(
     device: str = "auto",
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
     concurrency_limit: int = DEFAULT_CONCURRENCY,
+    copy_threshold: float | None = None,
 ) -> gr.Blocks:
     """Build the demo page around one backbone shared by every tab.
 
@@ -522,6 +533,8 @@ def build_demo(
         device: ``auto``, ``cpu``, ``cuda``…
         max_video_frames: Videos are cut to this many frames, with a notice.
         concurrency_limit: How many model computations may run at once, over all tabs and users.
+        copy_threshold: Cosine similarity from which Copy check says "copy"; the copy-detection app's default
+            when omitted.
 
     Returns:
         The page, with its queue set up; serve it with :func:`launch_demo`.
@@ -535,6 +548,8 @@ def build_demo(
     model = (model if model is not None else load_backbone(weights)).to(resolved_device).eval()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     settings = DemoSettings(weights, resolved_device, cache, max_video_frames, concurrency_limit)
+    if adapters.available("copy"):
+        settings.copy_threshold = adapters.copy_threshold() if copy_threshold is None else copy_threshold
     settings.gallery = sample_gallery(cache)
     sample = sample_video(cache)
     settings.served_folders = [settings.gallery[0].parent, sample.video.parent, sample_copy(cache).copy.parent]

@@ -25,6 +25,7 @@ def _demo(args: argparse.Namespace) -> int:
         device=args.device,
         max_video_frames=args.max_video_frames,
         concurrency_limit=args.concurrency,
+        copy_threshold=args.copy_threshold,
     )
     launch_demo(page, host=args.host, port=args.port, share=args.share)
     return 0
@@ -67,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_MAX_VIDEO_FRAMES,
         help="longer videos are cut to this many frames, with a notice (default: %(default)s)",
+    )
+    data.add_argument(
+        "--copy-threshold",
+        type=float,
+        help="cosine similarity from which Copy check says 'copy' (default: the copy-detection app's, calibrated "
+        "for random ViT-S/16; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
     )
     add_weights_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")

@@ -42,4 +42,5 @@ class DemoSettings:
     concurrency_limit: int
     gallery: list[Path] = field(default_factory=list)
     index_source: str = ""
+    copy_threshold: float = float("nan")
     served_folders: list[Path] = field(default_factory=list)

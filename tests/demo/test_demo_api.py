@@ -129,30 +129,30 @@ def test_search_returns_at_most_the_gallery(client, demo_cache) -> None:
 
 # ---------------------------------------------------------------------------- copy check
 @pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
-def test_copy_check_of_an_image_with_itself_is_a_copy(client, demo_cache) -> None:
+def test_copy_check_of_an_image_with_itself_is_a_copy(client, demo_server, demo_cache) -> None:
     photo = _file(_photo(demo_cache, "skimage-chelsea"))
     similarity, verdict = client.predict(photo, photo, api_name="/copy_check")
     assert similarity == pytest.approx(1.0, abs=1e-3)
     assert verdict.startswith("**Copy.**")
-    assert f"threshold {adapters.copy_threshold():.3f}" in verdict
+    assert f"threshold {demo_server.page.dino_settings.copy_threshold:.3f}" in verdict
 
 
 @pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
-def test_copy_check_verdict_follows_the_calibrated_threshold(client, demo_cache) -> None:
+def test_copy_check_verdict_follows_the_calibrated_threshold(client, demo_server, demo_cache) -> None:
     pair = sample_copy(demo_cache)
     similarity, verdict = client.predict(_file(pair.original), _file(pair.other), api_name="/copy_check")
     assert similarity < 1.0 - 1e-3
-    expected = "**Copy.**" if similarity >= adapters.copy_threshold() else "**Not a copy.**"
+    expected = "**Copy.**" if similarity >= demo_server.page.dino_settings.copy_threshold else "**Not a copy.**"
     assert verdict.startswith(expected)
 
 
 @pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
-def test_copy_search_finds_the_image_itself_in_the_index(client, demo_cache) -> None:
+def test_copy_search_finds_the_image_itself_in_the_index(client, demo_server, demo_cache) -> None:
     summary, matches = client.predict(_file(_photo(demo_cache, "skimage-coffee")), api_name="/copy_search")
     assert matches[0]["caption"] == "1.000 · skimage-coffee.jpg"
     assert summary.startswith(f"**{len(matches)} likely cop")
     scores = [float(item["caption"].split(" · ")[0]) for item in matches]
-    assert min(scores) >= adapters.copy_threshold()
+    assert min(scores) >= demo_server.page.dino_settings.copy_threshold
 
 
 def test_copy_check_needs_both_images(client, demo_cache) -> None:

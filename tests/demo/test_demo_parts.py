@@ -167,6 +167,8 @@ def test_demo_verb_serves_this_machine_only_by_default() -> None:
 def test_demo_verb_options() -> None:
     args = _parse("--port", "9000", "--weights", "dino_vits8", "--gallery", "photos", "--max-video-frames", "20")
     assert (args.port, args.weights, args.gallery, args.max_video_frames) == (9000, "dino_vits8", "photos", 20)
+    assert args.copy_threshold is None  # the copy-detection app's default
+    assert _parse("--copy-threshold", "0.9").copy_threshold == 0.9
 
 
 def test_build_demo_rejects_nonsense_limits() -> None:
