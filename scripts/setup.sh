@@ -8,3 +8,17 @@ python3 -m venv .venv
 # torch/torchvision first and pinned to versions with CPU wheels reachable here; any torch>=2.1 works.
 .venv/bin/python -m pip install --quiet "torch${DINO_TORCH_SPEC:-==2.14.1}" "torchvision${DINO_TORCHVISION_SPEC:-==0.29.1}"
 .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+
+# The demo's browser test drives Debian's chromium through Playwright (Playwright's own browser download is
+# not used). With the dev extras, install it when it is missing and we may; otherwise that test skips.
+if [[ ",${extras}," == *",dev,"* ]] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium for the demo's browser test (apt-get)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+      echo "setup: could not install chromium; the demo's browser test will be skipped" >&2
+    fi
+  else
+    echo "setup: chromium not found at /usr/bin/chromium and installing it needs root and apt-get;" \
+      "the demo's browser test will be skipped (install it with: sudo apt-get install chromium)" >&2
+  fi
+fi

@@ -1,0 +1,160 @@
+"""``dino video-seg`` (DAVIS folders or any video file) and ``dino video-eval`` (DAVIS J&F)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from apps.video_seg.preprocess import FramePreprocessing
+from apps.video_seg.propagation import (
+    MAX_AFFINITY_MB,
+    N_LAST_FRAMES,
+    NEIGHBOURHOOD_RADIUS,
+    TEMPERATURE,
+    TOP_K,
+    PropagationConfig,
+)
+from dino.cli import add_weights_arguments, backbone_from_args
+from dino.features import autocast_dtype, pick_device
+
+__all__ = ["register"]
+
+
+def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("propagation (defaults reproduce the reference, SPEC §11)")
+    group.add_argument("--n-last-frames", type=int, default=N_LAST_FRAMES, help="previous frames kept as context")
+    group.add_argument(
+        "--radius", type=int, default=NEIGHBOURHOOD_RADIUS, help="neighbourhood radius in patches; 0 = whole frame"
+    )
+    group.add_argument("--topk", type=int, default=TOP_K, help="sources kept per target patch over all context")
+    group.add_argument("--temperature", type=float, default=TEMPERATURE, help="affinity temperature")
+    group.add_argument(
+        "--no-minmax-norm",
+        action="store_true",
+        help="skip the reference's per-channel min-max normalisation before the argmax",
+    )
+    group.add_argument(
+        "--imagenet-std",
+        action="store_true",
+        help="normalise with ImageNet's std 0.229 instead of the reference's 0.228",
+    )
+    group.add_argument(
+        "--max-affinity-mb",
+        type=float,
+        default=MAX_AFFINITY_MB,
+        help="largest affinity chunk in MiB; results do not depend on it (default: %(default)s)",
+    )
+    group.add_argument(
+        "--affinity-dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp32 is exact; bf16/fp16 halve affinity memory on GPU (default: %(default)s)",
+    )
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")
+    runtime.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="backbone precision; fp32 reproduces the reference (default: %(default)s)",
+    )
+    runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _setup(args: argparse.Namespace):
+    config = PropagationConfig(
+        n_last_frames=args.n_last_frames,
+        radius=args.radius,
+        topk=args.topk,
+        temperature=args.temperature,
+        minmax_norm=not args.no_minmax_norm,
+        max_affinity_mb=args.max_affinity_mb,
+        affinity_dtype=args.affinity_dtype,
+    )
+    preprocessing = FramePreprocessing(reference_std=not args.imagenet_std)
+    device = pick_device(args.device)
+    model = backbone_from_args(args).to(device)
+    return model, config, preprocessing, device, autocast_dtype(device, args.dtype)
+
+
+def _video_seg(args: argparse.Namespace) -> int:
+    if (args.davis is None) == (args.video is None):
+        raise ValueError("give exactly one of --davis ROOT or --video FILE")
+    if args.video is not None and args.first_mask is None:
+        raise ValueError("--video needs --first-mask (an indexed PNG of the first frame)")
+    torch.set_grad_enabled(False)
+    model, config, preprocessing, device, autocast = _setup(args)
+    common = dict(
+        model=model,
+        config=config,
+        preprocessing=preprocessing,
+        device=device,
+        autocast=autocast,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    if args.davis is not None:
+        from apps.video_seg.davis import segment_davis
+
+        results = segment_davis(args.davis, args.out, sequences=args.sequences, **common)
+        ran = [r for r in results if not r.skipped]
+        if ran:
+            frames = sum(r.frames - 1 for r in ran)
+            seconds = sum(r.seconds for r in ran)
+            print(f"{len(ran)} sequences, {frames} propagated frames, {frames / seconds:.2f} frames/s → {args.out}")
+    else:
+        from apps.video_seg.video import segment_video
+
+        written = segment_video(args.video, args.first_mask, args.out, max_frames=args.max_frames, **common)
+        print(f"{written.frames} frames, {written.frames_per_second:.2f} frames/s: masks in {written.masks}, "
+              f"overlay {written.overlay}")
+    return 0
+
+
+def _video_eval(args: argparse.Namespace) -> int:
+    from apps.video_seg.evaluate import evaluate_davis, format_table, write_csvs
+
+    evaluation = evaluate_davis(args.davis, args.results, sequences=args.sequences, split=args.set)
+    print(format_table(evaluation))
+    for path in write_csvs(evaluation, args.results, args.set):
+        print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``video-seg`` and ``video-eval`` to the ``dino`` command."""
+    seg = subparsers.add_parser(
+        "video-seg",
+        help="propagate a first-frame mask through DAVIS sequences or any video",
+        description="Semi-supervised video object segmentation by label propagation of DINO patch features "
+        "(the DAVIS-2017 protocol of the DINO paper). With --davis: writes <out>/<sequence>/<frame>.png "
+        "indexed PNGs (DAVIS palette); re-running into the same folder skips finished sequences. With --video: "
+        "decodes any video OpenCV reads and writes <out>/masks/*.png and <out>/overlay.mp4.",
+    )
+    source = seg.add_argument_group("input")
+    source.add_argument("--davis", help="DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets/2017/val.txt)")
+    source.add_argument("--sequences", nargs="+", help="sequence names (default: ImageSets/2017/val.txt)")
+    source.add_argument("--video", help="a video file (mp4, avi, … anything OpenCV decodes)")
+    source.add_argument("--first-mask", help="with --video: label PNG of the first frame (0 = background)")
+    source.add_argument("--max-frames", type=int, help="with --video: stop after this many frames")
+    seg.add_argument("--out", required=True, help="results folder")
+    seg.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty folder that is not a matching earlier run"
+    )
+    add_weights_arguments(seg)
+    _add_propagation_arguments(seg)
+    seg.set_defaults(func=_video_seg)
+
+    evaluation = subparsers.add_parser(
+        "video-eval",
+        help="DAVIS J&F of a results folder (the official davis2017-evaluation numbers)",
+        description="Region similarity J and boundary accuracy F of semi-supervised results, as the official "
+        "davis2017-evaluation computes them (first and last frames excluded). Prints the table and writes "
+        "global_results-<set>.csv and per-sequence_results-<set>.csv into the results folder.",
+    )
+    evaluation.add_argument("--davis", required=True, help="DAVIS root with Annotations/480p and ImageSets/2017")
+    evaluation.add_argument("--results", required=True, help="folder with <sequence>/<frame>.png results")
+    evaluation.add_argument("--sequences", nargs="+", help="sequence names (default: ImageSets/2017/<set>.txt)")
+    evaluation.add_argument("--set", default="val", help="ImageSets split and CSV suffix (default: %(default)s)")
+    evaluation.set_defaults(func=_video_eval)

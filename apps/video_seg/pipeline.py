@@ -1,0 +1,68 @@
+"""One video through the backbone and the propagation: frames in, label maps out (SPEC §11)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, downscale_mask, one_hot
+from apps.video_seg.propagation import LabelPropagator, PropagationConfig, labels_from_soft_mask
+from dino.models.vision_transformer import VisionTransformer
+
+__all__ = ["patch_features", "segment_frames"]
+
+
+@torch.inference_mode()
+def patch_features(model: VisionTransformer, frame: Tensor, autocast: torch.dtype | None = None) -> Tensor:
+    """Last-block patch tokens after the final norm, without [CLS]: (h·w, D) float32 (SPEC §11 Features).
+
+    `frame` is (3, H, W) on the model's device; one forward per frame, as the reference.
+    """
+    device = frame.device
+    context = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
+    with context:
+        tokens = model.get_intermediate_layers(frame[None], n=1)[0]
+    return tokens[0, 1:].float()
+
+
+def segment_frames(
+    frames: Iterable[np.ndarray],
+    first_labels: np.ndarray,
+    model: VisionTransformer,
+    config: PropagationConfig = PropagationConfig(),
+    preprocessing: FramePreprocessing = FramePreprocessing(),
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> Iterator[np.ndarray]:
+    """Propagate `first_labels` through a video and yield one label map per frame after the first.
+
+    Args:
+        frames: BGR uint8 frames (H, W, 3), as OpenCV decodes them; the first is the annotated one.
+        first_labels: Label map (H, W) of the first frame (0 = background, 1..K = objects).
+        model: Backbone, already on `device` and in eval mode.
+        config: Propagation options.
+        preprocessing: Frame resizing and normalisation.
+        device: Where features and affinities are computed.
+        autocast: Backbone autocast dtype, or None for fp32 (the reference).
+
+    Yields:
+        Label maps (H, W) uint8 at each frame's original size, frames 1, 2, … in order.
+    """
+    device = torch.device(device)
+    iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("the video has no frames")
+    if first.shape[:2] != first_labels.shape:
+        raise ValueError(f"first-frame mask is {first_labels.shape[::-1]} (w, h) but frames are {first.shape[1::-1]}")
+    features = patch_features(model, bgr_to_tensor(first, preprocessing).to(device), autocast)
+    small = downscale_mask(first_labels, model.patch_size, preprocessing)
+    propagator = LabelPropagator(features, one_hot(small).to(device), config)
+    for frame in iterator:
+        features = patch_features(model, bgr_to_tensor(frame, preprocessing).to(device), autocast)
+        soft = propagator.step(features)
+        yield labels_from_soft_mask(soft, model.patch_size, frame.shape[:2], config.minmax_norm)

@@ -1,0 +1,261 @@
+"""The demo's only link to the apps: one adapter per tab, each a thin call into an app's public functions.
+
+Nothing here computes a mask, a descriptor or a label itself. An app that is not installed (or not merged
+yet) makes its adapter raise :class:`NotAvailableYet`, and the page shows that tab as unavailable instead
+of failing as a whole.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dino.models.vision_transformer import VisionTransformer
+
+__all__ = [
+    "TAB_MODULES",
+    "AttentionViews",
+    "CopyVerdict",
+    "NotAvailableYet",
+    "attention_views",
+    "available",
+    "build_copy_index",
+    "build_search_index",
+    "compare_copies",
+    "copy_threshold",
+    "find_copies",
+    "open_search_index",
+    "overlay_labels",
+    "propagate_mask",
+    "read_video",
+    "search_similar",
+]
+
+# The modules each tab needs; a tab is offered only when all of them import.
+TAB_MODULES: dict[str, tuple[str, ...]] = {
+    "attention": ("apps.segmentation.inference", "apps.segmentation.masks", "apps.segmentation.ncut"),
+    "search": ("dino.index",),
+    "copy": ("dino.index", "apps.copy_detection.find"),
+    "video": ("apps.video_seg.pipeline", "apps.video_seg.video"),
+}
+TAB_TITLES = {"attention": "Attention masks", "search": "Search", "copy": "Copy check", "video": "Video masks"}
+
+
+class NotAvailableYet(RuntimeError):
+    """The app behind a tab is not installed in this build."""
+
+
+def _app(module: str, tab: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise NotAvailableYet(
+            f"{TAB_TITLES[tab]} is not available yet in this build ({module} cannot be imported: {error})."
+        ) from None
+
+
+def available(tab: str) -> bool:
+    """Whether every module the tab needs can be imported."""
+    try:
+        for module in TAB_MODULES[tab]:
+            _app(module, tab)
+    except NotAvailableYet:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- (a) attention
+@dataclass
+class AttentionViews:
+    """Everything the Attention tab draws, at the network input's resolution (H, W).
+
+    Attributes:
+        image: The network input, denormalised, (H, W, 3) float in [0, 1].
+        head_maps: Per-head [CLS] attention, nearest-upsampled, (heads, H, W).
+        head_masks: Per-head masks keeping `threshold` of the attention mass, (heads, H, W) bool.
+        mean_map: Mean over heads, (H, W).
+        foreground: The normalized-cut foreground, (H, W) bool, or None when not asked for.
+        head_colors: One RGB colour in [0, 1] per head, as ``dino attention`` draws them, (heads, 3).
+    """
+
+    image: np.ndarray
+    head_maps: np.ndarray
+    head_masks: np.ndarray
+    mean_map: np.ndarray
+    foreground: np.ndarray | None
+    head_colors: np.ndarray
+
+
+def attention_views(
+    model: VisionTransformer,
+    image: Image.Image,
+    threshold: float,
+    size: int,
+    better_mask: bool = True,
+    device: str = "auto",
+) -> AttentionViews:
+    """The `dino attention` outputs of one photo (apps.segmentation), kept in memory.
+
+    Args:
+        model: The backbone.
+        image: An RGB photo.
+        threshold: Fraction of each head's attention mass the masks keep.
+        size: Short side of the network input (the aspect ratio is kept so overlays fit the photo).
+        better_mask: Also compute the normalized-cut foreground.
+        device: Where the forward pass runs.
+    """
+    inference = _app("apps.segmentation.inference", "attention")
+    masks = _app("apps.segmentation.masks", "attention")
+    ncut = _app("apps.segmentation.ncut", "attention")
+    figures = _app("apps.segmentation.figures", "attention")
+    from dino.data.transforms import denormalize
+
+    item = next(
+        inference.iter_attention(
+            model, [image], size=size, keep_aspect=True, device=device, batch_size=1, num_workers=0, progress=False
+        )
+    )
+    patch = model.patch_size
+    foreground = None
+    if better_mask:
+        grid_mask = torch.from_numpy(ncut.ncut_foreground(item.keys, item.grid))
+        foreground = masks.upsample_nearest(grid_mask, patch).numpy()
+    return AttentionViews(
+        image=denormalize(item.image).permute(1, 2, 0).clamp(0, 1).numpy(),
+        head_maps=masks.upsample_nearest(item.maps, patch).numpy(),
+        head_masks=masks.upsample_nearest(masks.threshold_attention(item.maps, threshold), patch).numpy(),
+        mean_map=masks.upsample_nearest(masks.mean_attention(item.maps), patch).numpy(),
+        foreground=foreground,
+        head_colors=figures.head_colors(model.num_heads),
+    )
+
+
+def overlay_masks(image: np.ndarray, masks: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """`image` (H, W, 3) in [0, 1] with `masks` (K, H, W) blended in, as ``dino attention`` draws them."""
+    return _app("apps.segmentation.figures", "attention").overlay_masks(image, masks, colors)
+
+
+def foreground_color() -> np.ndarray:
+    """The colour ``dino attention`` gives the normalized-cut foreground, (1, 3) in [0, 1]."""
+    return np.array([_app("apps.segmentation.figures", "attention").FOREGROUND_COLOR])
+
+
+def attention_colormaps() -> tuple[str, str]:
+    """The colormaps ``dino attention`` uses for (per-head heatmaps, the mean map)."""
+    figures = _app("apps.segmentation.figures", "attention")
+    return figures.HEATMAP_CMAP, figures.MEAN_CMAP
+
+
+# ---------------------------------------------------------------------------- (b) search
+def build_search_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
+    """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.index."""
+    index = _app("dino.index", "search")
+    from dino.descriptors import DescriptorRecipe
+
+    return index.build_index(images, model, DescriptorRecipe.retrieval(), **options)
+
+
+def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) -> Any:
+    """An index saved by ``dino index`` (or :func:`dino.index.build_index`), checked against `model`."""
+    index = _app("dino.index", "search").ImageIndex.load(path)
+    index.check_compatible(model)
+    return index
+
+
+def search_similar(index: Any, model: VisionTransformer, query: Image.Image, k: int, **options: Any) -> list[Any]:
+    """The `k` indexed images most similar to `query`, best first, as :class:`dino.index.Hit`."""
+    return _app("dino.index", "search").search_images(index, [query], model, k=k, **options)[0]
+
+
+# ---------------------------------------------------------------------------- (c) copy check
+@dataclass(frozen=True)
+class CopyVerdict:
+    """Cosine similarity of two copy-detection descriptors and the app's calibrated threshold."""
+
+    similarity: float
+    threshold: float
+
+    @property
+    def is_copy(self) -> bool:
+        """The copy-detection app's rule: a copy reaches the threshold."""
+        return self.similarity >= self.threshold
+
+
+def copy_threshold() -> float:
+    """The copy-detection app's default threshold on the cosine similarity (max-F1 on its benchmark)."""
+    return float(_app("apps.copy_detection.find", "copy").DEFAULT_THRESHOLD)
+
+
+def build_copy_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
+    """An in-memory index of `images` under the copy-detection descriptor (SPEC §12), by the copy app."""
+    return _app("apps.copy_detection.find", "copy").build_copy_index(images, model, **options)
+
+
+def find_copies(
+    index: Any, model: VisionTransformer, query: str | os.PathLike[str], threshold: float, **options: Any
+) -> list[Any]:
+    """The indexed images the copy app calls copies of `query` at `threshold`, best first."""
+    find = _app("apps.copy_detection.find", "copy")
+    candidates = min(find.DEFAULT_CANDIDATES, len(index))
+    return find.find_copies([query], index, model, threshold=threshold, candidates=candidates, **options)[0]
+
+
+def compare_copies(
+    model: VisionTransformer,
+    first: str | os.PathLike[str],
+    second: str | os.PathLike[str],
+    threshold: float,
+    **options: Any,
+) -> CopyVerdict:
+    """Similarity of two image files under the copy-detection descriptor, and the verdict at `threshold`.
+
+    The copy app compares a query with indexed images, so `second` is indexed alone and `first` queried
+    against it with no threshold, which returns their similarity whatever it is.
+    """
+    find = _app("apps.copy_detection.find", "copy")
+    index = find.build_copy_index([second], model, **options)
+    (hit,) = find.find_copies([first], index, model, threshold=-np.inf, candidates=1, include_self=True, **options)[0]
+    return CopyVerdict(hit.score, threshold)
+
+
+# ---------------------------------------------------------------------------- (d) video
+def propagate_mask(
+    model: VisionTransformer,
+    frames_bgr: Iterable[np.ndarray],
+    first_labels: np.ndarray,
+    device: torch.device | str = "cpu",
+    on_frame: Callable[[int], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Label maps of frames 1, 2, … propagated from `first_labels` (apps.video_seg, reference options).
+
+    Args:
+        model: The backbone, on `device`.
+        frames_bgr: OpenCV BGR frames, the annotated one first.
+        first_labels: (H, W) labels of the first frame, 0 = background.
+        device: Where features and affinities are computed.
+        on_frame: Called with the number of frames done after each one, for a progress bar.
+    """
+    pipeline = _app("apps.video_seg.pipeline", "video")
+    for done, labels in enumerate(pipeline.segment_frames(frames_bgr, first_labels, model, device=device), start=1):
+        if on_frame is not None:
+            on_frame(done)
+        yield labels
+
+
+def read_video(path: str | os.PathLike[str], max_frames: int) -> Iterator[np.ndarray]:
+    """The first `max_frames` BGR frames of a video file, as the video app decodes them."""
+    return _app("apps.video_seg.video", "video").read_video_frames(path, max_frames)
+
+
+def overlay_labels(frame_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A BGR frame with its objects painted in the DAVIS palette, as ``dino video-seg`` draws its overlay."""
+    return _app("apps.video_seg.video", "video").overlay(frame_bgr, labels)

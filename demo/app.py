@@ -1,0 +1,614 @@
+"""The Gradio page of ``dino demo``: attention masks, search, copy check and video masks with one model.
+
+:func:`build_demo` loads the backbone once and builds the page; :func:`launch_demo` serves it with the
+upload limit, queue and offline theme the demo needs. Every tab calls one adapter of
+:mod:`demo.adapters`; this module only turns uploads into images and results into pictures and text.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings, no version check
+
+import cv2  # noqa: E402
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from demo import adapters  # noqa: E402
+from demo.config import (  # noqa: E402
+    ATTENTION_SIZE,
+    ATTENTION_THRESHOLD,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_HOST,
+    DEFAULT_MAX_VIDEO_FRAMES,
+    DEFAULT_PORT,
+    MAX_MASK_OBJECTS,
+    MAX_UPLOAD_SIZE,
+    MAX_VIDEO_FPS,
+    OUTPUT_VIDEO_FPS_FALLBACK,
+    QUEUE_MAX_SIZE,
+    SEARCH_RESULTS,
+    VIDEO_SHORT_SIDE,
+    DemoSettings,
+)
+from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gallery, sample_video  # noqa: E402
+from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
+from dino.checkpoint import RELEASES, load_backbone  # noqa: E402
+from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
+from dino.features import pick_device  # noqa: E402
+from dino.models.vision_transformer import VisionTransformer  # noqa: E402
+
+__all__ = ["build_demo", "launch_demo", "weights_notice"]
+
+# Every hour, uploads and results older than a day are deleted from Gradio's cache (seconds).
+CACHE_CLEANUP = (3600, 24 * 3600)
+# Gradio galleries keep a fixed height whatever their content; this fits two rows of heads.
+GALLERY_HEIGHT = 280
+# Fonts the browser already has: the default theme's Google fonts cannot load offline.
+SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")
+MONO_FONTS = ("ui-monospace", "Consolas", "monospace")
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+# ---------------------------------------------------------------------------- page text
+def weights_notice(weights: str, model: VisionTransformer) -> str:
+    """Markdown saying which weights are loaded and what quality to expect from them."""
+    arch = f"ViT with {model.embed_dim}-d tokens, {model.num_heads} heads, patch {model.patch_size}"
+    releases = ", ".join(f"`{name}`" for name in RELEASES)
+    if weights.startswith("random"):
+        return (
+            f"**Weights: `{weights}`, a seeded random initialisation** ({arch}). Every tab runs the real "
+            "pipeline, but the masks, search results, copy scores and video masks are **not meaningful**: the "
+            "network has learned nothing. For the paper's results start the demo with official weights, e.g. "
+            f"`dino demo --weights dino_vits8` (any of {releases}; downloaded once, needs internet), or a "
+            "weights file."
+        )
+    if weights in RELEASES:
+        return (
+            f"**Weights: official DINO release `{weights}`** ({arch}). Masks, search and copy detection behave "
+            "as in the paper (Caron et al., ICCV 2021)."
+        )
+    return (
+        f"**Weights: `{Path(weights).name}`** ({arch}). Quality depends on how these weights were trained; "
+        f"the official releases ({releases}) give the paper's results."
+    )
+
+
+def _unavailable_notice(tab: str) -> str:
+    return f"⚠️ **{adapters.TAB_TITLES[tab]} is not available yet in this build**: its app is not installed."
+
+
+# ---------------------------------------------------------------------------- friendly errors
+# Absolute paths in messages are cut to their file name: the server's folders mean nothing to the user.
+_ABSOLUTE_PATH = re.compile(r"(?:/[^/\s:'\"]+)+/(?=[^/\s:'\"]+)")
+
+
+def _user_message(error: BaseException) -> str:
+    return _ABSOLUTE_PATH.sub("", str(error))
+
+
+def _friendly(handler: Handler) -> Handler:
+    """Turn errors a user can act on into a message on the page instead of a stack trace."""
+
+    @functools.wraps(handler)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except adapters.NotAvailableYet as error:
+            raise gr.Error(str(error), title="Not available yet") from None
+        except Image.DecompressionBombError:
+            raise gr.Error("This image has too many pixels to process safely; please upload a smaller one.") from None
+        except (ImageLoadError, FileNotFoundError, ValueError) as error:
+            raise gr.Error(_user_message(error)) from None
+
+    return wrapped  # type: ignore[return-value]
+
+
+def photo_input(label: str, **kwargs: Any) -> gr.Image:
+    """An image upload that reports a non-image file as a message, not an error trace.
+
+    Gradio opens every uploaded image with PIL before the handler runs, so a text file or a broken image
+    would fail there. This component's preprocessing turns that failure into a message, and passes the
+    upload on as a file path that the handler decodes with :func:`dino.data.io.open_image`. (A subclass of
+    gr.Image would make Gradio write a .pyi stub beside this module at import time.)
+    """
+    component = gr.Image(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    preprocess = component.preprocess
+
+    def checked_preprocess(payload: Any) -> str | None:
+        try:
+            return preprocess(payload)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(
+                f"{name} is not an image this demo can read; please upload a JPEG, PNG or WebP photo."
+            ) from None
+
+    component.preprocess = checked_preprocess  # type: ignore[method-assign]
+    return component
+
+
+def _result_gallery(label: str, elem_id: str, columns: int = 4, height: int | str = "auto") -> gr.Gallery:
+    """An output gallery showing whole images (not cropped to squares)."""
+    return gr.Gallery(
+        label=label, columns=columns, height=height, object_fit="contain", interactive=False, elem_id=elem_id
+    )
+
+
+def _open_photo(path: str | None, role: str) -> Image.Image:
+    if not path:
+        raise gr.Error(f"Please upload {role} first (or pick a sample below).")
+    return open_image(path)
+
+
+# ---------------------------------------------------------------------------- (a) attention
+def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
+    ready = adapters.available("attention")
+    gr.Markdown(
+        "Where the last layer's [CLS] token looks, head by head. A mask keeps the most-attended patches that "
+        "hold the chosen fraction of the attention mass (the paper's Fig. 3 rule); the *better mask* is a "
+        "normalized cut of the patch keys (TokenCut) from the same forward pass."
+        + ("" if ready else "\n\n" + _unavailable_notice("attention"))
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            photo = photo_input("Photo", elem_id="attention-photo")
+            threshold = gr.Slider(0.05, 1.0, value=ATTENTION_THRESHOLD, step=0.05, label="Attention mass kept")
+            size = gr.Slider(224, 640, value=ATTENTION_SIZE, step=16, label="Input short side (pixels)")
+            better = gr.Checkbox(value=True, label="Better mask (normalized cut)")
+            run = gr.Button("Show attention", variant="primary", interactive=ready, elem_id="attention-run")
+            gr.Examples([[str(path)] for path in settings.gallery], inputs=[photo], label="Sample photos")
+        with gr.Column(scale=2):
+            with gr.Row():
+                mean_map = gr.Image(label="Mean attention over heads", interactive=False, elem_id="attention-mean")
+                foreground = gr.Image(label="Better mask (normalized cut)", interactive=False, elem_id="attention-ncut")
+            heads = _result_gallery("Per-head attention", "attention-heads", columns=6, height=GALLERY_HEIGHT)
+            head_masks = _result_gallery("Per-head masks", "attention-masks", columns=6, height=GALLERY_HEIGHT)
+
+    @_friendly
+    def show_attention(path: str | None, mass: float, short_side: float, use_ncut: bool):
+        image = _open_photo(path, "a photo")
+        views = adapters.attention_views(model, image, float(mass), int(short_side), bool(use_ncut), settings.device)
+        heat_cmap, mean_cmap = adapters.attention_colormaps()
+        per_head = [(colorize(view, heat_cmap), f"head {i}") for i, view in enumerate(views.head_maps)]
+        overlays = [
+            (
+                to_uint8(adapters.overlay_masks(views.image, views.head_masks[i : i + 1], views.head_colors[[i]])),
+                f"head {i}",
+            )
+            for i in range(views.head_maps.shape[0])
+        ]
+        overlays.append(
+            (to_uint8(adapters.overlay_masks(views.image, views.head_masks, views.head_colors)), "all heads")
+        )
+        cut = None
+        if views.foreground is not None:
+            cut = to_uint8(adapters.overlay_masks(views.image, views.foreground[None], adapters.foreground_color()))
+        return colorize(views.mean_map, mean_cmap), cut, per_head, overlays
+
+    run.click(
+        show_attention,
+        inputs=[photo, threshold, size, better],
+        outputs=[mean_map, foreground, heads, head_masks],
+        api_name="attention",
+        concurrency_id="model",
+    )
+
+
+# ---------------------------------------------------------------------------- (b) search
+def _caption(hit: Any) -> str:
+    """Score first: galleries cut long captions at the end."""
+    return f"{hit.score:.3f} · {Path(hit.path).name}"
+
+
+def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) -> None:
+    ready = index is not None
+    intro = "Find the indexed images whose DINO descriptor ([CLS] of a 224-pixel thumbnail, the paper's "
+    intro += "retrieval recipe) is closest to your photo's; scores are cosine similarities."
+    if ready:
+        intro += f"\n\nIndex: {settings.index_source} ({len(index)} images)."
+    else:
+        intro += "\n\n" + _unavailable_notice("search")
+    gr.Markdown(intro)
+    with gr.Row():
+        with gr.Column(scale=1):
+            query = photo_input("Query photo", elem_id="search-query")
+            count = gr.Slider(1, 2 * SEARCH_RESULTS, value=SEARCH_RESULTS, step=1, label="Results")
+            run = gr.Button("Search", variant="primary", interactive=ready, elem_id="search-run")
+            gr.Examples([[str(path)] for path in settings.gallery], inputs=[query], label="Sample photos")
+        with gr.Column(scale=2):
+            results = _result_gallery("Most similar", "search-results")
+
+    @_friendly
+    def search(path: str | None, k: float):
+        if index is None:
+            raise adapters.NotAvailableYet(_unavailable_notice("search"))
+        image = _open_photo(path, "a query photo")
+        hits = adapters.search_similar(
+            index, model, image, min(int(k), len(index)), device=settings.device, num_workers=0, progress=False
+        )
+        return [(thumbnail(open_image(hit.path)), _caption(hit)) for hit in hits]
+
+    run.click(search, inputs=[query, count], outputs=[results], api_name="search", concurrency_id="model")
+
+
+# ---------------------------------------------------------------------------- (c) copy check
+def _verdict_text(verdict: adapters.CopyVerdict) -> str:
+    if verdict.is_copy:
+        return f"**Copy.** Similarity {verdict.similarity:.3f} ≥ threshold {verdict.threshold:.3f}."
+    return f"**Not a copy.** Similarity {verdict.similarity:.3f} < threshold {verdict.threshold:.3f}."
+
+
+def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any) -> None:
+    ready = adapters.available("copy")
+    intro = (
+        "Is one image an edited copy (crop, resize, recompression, colour change…) of another? Both are "
+        "described with the copy-detection descriptor ([CLS] ⊕ GeM of the patch tokens at 320×320, the paper's "
+        "Copydays recipe) and their cosine similarity is compared with the copy-detection app's calibrated "
+        "threshold."
+    )
+    if ready:
+        intro += f" Threshold: {settings.copy_threshold:.3f}"
+        if settings.copy_threshold == adapters.copy_threshold():
+            intro += (
+                " (the app's max-F1 threshold, calibrated for random ViT-S/16 weights; with other weights run "
+                "`dino copy-detect eval` on a benchmark and start the demo with `--copy-threshold`)"
+            )
+        intro += "."
+    gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("copy")))
+    with gr.Row():
+        first = photo_input("Image A", elem_id="copy-a")
+        second = photo_input("Image B", elem_id="copy-b")
+        with gr.Column():
+            compare = gr.Button("Compare", variant="primary", interactive=ready, elem_id="copy-run")
+            similarity = gr.Number(label="Cosine similarity", precision=4, interactive=False)
+            verdict = gr.Markdown(elem_id="copy-verdict")
+    examples = sample_copy(settings.cache_dir)
+    gr.Examples(
+        [[str(examples.original), str(examples.copy)], [str(examples.original), str(examples.other)]],
+        inputs=[first, second],
+        label="Sample pairs: an edited copy, and a different photo",
+    )
+    gr.Markdown(f"### One image against the index\nThe likely copies of it among {settings.index_source}.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            suspect = photo_input("Image to check", elem_id="copy-suspect")
+            check = gr.Button(
+                "Find copies in the index", variant="primary", interactive=copy_index is not None, elem_id="copy-find"
+            )
+        with gr.Column(scale=2):
+            found = gr.Markdown(elem_id="copy-found")
+            matches = _result_gallery("Likely copies", "copy-matches")
+
+    @_friendly
+    def compare_pair(path_a: str | None, path_b: str | None):
+        for path, role in ((path_a, "image A"), (path_b, "image B")):
+            _open_photo(path, role)  # a readable image, or a clear message before any model work
+        result = adapters.compare_copies(
+            model, path_a, path_b, settings.copy_threshold, device=settings.device, num_workers=0, progress=False
+        )
+        return result.similarity, _verdict_text(result)
+
+    @_friendly
+    def find_in_index(path: str | None):
+        if copy_index is None:
+            raise adapters.NotAvailableYet(_unavailable_notice("copy"))
+        _open_photo(path, "an image to check")  # a readable image, or a clear message before any model work
+        hits = adapters.find_copies(
+            copy_index, model, path, settings.copy_threshold, device=settings.device, num_workers=0, progress=False
+        )
+        summary = f"**{len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}** at threshold "
+        summary += f"{settings.copy_threshold:.3f}."
+        return summary, [(thumbnail(open_image(hit.path)), _caption(hit)) for hit in hits]
+
+    compare.click(
+        compare_pair,
+        inputs=[first, second],
+        outputs=[similarity, verdict],
+        api_name="copy_check",
+        concurrency_id="model",
+    )
+    check.click(
+        find_in_index, inputs=[suspect], outputs=[found, matches], api_name="copy_search", concurrency_id="model"
+    )
+
+
+# ---------------------------------------------------------------------------- (d) video
+def _read_frames(path: str, limit: int) -> tuple[list[np.ndarray], float, bool]:
+    """Up to `limit` BGR frames (short side at most VIDEO_SHORT_SIDE), the frame rate, and whether the video
+    had more frames."""
+    frames = [_shrink(frame) for frame in adapters.read_video(path, limit + 1)]
+    if not frames:
+        raise ValueError(f"{Path(path).name}: no frames could be decoded")
+    capture = cv2.VideoCapture(path)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    # Containers without a (sane) rate still get a watchable overlay.
+    fps = fps if 1 <= fps <= MAX_VIDEO_FPS else OUTPUT_VIDEO_FPS_FALLBACK
+    return frames[:limit], float(fps), len(frames) > limit
+
+
+def _shrink(frame: np.ndarray) -> np.ndarray:
+    height, width = frame.shape[:2]
+    scale = VIDEO_SHORT_SIDE / min(height, width)
+    if scale >= 1:
+        return frame
+    return cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+
+
+def _labels_from_mask_file(path: str, size: tuple[int, int]) -> np.ndarray:
+    """Labels (H, W) of a mask upload: palette PNGs keep their indices (DAVIS); other images map each
+    distinct non-black colour to one object."""
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            if mask.mode == "P":
+                labels = np.asarray(mask)
+            else:
+                rgb = np.asarray(mask.convert("RGB")).reshape(-1, 3)
+                colours, labels = np.unique(rgb, axis=0, return_inverse=True)
+                if len(colours) - int((colours == 0).all(axis=1).any()) > MAX_MASK_OBJECTS:
+                    raise ValueError(
+                        f"{Path(path).name}: {len(colours)} colours; a mask needs one flat colour per object on "
+                        "black (save it as PNG, not JPEG)"
+                    )
+                labels = _rank_colours(colours)[labels].reshape(mask.height, mask.width)
+    except (OSError, SyntaxError) as error:
+        raise ImageLoadError(f"{Path(path).name}: not a readable mask image ({error})") from None
+    return _fit_labels(labels, size)
+
+
+def _rank_colours(colours: np.ndarray) -> np.ndarray:
+    """Label of each colour: black is 0, the others 1, 2, … in sorted order."""
+    black = (colours == 0).all(axis=1)
+    ranks = np.cumsum(~black)
+    return np.where(black, 0, ranks).astype(np.uint8)
+
+
+def _labels_from_drawing(editor_value: dict[str, Any] | None, size: tuple[int, int]) -> np.ndarray | None:
+    """Object 1 = every pixel painted on the editor's layers; None when nothing was drawn."""
+    if not editor_value or not editor_value.get("layers"):
+        return None
+    painted = None
+    for layer in editor_value["layers"]:
+        layer = np.asarray(layer)
+        if layer.ndim == 3 and layer.shape[2] == 4:
+            drawn = layer[..., 3] > 0
+            painted = drawn if painted is None else painted | drawn
+    if painted is None or not painted.any():
+        return None
+    return _fit_labels(painted.astype(np.uint8), size)
+
+
+def _fit_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Labels nearest-resized to (height, width)."""
+    height, width = size
+    labels = np.asarray(labels, dtype=np.uint8)
+    if labels.shape != (height, width):
+        labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
+    if not labels.any():
+        raise ValueError("the first-frame mask is empty: mark the object(s) to follow")
+    return labels
+
+
+def _write_webm(frames: Sequence[np.ndarray], fps: float, path: Path) -> Path:
+    """Frames (BGR) as WebM/VP8, which browsers play and OpenCV's wheels can encode."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError("OpenCV cannot write WebM/VP8 video on this machine")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleVideo) -> None:
+    ready = adapters.available("video")
+    intro = (
+        "Give the first frame's mask, get it carried through the video by label propagation of DINO patch "
+        f"features (the paper's DAVIS protocol). Videos are cut to their first {settings.max_video_frames} "
+        "frames. Upload a mask (a palette PNG as in DAVIS, or flat colours on black), or draw the object on the "
+        "first frame."
+    )
+    gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("video")))
+    with gr.Row():
+        with gr.Column():
+            video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
+            mask = photo_input("First-frame mask (optional if you draw)", elem_id="video-mask")
+            load_frame = gr.Button("Draw on the first frame instead")
+            drawing = gr.ImageEditor(
+                label="Paint the object on the first frame",
+                elem_id="video-draw",
+                type="numpy",
+                image_mode="RGBA",
+                sources=[],
+                layers=False,
+                transforms=[],
+                brush=gr.Brush(colors=["#ff3366"], default_size=24, color_mode="fixed"),
+            )
+            run = gr.Button("Propagate", variant="primary", interactive=ready, elem_id="video-run")
+            gr.Examples([[str(sample.video), str(sample.first_mask)]], inputs=[video, mask], label="Sample clip")
+        with gr.Column():
+            result = gr.Video(label="Propagated masks", interactive=False, elem_id="video-result")
+            notice = gr.Markdown(elem_id="video-notice")
+
+    @_friendly
+    def first_frame(path: str | None):
+        if not path:
+            raise gr.Error("Please upload a video first.")
+        frames, _, _ = _read_frames(path, 1)
+        rgb = frames[0][..., ::-1].copy()
+        return {"background": rgb, "layers": [], "composite": rgb}
+
+    @_friendly
+    def propagate(path: str | None, mask_path: str | None, drawn: dict[str, Any] | None, progress=gr.Progress()):
+        if not path:
+            raise gr.Error("Please upload a video first.")
+        frames, fps, cut = _read_frames(path, settings.max_video_frames)
+        size = frames[0].shape[:2]
+        labels = _labels_from_mask_file(mask_path, size) if mask_path else _labels_from_drawing(drawn, size)
+        if labels is None:
+            raise gr.Error("Upload a first-frame mask or draw the object on the first frame.")
+        total = len(frames)
+        progress((1, total), desc="Propagating", unit="frames")
+        overlays = [adapters.overlay_labels(frames[0], labels)]
+
+        def advance(done: int) -> None:
+            progress((done + 1, total), desc="Propagating", unit="frames")
+
+        for frame, frame_labels in zip(
+            frames[1:], adapters.propagate_mask(model, frames, labels, settings.device, advance), strict=True
+        ):
+            overlays.append(adapters.overlay_labels(frame, frame_labels))
+        # One folder per request, inside Gradio's cache (which delete_cache empties): users never share files.
+        cache = Path(gr.utils.get_upload_folder())
+        cache.mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix="dino-demo-", dir=cache)) / f"{Path(path).stem}-propagated.webm"
+        _write_webm(overlays, fps, out)
+        message = f"{total} frames propagated, {len(np.unique(labels[labels > 0]))} object(s)."
+        if cut:
+            message += f" The video is longer: only its first {settings.max_video_frames} frames were used."
+            gr.Warning(f"Video cut to its first {settings.max_video_frames} frames (the demo's limit).")
+        return str(out), message
+
+    load_frame.click(first_frame, inputs=[video], outputs=[drawing], api_name="first_frame")
+    run.click(
+        propagate, inputs=[video, mask, drawing], outputs=[result, notice], api_name="video", concurrency_id="model"
+    )
+
+
+# ---------------------------------------------------------------------------- the page
+def _search_indexes(
+    model: VisionTransformer, settings: DemoSettings, gallery_folder: str | None, index_path: str | None
+) -> tuple[Any, Any]:
+    """(retrieval index, copy-detection index) over the gallery; None where the app is missing."""
+    options = {"device": settings.device, "num_workers": 0, "progress": False}
+    if index_path is not None:
+        search_index = adapters.open_search_index(index_path, model)
+        settings.index_source = f"`{Path(index_path).name}` (opened)"
+        images = search_index.paths
+    else:
+        images = list_images([gallery_folder]) if gallery_folder else settings.gallery
+        if not images:
+            raise ValueError(f"{gallery_folder}: no images found")
+        search_index = adapters.build_search_index(model, images, **options) if adapters.available("search") else None
+        settings.index_source = f"`{gallery_folder}`" if gallery_folder else "the sample gallery"
+    copy_index = adapters.build_copy_index(model, images, **options) if adapters.available("copy") else None
+    return search_index, copy_index
+
+
+def build_demo(
+    weights: str = "random",
+    *,
+    model: VisionTransformer | None = None,
+    gallery: str | os.PathLike[str] | None = None,
+    index: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
+    concurrency_limit: int = DEFAULT_CONCURRENCY,
+    copy_threshold: float | None = None,
+) -> gr.Blocks:
+    """Build the demo page around one backbone shared by every tab.
+
+    Args:
+        weights: What :func:`dino.checkpoint.load_backbone` loads (release name, file or ``random[:ARCH/P]``).
+        model: An already loaded backbone to use instead (``weights`` then only labels it).
+        gallery: A folder of images to index for Search and Copy check; the sample gallery when omitted.
+        index: An index folder saved by ``dino index`` to search instead of building one.
+        cache_dir: Where the sample photos and clip are written (see :func:`demo.gallery.default_cache_dir`).
+        device: ``auto``, ``cpu``, ``cuda``…
+        max_video_frames: Videos are cut to this many frames, with a notice.
+        concurrency_limit: How many model computations may run at once, over all tabs and users.
+        copy_threshold: Cosine similarity from which Copy check says "copy"; the copy-detection app's default
+            when omitted.
+
+    Returns:
+        The page, with its queue set up; serve it with :func:`launch_demo`.
+    """
+    if max_video_frames < 2:
+        raise ValueError(f"max_video_frames must be at least 2, got {max_video_frames}")
+    if concurrency_limit < 1:
+        raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}")
+    resolved_device = pick_device(device)
+    torch.set_grad_enabled(False)
+    model = (model if model is not None else load_backbone(weights)).to(resolved_device).eval()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    settings = DemoSettings(weights, resolved_device, cache, max_video_frames, concurrency_limit)
+    if adapters.available("copy"):
+        settings.copy_threshold = adapters.copy_threshold() if copy_threshold is None else copy_threshold
+    settings.gallery = sample_gallery(cache)
+    sample = sample_video(cache)
+    settings.served_folders = [settings.gallery[0].parent, sample.video.parent, sample_copy(cache).copy.parent]
+    search_index, copy_index = _search_indexes(
+        model, settings, os.fspath(gallery) if gallery else None, os.fspath(index) if index else None
+    )
+
+    with gr.Blocks(title="DINO demo", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as page:
+        gr.Markdown("# DINO: attention masks, search, copy check and video masks")
+        gr.Markdown(weights_notice(weights, model), elem_id="weights-notice")
+        with gr.Tabs():
+            with gr.Tab("Attention", id="attention"):
+                _attention_tab(model, settings)
+            with gr.Tab("Search", id="search"):
+                _search_tab(model, settings, search_index)
+            with gr.Tab("Copy check", id="copy"):
+                _copy_tab(model, settings, copy_index)
+            with gr.Tab("Video", id="video"):
+                _video_tab(model, settings, sample)
+    page.queue(default_concurrency_limit=concurrency_limit, max_size=QUEUE_MAX_SIZE)
+    page.dino_settings = settings  # type: ignore[attr-defined]
+    return page
+
+
+def launch_demo(
+    page: gr.Blocks,
+    host: str = DEFAULT_HOST,
+    port: int | None = DEFAULT_PORT,
+    share: bool = False,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+    max_file_size: str | int = MAX_UPLOAD_SIZE,
+) -> str:
+    """Serve a page from :func:`build_demo` (blocks until stopped unless `prevent_thread_lock`).
+
+    Args:
+        page: The page.
+        host: Address to listen on; the default serves this machine only.
+        port: Port, or None for the first free one from 7860.
+        share: Also open a public gradio.live tunnel (needs internet).
+        prevent_thread_lock: Return once the server runs (tests); close it with ``page.close()``.
+        quiet: Do not print the URL.
+        max_file_size: Larger uploads are refused (``"50mb"``, or bytes).
+
+    Returns:
+        The local URL.
+    """
+    settings: DemoSettings = page.dino_settings  # type: ignore[attr-defined]
+    theme = gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS))
+    _, url, _ = page.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=max_file_size,
+        allowed_paths=[str(folder) for folder in settings.served_folders],
+        prevent_thread_lock=prevent_thread_lock,
+        show_error=False,
+        quiet=quiet,
+        theme=theme,
+        footer_links=["api"],
+    )
+    return url
