@@ -20,7 +20,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage 
 import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from demo import adapters  # noqa: E402
@@ -544,7 +543,6 @@ def build_demo(
     if concurrency_limit < 1:
         raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}")
     resolved_device = pick_device(device)
-    torch.set_grad_enabled(False)
     model = (model if model is not None else load_backbone(weights)).to(resolved_device).eval()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     settings = DemoSettings(weights, resolved_device, cache, max_video_frames, concurrency_limit)

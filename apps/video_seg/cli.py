@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from apps.video_seg.preprocess import FramePreprocessing
 from apps.video_seg.propagation import (
     MAX_AFFINITY_MB,
@@ -83,7 +81,6 @@ def _video_seg(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of --davis ROOT or --video FILE")
     if args.video is not None and args.first_mask is None:
         raise ValueError("--video needs --first-mask (an indexed PNG of the first frame)")
-    torch.set_grad_enabled(False)
     model, config, preprocessing, device, autocast = _setup(args)
     common = dict(
         model=model,

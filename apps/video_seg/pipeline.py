@@ -29,6 +29,7 @@ def patch_features(model: VisionTransformer, frame: Tensor, autocast: torch.dtyp
     return tokens[0, 1:].float()
 
 
+@torch.inference_mode()
 def segment_frames(
     frames: Iterable[np.ndarray],
     first_labels: np.ndarray,
