@@ -104,8 +104,10 @@ def _video_seg(args: argparse.Namespace) -> int:
         from apps.video_seg.video import segment_video
 
         written = segment_video(args.video, args.first_mask, args.out, max_frames=args.max_frames, **common)
-        print(f"{written.frames} frames, {written.frames_per_second:.2f} frames/s: masks in {written.masks}, "
-              f"overlay {written.overlay}")
+        print(
+            f"{written.frames} frames, {written.frames_per_second:.2f} frames/s: masks in {written.masks}, "
+            f"overlay {written.overlay}"
+        )
     return 0
 
 

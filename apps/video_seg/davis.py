@@ -73,7 +73,9 @@ def _prepare_output(out: Path, settings: dict, overwrite: bool) -> dict:
     if overwrite or not out.exists() or not any(out.iterdir()):
         return {"settings": settings, "sequences": {}}
     if not manifest_path.is_file():
-        raise FileExistsError(f"{out}: folder is not empty and holds no {MANIFEST_NAME}; pass --overwrite to write there")
+        raise FileExistsError(
+            f"{out}: folder is not empty and holds no {MANIFEST_NAME}; pass --overwrite to write there"
+        )
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("settings") != settings:
         raise FileExistsError(
@@ -133,7 +135,7 @@ def segment_davis(
         start = time.perf_counter()
         labels = segment_frames(read_bgr_frames(frames), first_labels, model, config, preprocessing, device, autocast)
         bar = tqdm(frames[1:], desc=f"[{index}/{len(names)}] {name}", unit="frame", disable=not progress)
-        for frame, label_map in zip(bar, labels):
+        for frame, label_map in zip(bar, labels, strict=True):
             write_indexed_png(out / name / f"{frame.stem}.png", label_map)
         result = SequenceResult(name, len(frames), time.perf_counter() - start)
         manifest["sequences"][name] = {"frames": result.frames, "seconds": round(result.seconds, 3)}

@@ -73,7 +73,7 @@ class Evaluation:
             float(np.mean([s.recall for s in f])),
             float(np.mean([s.decay for s in f])),
         )
-        return dict(zip(GLOBAL_COLUMNS, values))
+        return dict(zip(GLOBAL_COLUMNS, values, strict=True))
 
 
 def _object_masks(labels: np.ndarray, count: int) -> np.ndarray:
@@ -105,8 +105,10 @@ def evaluate_sequence(
             raise FileNotFoundError(f"{result_path}: missing result for {sequence} frame {path.stem}")
         prediction = read_indexed_png(result_path)
         if prediction.shape != truth.shape[1:]:
-            raise ValueError(f"{result_path}: size {prediction.shape[::-1]} differs from the annotation's "
-                             f"{truth.shape[:0:-1]} (w, h)")
+            raise ValueError(
+                f"{result_path}: size {prediction.shape[::-1]} differs from the annotation's "
+                f"{truth.shape[:0:-1]} (w, h)"
+            )
         predictions.append(prediction)
     predictions = np.stack(predictions)
     if int(predictions.max()) > num_objects:
@@ -117,8 +119,8 @@ def evaluate_sequence(
     predicted_masks = _object_masks(predictions, num_objects)
     scores = []
     for index in range(num_objects):
-        j = np.array([jaccard(t, p) for t, p in zip(true_masks[index], predicted_masks[index])])
-        f = np.array([boundary_f_measure(t, p) for t, p in zip(true_masks[index], predicted_masks[index])])
+        j = np.array([jaccard(t, p) for t, p in zip(true_masks[index], predicted_masks[index], strict=True)])
+        f = np.array([boundary_f_measure(t, p) for t, p in zip(true_masks[index], predicted_masks[index], strict=True)])
         scores.append(ObjectScores(sequence, index + 1, j, f))
     return scores
 

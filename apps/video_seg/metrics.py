@@ -99,4 +99,3 @@ def statistics(per_frame: np.ndarray) -> Statistics:
         bins = [values[edges[i] : edges[i + 1] + 1] for i in range(DECAY_BINS)]
         decay = np.nanmean(bins[0]) - np.nanmean(bins[-1])
     return Statistics(float(mean), float(recall), float(decay))
-

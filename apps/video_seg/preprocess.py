@@ -54,7 +54,9 @@ class FramePreprocessing:
         return REFERENCE_STD if self.reference_std else IMAGENET_STD
 
 
-def target_size(height: int, width: int, short_side: int = SHORT_SIDE, multiple: int = SIDE_MULTIPLE) -> tuple[int, int]:
+def target_size(
+    height: int, width: int, short_side: int = SHORT_SIDE, multiple: int = SIDE_MULTIPLE
+) -> tuple[int, int]:
     """The (height, width) a frame or mask of `height`×`width` pixels is resized to (SPEC §11 `read_frame`).
 
     Landscape and square inputs get height = `short_side`; portrait inputs get width = `short_side`. The
@@ -84,7 +86,7 @@ def bgr_to_tensor(bgr: np.ndarray, preprocessing: FramePreprocessing = FramePrep
     height, width = target_size(bgr.shape[0], bgr.shape[1], preprocessing.short_side, preprocessing.multiple)
     resized = cv2.resize(bgr, (width, height)).astype(np.float32) / 255.0
     tensor = torch.from_numpy(np.transpose(resized[:, :, ::-1].copy(), (2, 0, 1))).float()
-    for channel, mean, std in zip(tensor, IMAGENET_MEAN, preprocessing.std):
+    for channel, mean, std in zip(tensor, IMAGENET_MEAN, preprocessing.std, strict=True):
         channel.sub_(mean)
         channel.div_(std)
     return tensor

@@ -80,9 +80,7 @@ class PropagationConfig:
 
 
 # ---------------------------------------------------------------------------- the steps
-def neighbourhood_mask(
-    target_index: Tensor, source_index: Tensor, grid_width: int, radius: int
-) -> Tensor:
+def neighbourhood_mask(target_index: Tensor, source_index: Tensor, grid_width: int, radius: int) -> Tensor:
     """M[i, j] = |row_i − row_j| ≤ radius and |col_i − col_j| ≤ radius, for flat patch indices (bool).
 
     The reference's ``restrict_neighborhood`` builds the full (hw, hw) mask with a quadruple Python loop;
@@ -151,6 +149,7 @@ def _chunks(
     Whole target rows are grouped as long as their affinity fits; if a single row does not, the row is
     split. Raises ValueError if even one target patch's affinity exceeds the budget.
     """
+
     def band(first_row: int, last_row: int) -> tuple[int, int]:
         if radius <= 0:
             return 0, height * width
@@ -282,4 +281,3 @@ def affinity_budget_mb(grid: tuple[int, int], contexts: int, radius: int, dtype:
         "one_row_band": contexts * width * band_rows * width * bytes_per_entry / 2**20,
         "one_patch_band": contexts * band_rows * width * bytes_per_entry / 2**20,
     }
-

@@ -68,7 +68,7 @@ def test_masks_equal_the_reference_on_davis_frames(reference_run, max_affinity_m
     ours = list(segment_frames(read_bgr_frames(frames), read_indexed_png(annotation), model, config))
     assert model.misses == misses, "the two pipelines fed the backbone different pixels"
     assert len(ours) == FRAMES - 1
-    for index, (mine, theirs) in enumerate(zip(ours, expected[1:]), 1):
+    for index, (mine, theirs) in enumerate(zip(ours, expected[1:], strict=True), 1):
         assert mine.shape == theirs.shape == (480, 854)
         assert np.array_equal(mine, theirs), f"frame {index}: {np.mean(mine != theirs):.2e} of pixels differ"
     # The propagation really moves labels around (otherwise this test would prove little).
