@@ -41,7 +41,7 @@ def read_frame(path: str | os.PathLike[str], scale_size: int = 480) -> tuple[tor
 
 
 def color_normalize(x, mean=(0.485, 0.456, 0.406), std=(0.228, 0.224, 0.225)):
-    for t, m, s in zip(x, mean, std):
+    for t, m, s in zip(x, mean, std, strict=False):
         t.sub_(m)
         t.div_(s)
     return x

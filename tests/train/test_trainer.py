@@ -97,8 +97,16 @@ def _rank_main(rank: int, world_size: int, port: int, data: str, output: str, re
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
+    import importlib.util
+
     import torch.distributed as dist
-    from conftest import tiny_config  # the spawned process imports this test module's folder
+
+    # Load this folder's conftest by path: a plain `import conftest` in the spawned process can find another
+    # folder's conftest.py first on sys.path.
+    spec = importlib.util.spec_from_file_location("train_conftest", Path(__file__).with_name("conftest.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    tiny_config = helpers.tiny_config
 
     result = train(tiny_config(Path(data), Path(output), **{"optim.epochs": "1", "optim.batch_size_per_gpu": "2"}))
     torch.save({"teacher": result.teacher.state_dict(), "center": result.center}, Path(result_dir) / f"rank{rank}.pt")
