@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: set up, then extract DINO features of the bundled photo.
+# The main job on embedded defaults: set up, then serve the web demo on http://127.0.0.1:7860 (Ctrl+C stops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/dino ] || bash scripts/setup.sh search
-.venv/bin/dino features dino/assets/butterfly.jpg --out outputs/features/butterfly.npy "$@"
+.venv/bin/python -c "import gradio, faiss" 2>/dev/null || bash scripts/setup.sh demo
+exec .venv/bin/dino demo "$@"
