@@ -119,8 +119,8 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", default=os.environ.get("DINO_DATA_DIR"), required="DINO_DATA_DIR" not in os.environ
     )
-    parser.add_argument("--train-out", default="/tmp/train-frames")
-    parser.add_argument("--knn-out", default="/tmp/davis-knn")
+    parser.add_argument("--train-out", default="train-frames")
+    parser.add_argument("--knn-out", default="davis-knn")
     parser.add_argument("--short-side", type=int, default=160)
     args = parser.parse_args()
     data_dir = Path(args.data_dir)

@@ -110,8 +110,9 @@ def norm_mask(mask):
     return mask
 
 
-def label_propagation(model, frame_tar, list_frame_feats, list_segs, mask_neighborhood=None, size_mask_neighborhood=12,
-                      topk=5):
+def label_propagation(
+    model, frame_tar, list_frame_feats, list_segs, mask_neighborhood=None, size_mask_neighborhood=12, topk=5
+):
     feat_tar, h, w = extract_feature(model, frame_tar, return_h_w=True)
     return_feat_tar = feat_tar.T
 
@@ -146,8 +147,15 @@ def label_propagation(model, frame_tar, list_frame_feats, list_segs, mask_neighb
 
 
 @torch.no_grad()
-def segment_sequence(model, frame_list: Sequence[str | os.PathLike[str]], first_annotation, n_last_frames=7,
-                     size_mask_neighborhood=12, topk=5, mask_neighborhood=None):
+def segment_sequence(
+    model,
+    frame_list: Sequence[str | os.PathLike[str]],
+    first_annotation,
+    n_last_frames=7,
+    size_mask_neighborhood=12,
+    topk=5,
+    mask_neighborhood=None,
+):
     """The reference's `eval_video_tracking_davis`, returning the label maps (frame 0 = GT) instead of
     writing them. Also returns the soft masks at patch resolution, for finer comparisons."""
     first_seg, seg_ori = read_seg(first_annotation, model.patch_size)
@@ -167,8 +175,13 @@ def segment_sequence(model, frame_list: Sequence[str | os.PathLike[str]], first_
             recent.pop(0)
         recent.append((feat_tar, frame_tar_avg.clone()))
         soft_masks.append(frame_tar_avg[0].clone())
-        frame_tar_avg = F.interpolate(frame_tar_avg, scale_factor=model.patch_size, mode="bilinear",
-                                      align_corners=False, recompute_scale_factor=False)[0]
+        frame_tar_avg = F.interpolate(
+            frame_tar_avg,
+            scale_factor=model.patch_size,
+            mode="bilinear",
+            align_corners=False,
+            recompute_scale_factor=False,
+        )[0]
         frame_tar_avg = norm_mask(frame_tar_avg)
         _, frame_tar_seg = torch.max(frame_tar_avg, dim=0)
         frame_tar_seg = np.array(frame_tar_seg.squeeze().cpu(), dtype=np.uint8)

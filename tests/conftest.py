@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +31,30 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic_torch() -> None:
     torch.manual_seed(0)
+
+
+def write_images(folder: Path, count: int, seed: int = 0, start: int = 0) -> list[Path]:
+    """Small random PNGs of two sizes (so thumbnails give several same-size batches), named 000.png, 001.png, …"""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(start, start + count):
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (32 + 16 * (i % 2), 48, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def make_images():
+    """The :func:`write_images` factory."""
+    return write_images
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny inputs: one thread avoids OpenMP spin costs on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

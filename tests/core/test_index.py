@@ -31,13 +31,7 @@ from dino.whitening import Whitening
 QUIET = {"progress": False, "batch_size": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny inputs: one thread avoids OpenMP spin costs on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +39,9 @@ def model():
     return load_backbone("random:vit_tiny/16")
 
 
-def _write_images(folder: Path, count: int, seed: int = 0, start: int = 0) -> list[Path]:
-    """Small random images of several sizes (so thumbnails give several same-size batches)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(start, start + count):
-        path = folder / f"{i:03d}.png"
-        Image.fromarray(rng.integers(0, 256, (32 + 16 * (i % 2), 48, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
 @pytest.fixture
-def images(tmp_path: Path) -> list[Path]:
-    return _write_images(tmp_path / "images", 6)
+def images(tmp_path: Path, make_images) -> list[Path]:
+    return make_images(tmp_path / "images", 6)
 
 
 def _exact_ranking(model, recipe, database, queries, whitening=None) -> tuple[np.ndarray, np.ndarray]:
@@ -106,9 +88,9 @@ def test_manifest_contents(model, images) -> None:
     json.dumps(manifest)  # serialisable as is
 
 
-def test_save_load_round_trip_with_whitening(model, images, tmp_path) -> None:
+def test_save_load_round_trip_with_whitening(make_images, model, images, tmp_path) -> None:
     recipe = DescriptorRecipe(pooling="cls+gem", size=64)
-    fitting = _write_images(tmp_path / "whitening-set", 40, seed=1)
+    fitting = make_images(tmp_path / "whitening-set", 40, seed=1)
     raw = DescriptorExtractor(model, recipe, **QUIET).extract_raw(fitting)
     whitening = Whitening.fit(raw, dim=32)
     index = build_index(images, model, recipe, whitening=whitening, out=tmp_path / "idx", **QUIET)
@@ -209,7 +191,9 @@ def test_other_backbone_or_recipe_is_refused(model, images, tmp_path) -> None:
         update_index(index, images, other, **QUIET)
 
 
-def test_update_adds_changes_and_removes_without_reextracting(model, images, tmp_path, monkeypatch) -> None:
+def test_update_adds_changes_and_removes_without_reextracting(
+    make_images, model, images, tmp_path, monkeypatch
+) -> None:
     recipe = DescriptorRecipe.retrieval()
     out = tmp_path / "idx"
     index = build_index(images, model, recipe, out=out, **QUIET)
@@ -217,7 +201,7 @@ def test_update_adds_changes_and_removes_without_reextracting(model, images, tmp
 
     images[1].unlink()
     Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(images[2])  # content changed
-    new = _write_images(images[0].parent, 2, seed=5, start=10)
+    new = make_images(images[0].parent, 2, seed=5, start=10)
     current = sorted(images[0].parent.iterdir())
 
     described: list[str] = []
@@ -248,8 +232,8 @@ def test_update_adds_changes_and_removes_without_reextracting(model, images, tmp
     assert described == []
 
 
-def test_update_keeps_trained_ivf(model, tmp_path) -> None:
-    images = _write_images(tmp_path / "images", 12)
+def test_update_keeps_trained_ivf(make_images, model, tmp_path) -> None:
+    images = make_images(tmp_path / "images", 12)
     index = build_index(images, model, DescriptorRecipe.retrieval(size=32), factory="IVF2,Flat", **QUIET)
     centroids = faiss.extract_index_ivf(index.faiss_index).quantizer.reconstruct_n(0, 2)
     report = update_index(index, images[:8], model, **QUIET)
@@ -352,8 +336,8 @@ def test_bad_inputs(model, images) -> None:
         update_index(index, [], model)
 
 
-def test_approximate_search_may_return_fewer_results(model, tmp_path) -> None:
-    images = _write_images(tmp_path / "images", 12)
+def test_approximate_search_may_return_fewer_results(make_images, model, tmp_path) -> None:
+    images = make_images(tmp_path / "images", 12)
     index = build_index(images, model, DescriptorRecipe.retrieval(), factory="IVF4,Flat", **QUIET)
     sizes = faiss.extract_index_ivf(index.faiss_index).invlists
     smallest = min(sizes.list_size(i) for i in range(4))

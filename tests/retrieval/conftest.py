@@ -5,10 +5,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 # The mini dataset: a query frame of each query sequence; database frames of the same sequence within ±2
 # frames are junk (near duplicates), 10-20 frames away are easy positives, over 20 away hard positives;
@@ -22,30 +19,8 @@ QUERY_BOX = (100.0, 40.0, 700.0, 440.0)
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny inputs: one thread avoids OpenMP spin costs on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_images(folder: Path, count: int, seed: int = 0, start: int = 0) -> list[Path]:
-    """Small random PNGs of two sizes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(start, start + count):
-        path = folder / f"{i:03d}.png"
-        Image.fromarray(rng.integers(0, 256, (32 + 16 * (i % 2), 48, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture
-def make_images():
-    """The :func:`write_images` factory."""
-    return write_images
+def _single_thread(single_thread):
+    """Every retrieval test runs single-threaded (see the root conftest)."""
 
 
 def build_mini_revisitop(davis: Path, root: Path, name: str = "mini") -> dict:
