@@ -41,7 +41,7 @@ from demo.config import (  # noqa: E402
 )
 from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gallery, sample_video  # noqa: E402
 from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
-from dino.checkpoint import RELEASES, load_backbone  # noqa: E402
+from dino.checkpoint import DEFAULT_WEIGHTS, RELEASES, load_backbone  # noqa: E402
 from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
 from dino.features import pick_device  # noqa: E402
 from dino.models.vision_transformer import VisionTransformer  # noqa: E402
@@ -71,6 +71,14 @@ def weights_notice(weights: str, model: VisionTransformer) -> str:
             "network has learned nothing. For the paper's results start the demo with official weights, e.g. "
             f"`dino demo --weights dino_vits8` (any of {releases}; downloaded once, needs internet), or a "
             "weights file."
+        )
+    if weights == DEFAULT_WEIGHTS:
+        return (
+            f"**Weights: `{DEFAULT_WEIGHTS}`, the small ViT this project trained itself** ({arch}) on about a "
+            "thousand video frames and photos on a CPU: its features are better than random but far from the "
+            "paper's ImageNet-trained models (measured in docs/MODEL_CARD.md). For the paper's quality start the "
+            f"demo with official weights, e.g. `dino demo --weights dino_vits8` (any of {releases}; downloaded "
+            "once, needs internet)."
         )
     if weights in RELEASES:
         return (
@@ -510,7 +518,7 @@ def _search_indexes(
 
 
 def build_demo(
-    weights: str = "random",
+    weights: str = DEFAULT_WEIGHTS,
     *,
     model: VisionTransformer | None = None,
     gallery: str | os.PathLike[str] | None = None,

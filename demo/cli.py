@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--copy-threshold",
         type=float,
         help="cosine similarity from which Copy check says 'copy' (default: the copy-detection app's, calibrated "
-        "for random ViT-S/16; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
+        "for the default weights; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
     )
     add_weights_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")

@@ -2,6 +2,8 @@
 
 Accepted sources for :func:`load_backbone`:
 
+* ``default``: the ViT-T/16 this project trained with ``dino train`` and ships inside the package
+  (``dino/weights/``, fp16, checked against the SHA-256 in ``dino/weights/manifest.json``; docs/MODEL_CARD.md);
 * a release name (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``), downloaded once into
   the torch hub cache; offline, the error says which file to fetch and how to pass it;
 * ``random`` (optionally ``random:<arch>/<patch>``): a randomly initialised backbone, seeded;
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,12 +29,16 @@ from dino.atomic import atomic_write
 from dino.models.vision_transformer import ARCHITECTURES, VisionTransformer, build_vit
 
 __all__ = [
+    "BUNDLED_WEIGHTS_DIR",
+    "DEFAULT_WEIGHTS",
     "CheckpointError",
     "RELEASES",
     "Release",
     "WeightsUnavailableError",
     "atomic_torch_save",
     "backbone_state_dict",
+    "bundled_weights",
+    "export_backbone",
     "file_sha256",
     "infer_architecture",
     "load_backbone",
@@ -41,6 +48,8 @@ __all__ = [
 ]
 
 RELEASE_URL_ROOT = "https://dl.fbaipublicfiles.com/dino/"
+DEFAULT_WEIGHTS = "default"
+BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 RANDOM_SOURCE = "random"
 RANDOM_INIT_SEED = 0
 # Keys of a full checkpoint that hold weights, in the order they are tried after `checkpoint_key`.
@@ -80,6 +89,43 @@ class CheckpointError(ValueError):
 
 class WeightsUnavailableError(RuntimeError):
     """Released weights that could not be downloaded (typically: no network)."""
+
+
+# ---------------------------------------------------------------------------- weights shipped in the package
+def bundled_weights(name: str = DEFAULT_WEIGHTS, directory: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The manifest entry of weights shipped in the package, after checking the file against its SHA-256.
+
+    Args:
+        name: Entry of ``manifest.json`` (``default``).
+        directory: Where the manifest and files live (default: ``dino/weights``).
+
+    Returns:
+        The entry (``file``, ``sha256``, ``arch``, ``patch_size``, …) with ``path`` set to the file's full path.
+
+    Raises:
+        KeyError: `name` is not in the manifest.
+        CheckpointError: The manifest or the file is missing, or the file does not match its checksum.
+    """
+    directory = Path(directory) if directory is not None else BUNDLED_WEIGHTS_DIR
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{manifest_path}: cannot read the bundled weights manifest ({error})") from error
+    if name not in manifest:
+        raise KeyError(f"{name!r} is not among the bundled weights ({', '.join(sorted(manifest))})")
+    entry = dict(manifest[name])
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the bundled {name!r} weights are missing; reinstall the package")
+    digest = file_sha256(path)
+    if digest != entry["sha256"]:
+        raise CheckpointError(
+            f"{path}: SHA-256 {digest} does not match {entry['sha256']} in {manifest_path}; the file is damaged "
+            "(with a git checkout: is git-lfs or a partial clone involved?), reinstall the package"
+        )
+    entry["path"] = path
+    return entry
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -190,6 +236,8 @@ def load_backbone(
         if text in RELEASES:
             release = RELEASES[text]
             state = backbone_state_dict(_download_release(text), checkpoint_key, text)
+        elif text == DEFAULT_WEIGHTS:
+            state = backbone_state_dict(load_checkpoint_file(bundled_weights(text)["path"]), checkpoint_key, text)
         else:
             state = backbone_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
         model = _model_for_state_dict(state, arch, patch_size, text, model_kwargs)
@@ -268,6 +316,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` atomically: a crash or a full disk leaves the previous file intact."""
     with atomic_write(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def export_backbone(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    checkpoint_key: str = "teacher",
+    dtype: torch.dtype = torch.float16,
+    weights_only: bool = True,
+) -> str:
+    """Write the backbone of any checkpoint :func:`load_backbone` reads as a backbone-only state dict.
+
+    The output has the released backbones' key layout (no prefixes, no head), so every DINO tool loads it; fp16
+    halves the size and the loaders cast back to the model's dtype. Written atomically.
+
+    Returns:
+        The SHA-256 of the written file.
+    """
+    model = load_backbone(source, checkpoint_key=checkpoint_key, weights_only=weights_only)
+    state = {key: value.detach().to(dtype).contiguous() for key, value in model.state_dict().items()}
+    atomic_torch_save(state, out)
+    return file_sha256(out)
 
 
 def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

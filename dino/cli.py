@@ -19,7 +19,14 @@ import numpy as np
 
 import dino
 from dino.atomic import atomic_output_path, atomic_write_json
-from dino.checkpoint import RELEASES, CheckpointError, WeightsUnavailableError, load_backbone
+from dino.checkpoint import (
+    DEFAULT_WEIGHTS,
+    RELEASES,
+    CheckpointError,
+    WeightsUnavailableError,
+    export_backbone,
+    load_backbone,
+)
 from dino.data.io import ImageLoadError, list_images
 from dino.data.transforms import PREPROCESSING, make_transform
 from dino.features import FeatureExtractor, pick_device
@@ -33,16 +40,18 @@ USER_ERRORS = (CheckpointError, WeightsUnavailableError, ImageLoadError, FileNot
 
 
 # ---------------------------------------------------------------------------- shared arguments
-def add_weights_arguments(parser: argparse.ArgumentParser, default: str = "random") -> None:
+WEIGHTS_HELP = (
+    f"'{DEFAULT_WEIGHTS}' (the ViT-T/16 this project trained and ships, works offline; docs/MODEL_CARD.md), "
+    f"a release name ({', '.join(RELEASES)}; downloaded once, needs internet), a weights file "
+    "(backbone-only, official full checkpoint, `dino train` checkpoint or timm ViT state dict), or "
+    "'random[:ARCH/PATCH]' for a seeded random initialisation"
+)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser, default: str | None = DEFAULT_WEIGHTS) -> None:
     """The backbone options every verb shares: --weights, --arch, --patch-size, --checkpoint-key, --unsafe-load."""
     group = parser.add_argument_group("backbone")
-    group.add_argument(
-        "--weights",
-        default=default,
-        help=f"release name ({', '.join(RELEASES)}; downloaded once, needs internet), a weights file "
-        "(backbone-only, official full checkpoint, `dino train` checkpoint or timm ViT state dict), or "
-        "'random[:ARCH/PATCH]' for a seeded random initialisation (default: %(default)s)",
-    )
+    group.add_argument("--weights", default=default, help=WEIGHTS_HELP + " (default: %(default)s)")
     group.add_argument(
         "--arch", choices=["vit_tiny", "vit_small", "vit_base"], help="inferred from the weights when omitted"
     )
@@ -98,7 +107,7 @@ def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:
     if args.weights.startswith("random"):
         print(
             f"note: using randomly initialised weights ({args.weights}); outputs show the pipeline, not learned "
-            "features. Pass --weights with a release name or a weights file for meaningful results.",
+            f"features. Pass --weights {DEFAULT_WEIGHTS}, a release name or a weights file for learned features.",
             file=sys.stderr,
         )
     return model
@@ -202,6 +211,21 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    digest = export_backbone(
+        args.checkpoint,
+        args.out,
+        checkpoint_key=args.checkpoint_key,
+        dtype=dtypes[args.dtype],
+        weights_only=not args.unsafe_load,
+    )
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB, sha256 {digest})")
+    return 0
+
+
 def _register_core(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser(
         "info", help="versions, device and FAISS build", description="Print versions, device and FAISS build."
@@ -231,6 +255,25 @@ def _register_core(subparsers: argparse._SubParsersAction) -> None:
     add_weights_arguments(features)
     add_runtime_arguments(features)
     features.set_defaults(func=_features)
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a checkpoint's backbone as a small backbone-only state dict",
+        description="Write the backbone (teacher by default) of any weights --weights accepts as a backbone-only "
+        "state dict in the released layout, e.g. to ship a `dino train` result. Prints the file's SHA-256.",
+    )
+    export.add_argument("checkpoint", help="a `dino train` checkpoint, an official full checkpoint, or any weights")
+    export.add_argument("out", help="output .pth file (written atomically)")
+    export.add_argument(
+        "--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored precision (default: %(default)s)"
+    )
+    export.add_argument(
+        "--checkpoint-key", default="teacher", help="network to take from a full checkpoint (default: %(default)s)"
+    )
+    export.add_argument(
+        "--unsafe-load", action="store_true", help="load with torch.load(weights_only=False); only for trusted files"
+    )
+    export.set_defaults(func=_export)
 
     from dino.eval.cli import register as register_eval
     from dino.train.cli import register as register_train

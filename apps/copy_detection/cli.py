@@ -177,7 +177,7 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--size", type=int, default=COPY_DETECTION_SIZE, help="square resize side in pixels (default: %(default)s)"
     )
-    add_weights_arguments(parser, default=REFERENCE_WEIGHTS)
+    add_weights_arguments(parser)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
     parser.set_defaults(func=_index)
 
@@ -211,8 +211,8 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
         "--threshold",
         type=float,
         default=DEFAULT_THRESHOLD,
-        help="minimum cosine similarity of a copy (default: %(default)s, calibrated for random:vit_small/16 "
-        "only; run 'copy-detect eval' on a benchmark for your weights and use its max_f1 threshold)",
+        help="minimum cosine similarity of a copy (default: %(default)s, calibrated for the default weights, "
+        "unwhitened; for other weights run 'copy-detect eval' on a benchmark and use its max_f1 threshold)",
     )
     parser.add_argument(
         "--candidates",

@@ -141,12 +141,14 @@ def test_colorize_stretches_min_to_max() -> None:
     assert np.array_equal(flat, np.broadcast_to(ends[0].astype(np.uint8), flat.shape))
 
 
-def test_weights_notice_says_random_is_not_meaningful() -> None:
+def test_weights_notice_describes_each_kind_of_weights() -> None:
     model = load_backbone("random:vit_tiny/16")
     text = app.weights_notice("random:vit_tiny/16", model)
     assert "not meaningful" in text and "--weights dino_vits8" in text
     assert "official DINO release `dino_vits16`" in app.weights_notice("dino_vits16", model)
     assert "ckpt.pth" in app.weights_notice("/somewhere/ckpt.pth", model)
+    shipped = app.weights_notice("default", model)
+    assert "trained itself" in shipped and "MODEL_CARD" in shipped and "--weights dino_vits8" in shipped
 
 
 # ---------------------------------------------------------------------------- dino demo
@@ -160,7 +162,7 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 def test_demo_verb_serves_this_machine_only_by_default() -> None:
     args = _parse()
-    assert (args.host, args.port, args.share, args.weights) == ("127.0.0.1", 7860, False, "random")
+    assert (args.host, args.port, args.share, args.weights) == ("127.0.0.1", 7860, False, "default")
     assert (args.concurrency, args.max_video_frames) == (1, 48)
 
 

@@ -1,0 +1,113 @@
+"""The ViT-T/16 shipped as `--weights default` (docs/MODEL_CARD.md): integrity, strict loading, recorded quality."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dino.checkpoint import (
+    BUNDLED_WEIGHTS_DIR,
+    DEFAULT_WEIGHTS,
+    CheckpointError,
+    bundled_weights,
+    export_backbone,
+    file_sha256,
+    load_backbone,
+    state_dict_sha256,
+)
+from dino.cli import build_parser, main
+from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.models.vision_transformer import build_vit
+
+MAX_SHIPPED_BYTES = 50 * 2**20
+
+
+@pytest.fixture(scope="module")
+def entry() -> dict:
+    return bundled_weights(DEFAULT_WEIGHTS)
+
+
+def test_shipped_file_matches_its_manifest_checksum_and_size(entry: dict) -> None:
+    manifest = json.loads((BUNDLED_WEIGHTS_DIR / "manifest.json").read_text())
+    assert file_sha256(entry["path"]) == manifest[DEFAULT_WEIGHTS]["sha256"]
+    assert entry["path"].stat().st_size <= MAX_SHIPPED_BYTES
+
+
+def test_shipped_file_is_an_fp16_backbone_in_the_released_key_layout(entry: dict) -> None:
+    state = torch.load(entry["path"], map_location="cpu", weights_only=True)
+    reference = build_vit(entry["arch"], entry["patch_size"]).state_dict()
+    assert set(state) == set(reference)
+    assert all(state[key].shape == reference[key].shape for key in reference)
+    assert {tensor.dtype for tensor in state.values()} == {torch.float16}
+
+
+def test_default_loads_strictly_with_the_manifest_architecture(entry: dict) -> None:
+    model = load_backbone(DEFAULT_WEIGHTS)
+    assert (model.embed_dim, model.patch_size) == (entry["embed_dim"], entry["patch_size"])
+    assert model.weights_source == DEFAULT_WEIGHTS
+    assert next(model.parameters()).dtype == torch.float32
+    assert state_dict_sha256(model) == entry["model_sha256"]
+    with pytest.raises(CheckpointError, match="requested"):
+        load_backbone(DEFAULT_WEIGHTS, arch="vit_small")
+
+
+def test_every_app_verb_uses_the_default_weights_unless_told_otherwise() -> None:
+    parser = build_parser()
+    for argv in (
+        ["features", "x.jpg", "--out", "f.npy"],
+        ["attention", "x.jpg", "--out", "o"],
+        ["video-seg", "--davis", "d", "--out", "o"],
+        ["search", "index", "d", "--out", "i"],
+        ["demo"],
+    ):
+        assert parser.parse_args(argv).weights == DEFAULT_WEIGHTS, argv
+
+
+def test_a_damaged_bundled_file_is_refused_with_the_file_named(entry: dict, tmp_path: Path) -> None:
+    shutil.copy(BUNDLED_WEIGHTS_DIR / "manifest.json", tmp_path / "manifest.json")
+    damaged = tmp_path / entry["path"].name
+    data = bytearray(entry["path"].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{damaged.name}.*does not match"):
+        bundled_weights(DEFAULT_WEIGHTS, directory=tmp_path)
+    damaged.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        bundled_weights(DEFAULT_WEIGHTS, directory=tmp_path)
+    with pytest.raises(KeyError, match="not among"):
+        bundled_weights("no_such_weights")
+
+
+def test_export_writes_the_teacher_backbone_of_a_full_checkpoint(tmp_path: Path, capsys) -> None:
+    teacher, student = build_vit("vit_tiny", 16), build_vit("vit_tiny", 16)
+    checkpoint = {
+        "teacher": {f"backbone.{k}": v for k, v in teacher.state_dict().items()} | {"head.w": torch.zeros(2)},
+        "student": {f"module.backbone.{k}": v for k, v in student.state_dict().items()},
+    }
+    torch.save(checkpoint, tmp_path / "checkpoint.pth")
+    out = tmp_path / "backbone_fp16.pth"
+    assert main(["export", str(tmp_path / "checkpoint.pth"), str(out)]) == 0
+    assert file_sha256(out) in capsys.readouterr().out
+    state = torch.load(out, weights_only=True)
+    assert set(state) == set(teacher.state_dict())
+    for key, value in teacher.state_dict().items():
+        assert state[key].dtype == torch.float16
+        torch.testing.assert_close(state[key].float(), value.half().float())
+    digest = export_backbone(tmp_path / "checkpoint.pth", tmp_path / "student.pth", "student", torch.float32)
+    assert digest == file_sha256(tmp_path / "student.pth")
+    torch.testing.assert_close(torch.load(tmp_path / "student.pth")["cls_token"], student.cls_token.detach())
+
+
+def test_default_weights_reproduce_the_recorded_knn_figure(entry: dict, shared_data: Path, tmp_path: Path) -> None:
+    check = entry["knn_check"]
+    write_davis_knn_task(shared_data / "davis2016-dev", tmp_path, every=check["every"])
+    model = load_backbone(DEFAULT_WEIGHTS)
+    (result,) = run_knn(
+        model, tmp_path / "train", tmp_path / "val", ks=[check["k"]], device="cpu", num_workers=0, progress=False
+    )
+    assert result.top1 == pytest.approx(check["top1"], abs=check["tolerance"])
+    assert result.top5 == pytest.approx(check["top5"], abs=check["tolerance"])
