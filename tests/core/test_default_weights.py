@@ -62,6 +62,9 @@ def test_every_app_verb_uses_the_default_weights_unless_told_otherwise() -> None
         ["attention", "x.jpg", "--out", "o"],
         ["video-seg", "--davis", "d", "--out", "o"],
         ["search", "index", "d", "--out", "i"],
+        ["copy-detect", "index", "d", "--out", "i"],
+        ["seg-eval", "--davis", "d", "--out", "o"],
+        ["knn", "--train", "t", "--val", "v"],
         ["demo"],
     ):
         assert parser.parse_args(argv).weights == DEFAULT_WEIGHTS, argv
