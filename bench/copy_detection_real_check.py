@@ -6,7 +6,7 @@ whitening set and distractors; the descriptors are computed once per backbone an
 reference's uncentred whitening and with centred whitening. Results go to ``WORK/results_<weights>.json`` and a
 markdown table on stdout (recorded in docs/copy_detection.md).
 
-    python bench/copy_detection_real_check.py --work /tmp/copy_real --weights random:vit_small/16
+    python bench/copy_detection_real_check.py --work copy_real --weights random:vit_small/16
 
 With ``--find``, the photos are also indexed as one collection and the real near-duplicate pairs of the OpenCV
 samples are searched with ``copy-detect find``'s logic; this needs ``dino.index``.
