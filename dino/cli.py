@@ -56,6 +56,11 @@ def add_weights_arguments(parser: argparse.ArgumentParser, default: str | None =
         "--arch", choices=["vit_tiny", "vit_small", "vit_base"], help="inferred from the weights when omitted"
     )
     group.add_argument("--patch-size", type=int, help="inferred from the weights when omitted")
+    _add_file_loading_arguments(group)
+
+
+def _add_file_loading_arguments(group: argparse._ActionsContainer) -> None:
+    """--checkpoint-key and --unsafe-load: which network of a full checkpoint, and how the file is unpickled."""
     group.add_argument(
         "--checkpoint-key", default="teacher", help="network to take from a full checkpoint (default: %(default)s)"
     )
@@ -267,12 +272,7 @@ def _register_core(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored precision (default: %(default)s)"
     )
-    export.add_argument(
-        "--checkpoint-key", default="teacher", help="network to take from a full checkpoint (default: %(default)s)"
-    )
-    export.add_argument(
-        "--unsafe-load", action="store_true", help="load with torch.load(weights_only=False); only for trusted files"
-    )
+    _add_file_loading_arguments(export)
     export.set_defaults(func=_export)
 
     from dino.eval.cli import register as register_eval
