@@ -9,7 +9,12 @@ markdown table on stdout (recorded in docs/copy_detection.md).
     python bench/copy_detection_real_check.py --work copy_real --weights random:vit_small/16
 
 With ``--find``, the photos are also indexed as one collection and the real near-duplicate pairs of the OpenCV
-samples are searched with ``copy-detect find``'s logic; this needs ``dino.index``.
+samples are searched with ``copy-detect find``'s logic (``--find --verify``: with geometric verification). With
+``--calibrate-verify``, after a run, ``find --verify``'s inlier threshold is calibrated on the benchmark
+(``WORK/verify_calibration_<weights>.json``).
+
+    python bench/copy_detection_real_check.py --work copy_real --weights default --calibrate-verify
+    python bench/copy_detection_real_check.py --work copy_real --weights default --find --verify
 """
 
 from __future__ import annotations
@@ -173,36 +178,109 @@ def _slug(weights: str) -> str:
     return weights.replace(":", "_").replace("/", "_")
 
 
-def run_find(work: Path, weights: str, threshold: float | None, options: dict) -> None:
-    from apps.copy_detection.find import DEFAULT_THRESHOLD, build_copy_index, find_copies
+def run_find(work: Path, weights: str, threshold: float | None, verify: bool, options: dict) -> None:
+    """Index the photos as one collection and look up the real near-duplicate pairs as ``find`` does.
 
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    Without verification the 5 most similar images are listed and a pair is a copy at `threshold` (find's
+    default when None); with it, find's default shortlist is verified and a pair is a copy at
+    ``DEFAULT_MIN_INLIERS`` matches (or `threshold`, read as a match count).
+    """
+    from apps.copy_detection.find import (
+        DEFAULT_CANDIDATES,
+        DEFAULT_MIN_INLIERS,
+        DEFAULT_THRESHOLD,
+        build_copy_index,
+        find_copies,
+    )
+
+    if threshold is None:
+        threshold = DEFAULT_MIN_INLIERS if verify else DEFAULT_THRESHOLD
     photos = collect_photos(Path(os.environ.get("DINO_DATA_DIR", "../shared/data")))
     model = load_backbone(weights)
     index = build_copy_index(photos, model, out=work / "collection_index", **options)
     by_name = {p.name: p for p in photos}
     queries = [by_name[query] for query, _ in REAL_PAIRS]
-    top = find_copies(queries, index, model, threshold=-1.0, candidates=5, **options)
+    if verify:
+        top = find_copies(queries, index, model, verify=True, min_inliers=0, candidates=DEFAULT_CANDIDATES, **options)
+    else:
+        top = find_copies(queries, index, model, threshold=-1.0, candidates=5, **options)
     report = []
     for (query, expected), hits in zip(REAL_PAIRS, top, strict=True):
         names = [Path(h.path).name for h in hits]
         rank = names.index(expected) if expected in names else None
-        score = hits[rank].score if rank is not None else None
+        decisive = (lambda hit: hit.inliers) if verify else (lambda hit: hit.score)
+        value = decisive(hits[rank]) if rank is not None else None
         report.append(
             {
                 "query": query,
                 "expected": expected,
                 "rank": rank,
-                "score": score,
-                "is_copy_at_threshold": score is not None and score >= threshold,
-                "top": [(Path(h.path).name, round(h.score, 4)) for h in hits],
+                "score": hits[rank].score if rank is not None else None,
+                "inliers": value if verify else None,
+                "is_copy_at_threshold": value is not None and value >= threshold,
+                "top": [(Path(h.path).name, round(h.score, 4), h.inliers) for h in hits],
             }
         )
         print(
-            f"{query} -> {expected}: rank {rank}, score {score}, copy at {threshold:.4f}: "
-            f"{report[-1]['is_copy_at_threshold']}; top {report[-1]['top']}"
+            f"{query} -> {expected}: rank {rank}, {'inliers' if verify else 'score'} {value}, copy at "
+            f"{threshold:g}: {report[-1]['is_copy_at_threshold']}; top {report[-1]['top']}"
         )
-    atomic_write_json(work / f"find_{_slug(weights)}.json", {"threshold": threshold, "pairs": report})
+    name = f"find_{'verify_' if verify else ''}{_slug(weights)}.json"
+    atomic_write_json(work / name, {"threshold": threshold, "verify": verify, "pairs": report})
+
+
+def run_verify_calibration(work: Path, weights: str, candidates: int, options: dict) -> dict:
+    """Calibrate ``find --verify``'s inlier threshold on the benchmark written by :func:`run_eval`.
+
+    As ``find`` does, every query of every block but ``original`` takes its `candidates` most similar database
+    images by the unwhitened global descriptor and counts the verified patch matches with each; the pairs that
+    were not shortlisted score -1 (never a copy), so missed copies count against recall. The max-F1 inlier count
+    over all copy and non-copy pairs is the threshold.
+    """
+    from apps.copy_detection.evaluate import _copy_pairs, calibrate_threshold
+    from apps.copy_detection.verify import LocalFeatureExtractor, count_inliers
+
+    layout = read_copydays(work / "bench")
+    with np.load(work / f"descriptors_{_slug(weights)}.npz") as saved:
+        database_raw, queries_raw = saved["database"], saved["queries"]
+    database_paths = list(layout.originals) + list_images(work / "distractors")
+    originals = len(layout.originals)
+    queries = finalize_descriptors(queries_raw[originals:], None)
+    _, shortlist = top_k_neighbours(queries, finalize_descriptors(database_raw, None), candidates)
+    is_copy = _copy_pairs(layout, len(database_paths))
+    model = load_backbone(weights)
+    local = LocalFeatureExtractor(model, device=options["device"])
+    start = time.time()
+    database_features = [local(path) for path in database_paths]
+    query_paths = layout.queries[originals:]
+    inliers = np.full(is_copy.shape, -1.0)
+    for row, path in enumerate(query_paths):
+        features = local(path)
+        for column in shortlist[row]:
+            inliers[row, column] = count_inliers(features, database_features[column])
+        if row % 40 == 0:
+            print(f"verified {row + 1}/{len(query_paths)} queries, {time.time() - start:.0f} s", flush=True)
+    seconds = time.time() - start
+    calibration = calibrate_threshold(inliers, is_copy)
+    copies, others = inliers[is_copy & (inliers >= 0)], inliers[~is_copy & (inliers >= 0)]
+    result = {
+        "weights": weights,
+        "candidates": candidates,
+        "seconds": round(seconds, 1),
+        "calibration": vars(calibration),
+        "shortlisted_copy_pairs": int((is_copy & (inliers >= 0)).sum()),
+        "copy_inliers_quantiles_5_50_95": np.quantile(copies, [0.05, 0.5, 0.95]).tolist(),
+        "non_copy_inliers_quantiles_50_95_99_max": np.quantile(others, [0.5, 0.95, 0.99, 1.0]).tolist(),
+        "global_calibration_shortlisted": vars(
+            calibrate_threshold(
+                np.where(inliers >= 0, queries @ finalize_descriptors(database_raw, None).T, -1.0), is_copy
+            )
+        ),
+    }
+    np.save(work / f"verify_inliers_{_slug(weights)}.npy", inliers)
+    atomic_write_json(work / f"verify_calibration_{_slug(weights)}.json", result)
+    print(json.dumps(result, indent=1))
+    return result
 
 
 def main() -> None:
@@ -212,10 +290,17 @@ def main() -> None:
     parser.add_argument("--find", action="store_true", help="run only the near-duplicate check (needs dino.index)")
     parser.add_argument("--threshold", type=float, help="copy threshold for --find (default: find's default)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--calibrate-verify", action="store_true", help="calibrate find --verify's inlier threshold (after a run)"
+    )
+    parser.add_argument("--candidates", type=int, default=10, help="shortlist verified per query")
+    parser.add_argument("--verify", action="store_true", help="with --find, decide by verified patch matches")
     args = parser.parse_args()
     options = {"device": "cpu", "batch_size": args.batch_size, "num_workers": 1, "progress": False}
-    if args.find:
-        run_find(args.work, args.weights, args.threshold, options)
+    if args.calibrate_verify:
+        run_verify_calibration(args.work, args.weights, args.candidates, options)
+    elif args.find:
+        run_find(args.work, args.weights, args.threshold, args.verify, options)
     else:
         print(json.dumps(run_eval(args.work, args.weights, options)["database"]))
 

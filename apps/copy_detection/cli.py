@@ -8,7 +8,9 @@ import sys
 from apps.copy_detection.evaluate import evaluate_copydays, format_table, load_or_fit_whitening
 from apps.copy_detection.find import (
     DEFAULT_CANDIDATES,
+    DEFAULT_MIN_INLIERS,
     DEFAULT_THRESHOLD,
+    CopyHit,
     backbone_of_index,
     build_copy_index,
     find_copies,
@@ -202,8 +204,9 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
         "find",
         help="which indexed images are copies of these images",
         description="Print, for each query image, the indexed images whose similarity reaches the threshold, "
-        "best first. The query file itself is left out when it is indexed. The backbone is the one recorded in "
-        "the index (its weights source) unless --weights is given.",
+        "best first; with --verify, those of the nearest candidates with enough geometrically verified patch "
+        "matches, most matches first. The query file itself is left out when it is indexed. The backbone is the "
+        "one recorded in the index (its weights source) unless --weights is given.",
     )
     parser.add_argument("images", nargs="+", help="query image files or folders")
     parser.add_argument("--index", required=True, help="index folder written by 'copy-detect index'")
@@ -219,6 +222,20 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_CANDIDATES,
         help="nearest images examined per query (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="decide by geometrically verified patch matches instead of the similarity threshold: finds partial "
+        "copies (a spliced region, an object in another scene) that a global descriptor misses; slower, and "
+        "reads the candidates' image files",
+    )
+    parser.add_argument(
+        "--min-inliers",
+        type=int,
+        default=DEFAULT_MIN_INLIERS,
+        help="with --verify, minimum verified patch matches of a copy (default: %(default)s, calibrated for "
+        "the default weights like --threshold)",
     )
     parser.add_argument("--out", metavar="FILE", help="also write the copies as JSON")
     add_weights_arguments(parser, default=None)
@@ -242,15 +259,24 @@ def _find(args: argparse.Namespace) -> int:
         model,
         threshold=args.threshold,
         candidates=args.candidates,
+        verify=args.verify,
+        min_inliers=args.min_inliers,
         **extractor_options(args),
     )
     results = []
     for query, hits in zip(queries, copies, strict=True):
         print(f"{query}: {len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}")
         for hit in hits:
-            print(f"  {hit.score:.4f}  {hit.path}")
-        results.append({"query": str(query), "copies": [{"path": h.path, "score": h.score} for h in hits]})
+            verified = f"  {hit.inliers:4d} matches" if hit.inliers is not None else ""
+            print(f"  {hit.score:.4f}{verified}  {hit.path}")
+        results.append({"query": str(query), "copies": [_hit_json(hit) for hit in hits]})
     if args.out:
-        atomic_write_json(args.out, {"index": args.index, "threshold": args.threshold, "results": results})
+        decision = {"verify": True, "min_inliers": args.min_inliers} if args.verify else {"threshold": args.threshold}
+        atomic_write_json(args.out, {"index": args.index, **decision, "results": results})
         print(f"wrote {args.out}")
     return 0
+
+
+def _hit_json(hit: CopyHit) -> dict:
+    verified = {"inliers": hit.inliers} if hit.inliers is not None else {}
+    return {"path": hit.path, "score": hit.score, **verified}

@@ -13,6 +13,11 @@ the threshold maximising F1 between copy and non-copy pairs was taken; ``copy-de
 (docs/MODEL_CARD.md; they never trained on that benchmark's originals or distractors), unwhitened, the setting
 ``copy-detect index`` uses by default. Other weights have other similarity scales: run ``copy-detect eval`` on a
 benchmark made from photos like yours and pass its ``max_f1`` threshold as ``--threshold``.
+
+With verification (:mod:`apps.copy_detection.verify`) a candidate is a copy when enough of its patch matches with
+the query agree on one affine map. :data:`DEFAULT_MIN_INLIERS` was calibrated on the same benchmark the same way,
+with find's shortlist of 10 candidates per query (``bench/copy_detection_real_check.py --calibrate-verify``:
+P 0.857, R 0.914 against 0.928 / 0.707 for the similarity threshold; docs/copy_detection.md, "Verified copies").
 """
 
 from __future__ import annotations
@@ -20,25 +25,46 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
 from apps.copy_detection.evaluate import load_or_fit_whitening
+from apps.copy_detection.verify import LocalFeatureExtractor, LocalFeatures, count_inliers
 from dino.checkpoint import load_backbone
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
-from dino.index import Hit, ImageIndex, build_index, search_images
+from dino.index import ImageIndex, build_index, search_images
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
 
-__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_THRESHOLD", "backbone_of_index", "build_copy_index", "find_copies"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_MIN_INLIERS",
+    "DEFAULT_THRESHOLD",
+    "CopyHit",
+    "backbone_of_index",
+    "build_copy_index",
+    "find_copies",
+]
 
 # The max-F1 copy/non-copy threshold of the `default` weights, unwhitened, on the real-check benchmark (0.9846:
 # precision 0.928, recall 0.707 over 420 copy and 13,440 non-copy pairs); see the module docstring.
 DEFAULT_THRESHOLD = 0.985
 # Nearest indexed images examined per query before thresholding.
 DEFAULT_CANDIDATES = 10
+# With verification, the max-F1 number of verified patch matches of the `default` weights on the same benchmark.
+DEFAULT_MIN_INLIERS = 42
+
+
+class CopyHit(NamedTuple):
+    """A likely copy: the indexed image, its cosine similarity to the query, its rank among the candidates by
+    that similarity (0 = best), and its verified patch matches (None without verification)."""
+
+    path: str
+    score: float
+    rank: int
+    inliers: int | None = None
 
 
 def build_copy_index(
@@ -86,27 +112,68 @@ def find_copies(
     threshold: float = DEFAULT_THRESHOLD,
     candidates: int = DEFAULT_CANDIDATES,
     include_self: bool = False,
+    verify: bool = False,
+    min_inliers: int = DEFAULT_MIN_INLIERS,
     **extractor_options: Any,
-) -> list[list[Hit]]:
+) -> list[list[CopyHit]]:
     """The indexed images that are likely copies of each query, best first.
+
+    Without verification a candidate is a copy when its cosine similarity reaches `threshold`. With it
+    (:mod:`apps.copy_detection.verify`), every candidate's patch matches with the query are counted and the
+    candidate is a copy when at least `min_inliers` of them agree on one affine map; `threshold` is not used, and
+    the hits are ordered by that count. Verification reads the candidate images from their indexed paths.
 
     Args:
         queries: Image files or PIL images.
         index: An index built with the copy-detection recipe (:func:`build_copy_index`).
         model: The backbone the index was built with (checked).
-        threshold: Minimum cosine similarity of a copy.
+        threshold: Minimum cosine similarity of a copy, without verification.
         candidates: Nearest indexed images examined per query.
         include_self: Keep a hit that is the query file itself (same resolved path).
+        verify: Decide by verified patch matches instead of the global similarity.
+        min_inliers: Minimum verified patch matches of a copy, with verification.
         **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
 
     Returns:
-        Per query, the hits scoring at least `threshold`.
+        Per query, its copies.
+
+    Raises:
+        FileNotFoundError: With verification, a candidate's indexed file no longer exists.
     """
     if not queries:
         raise ValueError("no query images")
     results = search_images(index, queries, model, k=min(candidates, len(index)), **extractor_options)
+    local = _LocalFeatureCache(model, extractor_options) if verify else None
     copies = []
     for query, hits in zip(queries, results, strict=True):
         own_path = None if isinstance(query, Image.Image) or include_self else Path(query).resolve()
-        copies.append([hit for hit in hits if hit.score >= threshold and Path(hit.path).resolve() != own_path])
+        hits = [hit for hit in hits if Path(hit.path).resolve() != own_path]
+        if local is None:
+            copies.append([CopyHit(*hit) for hit in hits if hit.score >= threshold])
+            continue
+        query_features = local.describe(query)
+        verified = [CopyHit(*hit, inliers=count_inliers(query_features, local.candidate(hit.path))) for hit in hits]
+        copies.append(sorted((h for h in verified if h.inliers >= min_inliers), key=lambda h: (-h.inliers, h.rank)))
     return copies
+
+
+class _LocalFeatureCache:
+    """Local features of queries, and of indexed images computed once per call."""
+
+    def __init__(self, model: VisionTransformer, extractor_options: dict[str, Any]) -> None:
+        options = {key: extractor_options[key] for key in ("device", "dtype") if key in extractor_options}
+        self.extractor = LocalFeatureExtractor(model, **options)
+        self.indexed: dict[str, LocalFeatures] = {}
+
+    def describe(self, image: str | os.PathLike[str] | Image.Image) -> LocalFeatures:
+        return self.extractor(image)
+
+    def candidate(self, path: str) -> LocalFeatures:
+        if path not in self.indexed:
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"{path}: indexed image not found; verification reads the indexed files (rebuild the index "
+                    "with 'copy-detect index', or run without verification)"
+                )
+            self.indexed[path] = self.extractor(path)
+        return self.indexed[path]

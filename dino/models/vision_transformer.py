@@ -165,6 +165,15 @@ class VisionTransformer(nn.Module):
         """The [CLS] token after the final norm, (B, D)."""
         return self.forward_features(x)[:, 0]
 
+    def forward_to_block(self, x: Tensor, block: int) -> Tensor:
+        """All tokens after block `block` (1-based; the later blocks are not run), through the final norm."""
+        if not 1 <= block <= len(self.blocks):
+            raise ValueError(f"block must be in 1..{len(self.blocks)}, got {block}")
+        x = self.prepare_tokens(x)
+        for layer in self.blocks[:block]:
+            x = layer(x)
+        return self.norm(x)
+
     def get_intermediate_layers(self, x: Tensor, n: int = 1) -> list[Tensor]:
         """The outputs of the last `n` blocks, each passed through the final norm, all tokens kept."""
         x = self.prepare_tokens(x)

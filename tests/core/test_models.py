@@ -70,6 +70,12 @@ def test_forward_apis_are_consistent() -> None:
     assert with_attention.keys.shape == (2, 3, 197, 64)
     # Each intermediate output is passed through the final norm: zero mean per token before the affine.
     assert not torch.allclose(last_two[0], last_two[1])
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_to_block(x, 11), last_two[0])
+        torch.testing.assert_close(model.forward_to_block(x, 12), last_two[1])
+    for outside in (0, 13):
+        with pytest.raises(ValueError, match="block must be in 1..12"):
+            model.forward_to_block(x, outside)
 
 
 def test_drop_path_rates_follow_linspace_and_only_act_in_training() -> None:

@@ -1,0 +1,119 @@
+"""Geometric verification: mutual matches, RANSAC on hand-built correspondences, local features, find --verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from apps.copy_detection.find import build_copy_index, find_copies
+from apps.copy_detection.verify import (
+    LocalFeatureExtractor,
+    affine_inliers,
+    count_inliers,
+    mutual_nearest_neighbours,
+)
+from dino import cli
+from dino.checkpoint import load_backbone
+
+OPTIONS = {"device": "cpu", "num_workers": 0, "progress": False}
+
+
+def textured_photo(seed: int, width: int = 96, height: int = 64) -> Image.Image:
+    """Random 4×4-pixel blocks: every patch looks different, as in a detailed photo."""
+    noise = np.random.default_rng(seed).integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+    return Image.fromarray(noise).resize((width, height), Image.Resampling.NEAREST)
+
+
+def test_affine_inliers_are_exactly_the_mapped_points() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0, 100, (30, 2))
+    rotation_scale = np.array([[0.9, -0.3], [0.3, 0.9]])
+    target = source @ rotation_scale.T + np.array([5.0, -7.0])
+    # The last 10 correspondences are moved 30 to 60 px away from where the map puts them.
+    target[20:] += rng.uniform(30, 60, (10, 2)) * rng.choice([-1, 1], (10, 2))
+    mask = affine_inliers(source, target, tolerance=1.0)
+    assert mask.tolist() == [True] * 20 + [False] * 10
+    assert affine_inliers(source, target, tolerance=1.0, seed=5).tolist() == mask.tolist()
+
+
+def test_affine_inliers_need_three_points_that_span_the_plane() -> None:
+    assert not affine_inliers(np.zeros((2, 2)), np.zeros((2, 2)), tolerance=1.0).any()
+    line = np.stack([np.arange(10.0), 2 * np.arange(10.0)], axis=1)  # collinear: no affine map is determined
+    assert not affine_inliers(line, line, tolerance=1.0).any()
+
+
+def test_mutual_nearest_neighbours_keep_only_pairs_that_choose_each_other() -> None:
+    a = np.array([[1, 0, 0], [0, 1, 0], [0.8, 0.6, 0]], dtype=np.float32)
+    b = np.array([[1, 0, 0], [0, 0, 1], [0.6, 0.8, 0]], dtype=np.float32)
+    # a0 <-> b0 (cos 1); a1's best is b2 (0.8) and b2's best is a2 (0.96), so a1 is unmatched; a2's best is b2.
+    rows, columns = mutual_nearest_neighbours(a, b)
+    assert rows.tolist() == [0, 2] and columns.tolist() == [0, 2]
+
+
+def test_local_features_are_patch_centres_in_original_pixels() -> None:
+    model = load_backbone("random:vit_tiny/16")
+    extractor = LocalFeatureExtractor(model, sides=(32, 64), device="cpu")
+    assert extractor.block == 6
+    features = extractor(textured_photo(0, 64, 32))
+    # Side 32: 2×1 patches of 32×32 original pixels; side 64: 4×2 patches of 16×16.
+    assert features.descriptors.shape == (10, 192) and features.descriptors.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(features.descriptors.astype(np.float32), axis=1), 1, atol=1e-3)
+    expected = [(16, 16), (48, 16)] + [(8 + 16 * x, 8 + 16 * y) for y in range(2) for x in range(4)]
+    np.testing.assert_allclose(features.positions, expected)
+    assert features.size == (64, 32)
+    # Every token of an image matches itself, at the same place: all are inliers of the identity.
+    assert count_inliers(features, features) == 10
+    with pytest.raises(ValueError, match="at least one patch"):
+        LocalFeatureExtractor(model, sides=(8,))
+
+
+@pytest.fixture
+def textured(tmp_path: Path) -> tuple[Path, Path]:
+    """An indexed folder of 3 textured photos, and a query that re-encodes photo0 as JPEG."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(3):
+        textured_photo(seed).save(folder / f"photo{seed}.png")
+    query = tmp_path / "photo0_copy.jpg"
+    Image.open(folder / "photo0.png").save(query, quality=90)
+    return folder, query
+
+
+@pytest.mark.slow
+def test_find_with_verification(textured: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, query = textured
+    model = load_backbone("random:vit_tiny/16")
+    index = build_copy_index([folder], model, size=64, **OPTIONS)
+    everything = find_copies([query], index, model, verify=True, min_inliers=0, **OPTIONS)[0]
+    assert [Path(hit.path).name for hit in everything][0] == "photo0.png"
+    best, *others = everything
+    assert best.inliers > 2 * max(hit.inliers for hit in others)
+    assert [hit.inliers for hit in everything] == sorted((hit.inliers for hit in everything), reverse=True)
+    # The global threshold does not apply with verification; the inlier count decides.
+    kept = find_copies([query], index, model, threshold=2.0, verify=True, min_inliers=best.inliers, **OPTIONS)[0]
+    assert [hit.path for hit in kept] == [best.path]
+    assert all(hit.inliers is None for hit in find_copies([query], index, model, threshold=-1, **OPTIONS)[0])
+
+    (folder / "photo1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="photo1.png: indexed image not found"):
+        find_copies([query], index, model, verify=True, **OPTIONS)
+
+
+@pytest.mark.slow
+def test_find_verify_cli(textured: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    folder, query = textured
+    runtime = ["--device", "cpu", "--workers", "0", "--no-progress"]
+    argv = ["copy-detect", "index", str(folder), "--out", str(tmp_path / "index"), "--size", "64"]
+    assert cli.main(argv + ["--weights", "random:vit_tiny/16"] + runtime) == 0
+    out = tmp_path / "copies.json"
+    argv = ["copy-detect", "find", str(query), "--index", str(tmp_path / "index"), "--verify", "--min-inliers", "0"]
+    assert cli.main(argv + ["--out", str(out)] + runtime) == 0
+    assert " matches  " in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["verify"] is True and result["min_inliers"] == 0 and "threshold" not in result
+    copies = result["results"][0]["copies"]
+    assert Path(copies[0]["path"]).name == "photo0.png" and copies[0]["inliers"] > copies[1]["inliers"]
