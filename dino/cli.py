@@ -217,14 +217,13 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import torch
+    from dino.features import torch_dtype
 
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     digest = export_backbone(
         args.checkpoint,
         args.out,
         checkpoint_key=args.checkpoint_key,
-        dtype=dtypes[args.dtype],
+        dtype=torch_dtype(args.dtype),
         weights_only=not args.unsafe_load,
     )
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB, sha256 {digest})")

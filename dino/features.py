@@ -18,10 +18,25 @@ from dino.data.io import open_image
 from dino.data.transforms import ImageTransform, knn_transform
 from dino.models.vision_transformer import VisionTransformer
 
-__all__ = ["BatchFeatures", "FeatureExtractor", "Features", "autocast_dtype", "pick_device"]
+__all__ = [
+    "TORCH_DTYPES",
+    "BatchFeatures",
+    "FeatureExtractor",
+    "Features",
+    "autocast_dtype",
+    "pick_device",
+    "torch_dtype",
+]
 
 DTypeName = Literal["auto", "fp32", "bf16", "fp16"]
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of ``fp32``, ``bf16`` or ``fp16``."""
+    if name not in TORCH_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[name]
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -39,11 +54,9 @@ def autocast_dtype(device: torch.device, dtype: DTypeName = "auto") -> torch.dty
     """The autocast dtype to use, or None for plain fp32: ``auto`` is bf16 on CUDA and fp32 elsewhere."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    if dtype == "fp32":
-        return None
-    if dtype not in _DTYPES:
+    if dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
-    return _DTYPES[dtype]
+    return None if dtype == "fp32" else TORCH_DTYPES[dtype]
 
 
 @dataclass

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from dino.features import TORCH_DTYPES, torch_dtype
+
 __all__ = [
     "LabelPropagator",
     "PropagationConfig",
@@ -43,8 +45,6 @@ NEIGHBOURHOOD_RADIUS = 12
 TOP_K = 5
 TEMPERATURE = 0.1  # hard-coded in the reference
 MAX_AFFINITY_MB = 512.0
-
-_AFFINITY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ class PropagationConfig:
             raise ValueError("n_last_frames and radius must be >= 0 and topk >= 1")
         if self.temperature <= 0 or self.max_affinity_mb <= 0:
             raise ValueError("temperature and max_affinity_mb must be positive")
-        if self.affinity_dtype not in _AFFINITY_DTYPES:
-            raise ValueError(f"affinity_dtype must be one of {sorted(_AFFINITY_DTYPES)}, got {self.affinity_dtype!r}")
+        if self.affinity_dtype not in TORCH_DTYPES:
+            raise ValueError(f"affinity_dtype must be one of {sorted(TORCH_DTYPES)}, got {self.affinity_dtype!r}")
 
 
 # ---------------------------------------------------------------------------- the steps
@@ -204,7 +204,7 @@ def propagate_labels(
     """
     height, width = grid
     contexts = sources.shape[0]
-    dtype = _AFFINITY_DTYPES[config.affinity_dtype]
+    dtype = TORCH_DTYPES[config.affinity_dtype]
     target = F.normalize(target, dim=1, p=2).to(dtype)
     sources = sources.to(dtype)
     source_labels = source_labels.float()
@@ -274,7 +274,7 @@ def affinity_budget_mb(grid: tuple[int, int], contexts: int, radius: int, dtype:
     Used by the docs and the benchmark to show that a budget fits (e.g. ViT-S/8 on 480×1152: 60×144).
     """
     height, width = grid
-    bytes_per_entry = torch.finfo(_AFFINITY_DTYPES[dtype]).bits // 8
+    bytes_per_entry = torch.finfo(torch_dtype(dtype)).bits // 8
     band_rows = height if radius <= 0 else min(height, 2 * radius + 1)
     return {
         "reference_full": contexts * (height * width) ** 2 * bytes_per_entry / 2**20,
