@@ -9,12 +9,12 @@ markdown table on stdout (recorded in docs/copy_detection.md).
     python bench/copy_detection_real_check.py --work copy_real --weights random:vit_small/16
 
 With ``--find``, the photos are also indexed as one collection and the real near-duplicate pairs of the OpenCV
-samples are searched with ``copy-detect find``'s logic (``--find --verify``: with geometric verification). With
-``--calibrate-verify``, after a run, ``find --verify``'s inlier threshold is calibrated on the benchmark
-(``WORK/verify_calibration_<weights>.json``).
+samples are searched with ``copy-detect find``'s logic (``--find --verify KIND``: with geometric verification by
+``dino`` patch tokens or ``sift``). With ``--calibrate-verify KIND``, after a run, ``find --verify KIND``'s inlier
+threshold is calibrated on the benchmark (``WORK/verify_calibration_<kind>_<weights>.json``).
 
-    python bench/copy_detection_real_check.py --work copy_real --weights default --calibrate-verify
-    python bench/copy_detection_real_check.py --work copy_real --weights default --find --verify
+    python bench/copy_detection_real_check.py --work copy_real --weights default --calibrate-verify sift
+    python bench/copy_detection_real_check.py --work copy_real --weights default --find --verify sift
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from apps.copy_detection.evaluate import (
     top_k_neighbours,
 )
 from apps.copy_detection.metrics import holidays_ap, positive_ranks
+from apps.copy_detection.verify import VERIFIERS
 from dino.atomic import atomic_write, atomic_write_json
 from dino.checkpoint import load_backbone, model_identity
 from dino.data.io import list_images
@@ -178,11 +179,11 @@ def _slug(weights: str) -> str:
     return weights.replace(":", "_").replace("/", "_")
 
 
-def run_find(work: Path, weights: str, threshold: float | None, verify: bool, options: dict) -> None:
+def run_find(work: Path, weights: str, threshold: float | None, verify: str | None, options: dict) -> None:
     """Index the photos as one collection and look up the real near-duplicate pairs as ``find`` does.
 
     Without verification the 5 most similar images are listed and a pair is a copy at `threshold` (find's
-    default when None); with it, find's default shortlist is verified and a pair is a copy at
+    default when None); with it, find's default shortlist is verified and a pair is a copy at the verifier's
     ``DEFAULT_MIN_INLIERS`` matches (or `threshold`, read as a match count).
     """
     from apps.copy_detection.find import (
@@ -194,14 +195,14 @@ def run_find(work: Path, weights: str, threshold: float | None, verify: bool, op
     )
 
     if threshold is None:
-        threshold = DEFAULT_MIN_INLIERS if verify else DEFAULT_THRESHOLD
+        threshold = DEFAULT_MIN_INLIERS[verify] if verify else DEFAULT_THRESHOLD
     photos = collect_photos(Path(os.environ.get("DINO_DATA_DIR", "../shared/data")))
     model = load_backbone(weights)
     index = build_copy_index(photos, model, out=work / "collection_index", **options)
     by_name = {p.name: p for p in photos}
     queries = [by_name[query] for query, _ in REAL_PAIRS]
     if verify:
-        top = find_copies(queries, index, model, verify=True, min_inliers=0, candidates=DEFAULT_CANDIDATES, **options)
+        top = find_copies(queries, index, model, verify=verify, min_inliers=0, candidates=DEFAULT_CANDIDATES, **options)
     else:
         top = find_copies(queries, index, model, threshold=-1.0, candidates=5, **options)
     report = []
@@ -225,11 +226,11 @@ def run_find(work: Path, weights: str, threshold: float | None, verify: bool, op
             f"{query} -> {expected}: rank {rank}, {'inliers' if verify else 'score'} {value}, copy at "
             f"{threshold:g}: {report[-1]['is_copy_at_threshold']}; top {report[-1]['top']}"
         )
-    name = f"find_{'verify_' if verify else ''}{_slug(weights)}.json"
+    name = f"find_{f'verify_{verify}_' if verify else ''}{_slug(weights)}.json"
     atomic_write_json(work / name, {"threshold": threshold, "verify": verify, "pairs": report})
 
 
-def run_verify_calibration(work: Path, weights: str, candidates: int, options: dict) -> dict:
+def run_verify_calibration(work: Path, weights: str, verifier: str, candidates: int, options: dict) -> dict:
     """Calibrate ``find --verify``'s inlier threshold on the benchmark written by :func:`run_eval`.
 
     As ``find`` does, every query of every block but ``original`` takes its `candidates` most similar database
@@ -238,7 +239,7 @@ def run_verify_calibration(work: Path, weights: str, candidates: int, options: d
     over all copy and non-copy pairs is the threshold.
     """
     from apps.copy_detection.evaluate import _copy_pairs, calibrate_threshold
-    from apps.copy_detection.verify import LocalFeatureExtractor, count_inliers
+    from apps.copy_detection.verify import count_inliers, make_local_extractor
 
     layout = read_copydays(work / "bench")
     with np.load(work / f"descriptors_{_slug(weights)}.npz") as saved:
@@ -249,7 +250,7 @@ def run_verify_calibration(work: Path, weights: str, candidates: int, options: d
     _, shortlist = top_k_neighbours(queries, finalize_descriptors(database_raw, None), candidates)
     is_copy = _copy_pairs(layout, len(database_paths))
     model = load_backbone(weights)
-    local = LocalFeatureExtractor(model, device=options["device"])
+    local = make_local_extractor(verifier, model, device=options["device"])
     start = time.time()
     database_features = [local(path) for path in database_paths]
     query_paths = layout.queries[originals:]
@@ -265,6 +266,7 @@ def run_verify_calibration(work: Path, weights: str, candidates: int, options: d
     copies, others = inliers[is_copy & (inliers >= 0)], inliers[~is_copy & (inliers >= 0)]
     result = {
         "weights": weights,
+        "verifier": verifier,
         "candidates": candidates,
         "seconds": round(seconds, 1),
         "calibration": vars(calibration),
@@ -277,8 +279,8 @@ def run_verify_calibration(work: Path, weights: str, candidates: int, options: d
             )
         ),
     }
-    np.save(work / f"verify_inliers_{_slug(weights)}.npy", inliers)
-    atomic_write_json(work / f"verify_calibration_{_slug(weights)}.json", result)
+    np.save(work / f"verify_inliers_{verifier}_{_slug(weights)}.npy", inliers)
+    atomic_write_json(work / f"verify_calibration_{verifier}_{_slug(weights)}.json", result)
     print(json.dumps(result, indent=1))
     return result
 
@@ -291,14 +293,14 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, help="copy threshold for --find (default: find's default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
-        "--calibrate-verify", action="store_true", help="calibrate find --verify's inlier threshold (after a run)"
+        "--calibrate-verify", choices=VERIFIERS, help="calibrate find --verify's inlier threshold (after a run)"
     )
     parser.add_argument("--candidates", type=int, default=10, help="shortlist verified per query")
-    parser.add_argument("--verify", action="store_true", help="with --find, decide by verified patch matches")
+    parser.add_argument("--verify", choices=VERIFIERS, help="with --find, decide by verified local-feature matches")
     args = parser.parse_args()
     options = {"device": "cpu", "batch_size": args.batch_size, "num_workers": 1, "progress": False}
     if args.calibrate_verify:
-        run_verify_calibration(args.work, args.weights, args.candidates, options)
+        run_verify_calibration(args.work, args.weights, args.calibrate_verify, args.candidates, options)
     elif args.find:
         run_find(args.work, args.weights, args.threshold, args.verify, options)
     else:

@@ -10,6 +10,7 @@ from apps.copy_detection.find import (
     DEFAULT_CANDIDATES,
     DEFAULT_MIN_INLIERS,
     DEFAULT_THRESHOLD,
+    DEFAULT_VERIFIER,
     CopyHit,
     backbone_of_index,
     build_copy_index,
@@ -17,6 +18,7 @@ from apps.copy_detection.find import (
 )
 from apps.copy_detection.generate import STRONG_PER_ORIGINAL, make_benchmark
 from apps.copy_detection.metrics import TOP_K
+from apps.copy_detection.verify import VERIFIERS
 from dino.atomic import atomic_write_json
 from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
 from dino.data.io import list_images
@@ -225,17 +227,20 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--verify",
-        action="store_true",
-        help="decide by geometrically verified patch matches instead of the similarity threshold: finds partial "
-        "copies (a spliced region, an object in another scene) that a global descriptor misses; slower, and "
-        "reads the candidates' image files",
+        nargs="?",
+        const=DEFAULT_VERIFIER,
+        choices=VERIFIERS,
+        help="decide by geometrically verified local-feature matches instead of the similarity threshold: finds "
+        "partial copies (a spliced region, an object in another scene) that a global descriptor misses; slower, "
+        "and reads the candidates' image files. 'sift': OpenCV SIFT keypoints; 'dino': the backbone's "
+        "middle-block patch tokens (default: %(const)s)",
     )
     parser.add_argument(
         "--min-inliers",
         type=int,
-        default=DEFAULT_MIN_INLIERS,
-        help="with --verify, minimum verified patch matches of a copy (default: %(default)s, calibrated for "
-        "the default weights like --threshold)",
+        help="with --verify, minimum verified matches of a copy (default: "
+        + ", ".join(f"{kind} {count}" for kind, count in DEFAULT_MIN_INLIERS.items())
+        + "; calibrated on the project's photo benchmark like --threshold, dino with the default weights)",
     )
     parser.add_argument("--out", metavar="FILE", help="also write the copies as JSON")
     add_weights_arguments(parser, default=None)
@@ -253,6 +258,9 @@ def _find(args: argparse.Namespace) -> int:
     queries = list_images(args.images)
     if not queries:
         raise ValueError(f"no images found in {', '.join(args.images)}")
+    min_inliers = args.min_inliers
+    if args.verify and min_inliers is None:
+        min_inliers = DEFAULT_MIN_INLIERS[args.verify]
     copies = find_copies(
         queries,
         index,
@@ -260,7 +268,7 @@ def _find(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         candidates=args.candidates,
         verify=args.verify,
-        min_inliers=args.min_inliers,
+        min_inliers=min_inliers,
         **extractor_options(args),
     )
     results = []
@@ -271,7 +279,7 @@ def _find(args: argparse.Namespace) -> int:
             print(f"  {hit.score:.4f}{verified}  {hit.path}")
         results.append({"query": str(query), "copies": [_hit_json(hit) for hit in hits]})
     if args.out:
-        decision = {"verify": True, "min_inliers": args.min_inliers} if args.verify else {"threshold": args.threshold}
+        decision = {"verify": args.verify, "min_inliers": min_inliers} if args.verify else {"threshold": args.threshold}
         atomic_write_json(args.out, {"index": args.index, **decision, "results": results})
         print(f"wrote {args.out}")
     return 0

@@ -14,10 +14,12 @@ the threshold maximising F1 between copy and non-copy pairs was taken; ``copy-de
 ``copy-detect index`` uses by default. Other weights have other similarity scales: run ``copy-detect eval`` on a
 benchmark made from photos like yours and pass its ``max_f1`` threshold as ``--threshold``.
 
-With verification (:mod:`apps.copy_detection.verify`) a candidate is a copy when enough of its patch matches with
-the query agree on one affine map. :data:`DEFAULT_MIN_INLIERS` was calibrated on the same benchmark the same way,
-with find's shortlist of 10 candidates per query (``bench/copy_detection_real_check.py --calibrate-verify``:
-P 0.857, R 0.914 against 0.928 / 0.707 for the similarity threshold; docs/copy_detection.md, "Verified copies").
+With verification (:mod:`apps.copy_detection.verify`) a candidate is a copy when enough of its local-feature
+matches with the query agree on one affine map. :data:`DEFAULT_MIN_INLIERS` was calibrated on the same benchmark
+the same way, with find's shortlist of 10 candidates per query (``bench/copy_detection_real_check.py
+--calibrate-verify KIND``): ``dino`` patch tokens of the default weights, 42 matches, P 0.857, R 0.914; ``sift``,
+50 matches, P 0.851, R 0.845; the similarity threshold gives P 0.928, R 0.707 (docs/copy_detection.md,
+"Verified copies").
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from apps.copy_detection.evaluate import load_or_fit_whitening
-from apps.copy_detection.verify import LocalFeatureExtractor, LocalFeatures, count_inliers
+from apps.copy_detection.verify import LocalFeatures, count_inliers, make_local_extractor
 from dino.checkpoint import load_backbone
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
@@ -42,6 +45,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "DEFAULT_MIN_INLIERS",
     "DEFAULT_THRESHOLD",
+    "DEFAULT_VERIFIER",
     "CopyHit",
     "backbone_of_index",
     "build_copy_index",
@@ -53,8 +57,11 @@ __all__ = [
 DEFAULT_THRESHOLD = 0.985
 # Nearest indexed images examined per query before thresholding.
 DEFAULT_CANDIDATES = 10
-# With verification, the max-F1 number of verified patch matches of the `default` weights on the same benchmark.
-DEFAULT_MIN_INLIERS = 42
+# With verification, per verifier, the max-F1 number of verified matches on the same benchmark (`dino`: with the
+# `default` weights' patch tokens).
+DEFAULT_MIN_INLIERS = {"dino": 42, "sift": 50}
+# The verifier of `find --verify` without a value: the one with the best F1 on that benchmark.
+DEFAULT_VERIFIER = "dino"
 
 
 class CopyHit(NamedTuple):
@@ -112,16 +119,16 @@ def find_copies(
     threshold: float = DEFAULT_THRESHOLD,
     candidates: int = DEFAULT_CANDIDATES,
     include_self: bool = False,
-    verify: bool = False,
-    min_inliers: int = DEFAULT_MIN_INLIERS,
+    verify: str | None = None,
+    min_inliers: int | None = None,
     **extractor_options: Any,
 ) -> list[list[CopyHit]]:
     """The indexed images that are likely copies of each query, best first.
 
     Without verification a candidate is a copy when its cosine similarity reaches `threshold`. With it
-    (:mod:`apps.copy_detection.verify`), every candidate's patch matches with the query are counted and the
-    candidate is a copy when at least `min_inliers` of them agree on one affine map; `threshold` is not used, and
-    the hits are ordered by that count. Verification reads the candidate images from their indexed paths.
+    (:mod:`apps.copy_detection.verify`), every candidate's local-feature matches with the query are counted and
+    the candidate is a copy when at least `min_inliers` of them agree on one affine map; `threshold` is not used,
+    and the hits are ordered by that count. Verification reads the candidate images from their indexed paths.
 
     Args:
         queries: Image files or PIL images.
@@ -130,8 +137,9 @@ def find_copies(
         threshold: Minimum cosine similarity of a copy, without verification.
         candidates: Nearest indexed images examined per query.
         include_self: Keep a hit that is the query file itself (same resolved path).
-        verify: Decide by verified patch matches instead of the global similarity.
-        min_inliers: Minimum verified patch matches of a copy, with verification.
+        verify: Decide by verified matches of these local features (``dino`` patch tokens or ``sift``) instead
+            of the global similarity.
+        min_inliers: Minimum verified matches of a copy; :data:`DEFAULT_MIN_INLIERS` of the verifier when None.
         **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
 
     Returns:
@@ -142,10 +150,13 @@ def find_copies(
     """
     if not queries:
         raise ValueError("no query images")
+    local = _LocalFeatureCache(verify, model, extractor_options) if verify is not None else None
+    if verify is not None and min_inliers is None:
+        min_inliers = DEFAULT_MIN_INLIERS[verify]
     results = search_images(index, queries, model, k=min(candidates, len(index)), **extractor_options)
-    local = _LocalFeatureCache(model, extractor_options) if verify else None
     copies = []
-    for query, hits in zip(queries, results, strict=True):
+    progress = extractor_options.get("progress", True) and local is not None
+    for query, hits in zip(queries, tqdm(results, desc="verifying", unit="query", disable=not progress), strict=True):
         own_path = None if isinstance(query, Image.Image) or include_self else Path(query).resolve()
         hits = [hit for hit in hits if Path(hit.path).resolve() != own_path]
         if local is None:
@@ -160,9 +171,9 @@ def find_copies(
 class _LocalFeatureCache:
     """Local features of queries, and of indexed images computed once per call."""
 
-    def __init__(self, model: VisionTransformer, extractor_options: dict[str, Any]) -> None:
+    def __init__(self, kind: str, model: VisionTransformer, extractor_options: dict[str, Any]) -> None:
         options = {key: extractor_options[key] for key in ("device", "dtype") if key in extractor_options}
-        self.extractor = LocalFeatureExtractor(model, **options)
+        self.extractor = make_local_extractor(kind, model, **options)
         self.indexed: dict[str, LocalFeatures] = {}
 
     def describe(self, image: str | os.PathLike[str] | Image.Image) -> LocalFeatures:

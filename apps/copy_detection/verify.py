@@ -1,15 +1,20 @@
-"""Geometric verification of copy candidates: patch-token matches that agree on one affine transform.
+"""Geometric verification of copy candidates: local-feature matches that agree on one affine transform.
 
 A global descriptor scores a whole image, so a copy that shares only part of its content with the original (an
 object photographed inside another scene, a spliced region) scores like an unrelated image. Verification looks at
-the patches instead, as spatial verification does for SIFT-based copy detection: the patch tokens of both images,
-at several scales, are matched by mutual nearest neighbour, and RANSAC counts the largest set of matches that one
-affine map of the query onto the candidate explains. Unrelated images give a few dozen chance inliers; copies give
-from tens to thousands. ``copy-detect find --verify`` uses this count as the copy score.
+local features instead, as spatial verification does in classic copy detection: the features of both images are
+matched by mutual nearest neighbour, and RANSAC counts the largest set of matches that one affine map of the query
+onto the candidate explains. Unrelated images give a few dozen chance inliers; copies give from tens to thousands.
+``copy-detect find --verify`` uses this count as the copy score.
 
-The tokens come from a middle block rather than the last one: deeper tokens describe *what* a patch shows and
-match every patch of a similar texture, middle-block tokens still describe the patch's local appearance
-(Amir et al., "Deep ViT Features as Dense Visual Descriptors", 2021, find the same for DINO ViTs).
+Two kinds of local features (:data:`VERIFIERS`):
+
+- ``dino``: the backbone's patch tokens at several scales, from a middle block rather than the last one: deeper
+  tokens describe *what* a patch shows and match every patch of a similar texture, middle-block tokens still
+  describe its local appearance (Amir et al., "Deep ViT Features as Dense Visual Descriptors", 2021, find the
+  same for DINO ViTs). Only as good as the backbone.
+- ``sift``: OpenCV's SIFT keypoints with RootSIFT descriptors (Arandjelović and Zisserman, CVPR 2012), invariant
+  to rotation and scale by construction, independent of the backbone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,27 +37,35 @@ from dino.models.vision_transformer import VisionTransformer
 __all__ = [
     "DEFAULT_SIDES",
     "DEFAULT_TOLERANCE",
-    "LocalFeatureExtractor",
+    "VERIFIERS",
     "LocalFeatures",
+    "PatchTokenExtractor",
+    "SiftFeatureExtractor",
     "affine_inliers",
     "count_inliers",
+    "make_local_extractor",
     "mutual_nearest_neighbours",
 ]
+
+VERIFIERS = ("dino", "sift")
 
 # Longer image sides the tokens are computed at: a copy may show the content 3x larger or smaller.
 DEFAULT_SIDES = (320, 640, 960)
 # A match is an inlier when the affine map puts it within this fraction of the candidate's longer side.
 DEFAULT_TOLERANCE = 0.06
 RANSAC_ITERATIONS = 1000
+# SIFT: keypoints kept per image (strongest first), and the longer side images are shrunk to before detection.
+SIFT_KEYPOINTS = 2000
+SIFT_MAX_SIDE = 1024
 
 
 @dataclass(frozen=True)
 class LocalFeatures:
-    """The patch tokens of one image at several scales.
+    """The local features of one image: patch tokens at several scales, or keypoints.
 
     Attributes:
-        descriptors: (N, D) L2-normalised tokens, float16.
-        positions: (N, 2) patch centres as (x, y) in the original image's pixels, float32.
+        descriptors: (N, D) L2-normalised descriptors, float16.
+        positions: (N, 2) patch centres or keypoints as (x, y) in the original image's pixels, float32.
         size: The original image's (width, height).
     """
 
@@ -60,7 +74,7 @@ class LocalFeatures:
     size: tuple[int, int]
 
 
-class LocalFeatureExtractor:
+class PatchTokenExtractor:
     """Middle-block patch tokens of an image at several scales (aspect ratio kept).
 
     Args:
@@ -109,6 +123,45 @@ class LocalFeatureExtractor:
                 np.stack(((xs.ravel() + 0.5) * width / columns, (ys.ravel() + 0.5) * height / rows), axis=1)
             )
         return LocalFeatures(np.concatenate(descriptors), np.concatenate(positions).astype(np.float32), (width, height))
+
+
+class SiftFeatureExtractor:
+    """SIFT keypoints with RootSIFT descriptors (square root of the L1-normalised SIFT vector, so unit L2).
+
+    Args:
+        keypoints: Strongest keypoints kept per image.
+        max_side: Images with a longer side above this are shrunk to it first (positions are mapped back).
+    """
+
+    def __init__(self, keypoints: int = SIFT_KEYPOINTS, max_side: int = SIFT_MAX_SIDE) -> None:
+        self.sift = cv2.SIFT_create(nfeatures=keypoints)
+        self.max_side = max_side
+
+    def __call__(self, image: str | os.PathLike[str] | Image.Image) -> LocalFeatures:
+        if not isinstance(image, Image.Image):
+            image = open_image(image)
+        width, height = image.size
+        scale = min(1.0, self.max_side / max(width, height))
+        gray = image.convert("L")
+        if scale < 1:
+            gray = gray.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BICUBIC)
+        keypoints, sift = self.sift.detectAndCompute(np.asarray(gray), None)
+        if sift is None:  # a blank image has no keypoints
+            sift = np.zeros((0, 128), dtype=np.float32)
+        root_sift = np.sqrt(sift / np.maximum(sift.sum(axis=1, keepdims=True), 1e-12))
+        positions = np.array([point.pt for point in keypoints], dtype=np.float32).reshape(-1, 2) / scale
+        return LocalFeatures(root_sift.astype(np.float16), positions, (width, height))
+
+
+def make_local_extractor(
+    kind: str, model: VisionTransformer, device: str = "auto", dtype: DTypeName = "auto"
+) -> PatchTokenExtractor | SiftFeatureExtractor:
+    """The local-feature extractor of a verifier in :data:`VERIFIERS` (`model`, `device`, `dtype`: for ``dino``)."""
+    if kind == "dino":
+        return PatchTokenExtractor(model, device=device, dtype=dtype)
+    if kind == "sift":
+        return SiftFeatureExtractor()
+    raise ValueError(f"unknown verifier {kind!r}; choose one of {', '.join(VERIFIERS)}")
 
 
 def mutual_nearest_neighbours(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +224,8 @@ def count_inliers(query: LocalFeatures, candidate: LocalFeatures, tolerance: flo
         query, candidate: Local features of the two images.
         tolerance: Inlier distance as a fraction of the candidate's longer side.
     """
+    if not len(query.descriptors) or not len(candidate.descriptors):
+        return 0
     rows, columns = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
     pixels = tolerance * max(candidate.size)
     return int(affine_inliers(query.positions[rows], candidate.positions[columns], pixels).sum())

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from apps.copy_detection.find import build_copy_index, find_copies
+from apps.copy_detection.find import DEFAULT_MIN_INLIERS, DEFAULT_VERIFIER, build_copy_index, find_copies
 from apps.copy_detection.verify import (
-    LocalFeatureExtractor,
+    PatchTokenExtractor,
+    SiftFeatureExtractor,
     affine_inliers,
     count_inliers,
+    make_local_extractor,
     mutual_nearest_neighbours,
 )
 from dino import cli
@@ -56,7 +58,7 @@ def test_mutual_nearest_neighbours_keep_only_pairs_that_choose_each_other() -> N
 
 def test_local_features_are_patch_centres_in_original_pixels() -> None:
     model = load_backbone("random:vit_tiny/16")
-    extractor = LocalFeatureExtractor(model, sides=(32, 64), device="cpu")
+    extractor = PatchTokenExtractor(model, sides=(32, 64), device="cpu")
     assert extractor.block == 6
     features = extractor(textured_photo(0, 64, 32))
     # Side 32: 2×1 patches of 32×32 original pixels; side 64: 4×2 patches of 16×16.
@@ -68,7 +70,25 @@ def test_local_features_are_patch_centres_in_original_pixels() -> None:
     # Every token of an image matches itself, at the same place: all are inliers of the identity.
     assert count_inliers(features, features) == 10
     with pytest.raises(ValueError, match="at least one patch"):
-        LocalFeatureExtractor(model, sides=(8,))
+        PatchTokenExtractor(model, sides=(8,))
+
+
+def test_sift_features_survive_rotation_and_map_back_to_original_pixels() -> None:
+    photo = textured_photo(0, 192, 128)
+    sift = SiftFeatureExtractor()
+    features = sift(photo)
+    assert len(features.positions) > 50 and features.size == (192, 128)
+    np.testing.assert_allclose(np.linalg.norm(features.descriptors.astype(np.float32), axis=1), 1, atol=1e-2)
+    rotated = sift(photo.rotate(90, expand=True))  # SIFT is rotation invariant; the patch tokens are not
+    assert count_inliers(rotated, features) > 4 * count_inliers(sift(textured_photo(1, 192, 128)), features)
+    # Detection on a shrunk copy: positions are still in the original's pixels.
+    shrunk = SiftFeatureExtractor(max_side=96)(photo)
+    assert shrunk.size == (192, 128) and shrunk.positions[:, 0].max() > 96
+    assert len(sift(Image.new("RGB", (64, 64), "grey")).positions) == 0
+    assert count_inliers(sift(Image.new("RGB", (64, 64), "grey")), features) == 0
+    with pytest.raises(ValueError, match="unknown verifier 'orb'"):
+        make_local_extractor("orb", load_backbone("random:vit_tiny/16"))
+    assert set(DEFAULT_MIN_INLIERS) == {"dino", "sift"}
 
 
 @pytest.fixture
@@ -88,19 +108,19 @@ def test_find_with_verification(textured: tuple[Path, Path], tmp_path: Path) -> 
     folder, query = textured
     model = load_backbone("random:vit_tiny/16")
     index = build_copy_index([folder], model, size=64, **OPTIONS)
-    everything = find_copies([query], index, model, verify=True, min_inliers=0, **OPTIONS)[0]
+    everything = find_copies([query], index, model, verify="dino", min_inliers=0, **OPTIONS)[0]
     assert [Path(hit.path).name for hit in everything][0] == "photo0.png"
     best, *others = everything
     assert best.inliers > 2 * max(hit.inliers for hit in others)
     assert [hit.inliers for hit in everything] == sorted((hit.inliers for hit in everything), reverse=True)
     # The global threshold does not apply with verification; the inlier count decides.
-    kept = find_copies([query], index, model, threshold=2.0, verify=True, min_inliers=best.inliers, **OPTIONS)[0]
+    kept = find_copies([query], index, model, threshold=2.0, verify="dino", min_inliers=best.inliers, **OPTIONS)[0]
     assert [hit.path for hit in kept] == [best.path]
     assert all(hit.inliers is None for hit in find_copies([query], index, model, threshold=-1, **OPTIONS)[0])
 
     (folder / "photo1.png").unlink()
     with pytest.raises(FileNotFoundError, match="photo1.png: indexed image not found"):
-        find_copies([query], index, model, verify=True, **OPTIONS)
+        find_copies([query], index, model, verify="sift", **OPTIONS)
 
 
 @pytest.mark.slow
@@ -114,6 +134,6 @@ def test_find_verify_cli(textured: tuple[Path, Path], tmp_path: Path, capsys) ->
     assert cli.main(argv + ["--out", str(out)] + runtime) == 0
     assert " matches  " in capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["verify"] is True and result["min_inliers"] == 0 and "threshold" not in result
+    assert result["verify"] == DEFAULT_VERIFIER and result["min_inliers"] == 0 and "threshold" not in result
     copies = result["results"][0]["copies"]
     assert Path(copies[0]["path"]).name == "photo0.png" and copies[0]["inliers"] > copies[1]["inliers"]
