@@ -4,7 +4,7 @@ Builds the demo as `dino demo` does (sample gallery, both indexes), serves it on
 times each tab's endpoint with gradio_client, several times, after one warm-up call. Also times N users asking
 for attention masks at once, which the queue serves one after another (concurrency 1).
 
-    python bench/demo_latency.py --weights random --repeats 3 --users 4
+    python bench/demo_latency.py --weights default --repeats 3 --users 4
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default="random", help="as `dino demo --weights` (default: %(default)s)")
+    parser.add_argument("--weights", default="default", help="as `dino demo --weights` (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per endpoint after one warm-up")
     parser.add_argument("--users", type=int, default=4, help="simultaneous attention requests")
     args = parser.parse_args()

@@ -31,7 +31,9 @@ __all__ = [
     "build_copy_index",
     "build_search_index",
     "compare_copies",
+    "copy_min_matches",
     "copy_threshold",
+    "copy_verifier",
     "find_copies",
     "open_search_index",
     "overlay_labels",
@@ -179,14 +181,19 @@ def search_similar(index: Any, model: VisionTransformer, query: Image.Image, k: 
 # ---------------------------------------------------------------------------- (c) copy check
 @dataclass(frozen=True)
 class CopyVerdict:
-    """Cosine similarity of two copy-detection descriptors and the app's calibrated threshold."""
+    """Cosine similarity of two copy-detection descriptors and the app's calibrated threshold, and, when the pair
+    was verified, its geometrically verified local matches and the app's calibrated minimum of them."""
 
     similarity: float
     threshold: float
+    matches: int | None = None
+    min_matches: int | None = None
 
     @property
     def is_copy(self) -> bool:
-        """The copy-detection app's rule: a copy reaches the threshold."""
+        """The copy-detection app's rule: enough verified matches when verified, else the similarity threshold."""
+        if self.matches is not None and self.min_matches is not None:
+            return self.matches >= self.min_matches
         return self.similarity >= self.threshold
 
 
@@ -214,17 +221,43 @@ def compare_copies(
     first: str | os.PathLike[str],
     second: str | os.PathLike[str],
     threshold: float,
+    verify: str | None = None,
     **options: Any,
 ) -> CopyVerdict:
-    """Similarity of two image files under the copy-detection descriptor, and the verdict at `threshold`.
+    """Similarity of two image files under the copy-detection descriptor, and the verdict.
 
     The copy app compares a query with indexed images, so `second` is indexed alone and `first` queried
-    against it with no threshold, which returns their similarity whatever it is.
+    against it with no threshold, which returns their similarity (and verified matches) whatever they are.
+
+    Args:
+        threshold: The similarity a copy reaches, without verification.
+        verify: A verifier of the copy app (``dino``, ``sift``): the verdict is then its calibrated minimum of
+            verified matches.
     """
     find = _app("apps.copy_detection.find", "copy")
     index = find.build_copy_index([second], model, **options)
-    (hit,) = find.find_copies([first], index, model, threshold=-np.inf, candidates=1, include_self=True, **options)[0]
-    return CopyVerdict(hit.score, threshold)
+    (hit,) = find.find_copies(
+        [first],
+        index,
+        model,
+        threshold=-np.inf,
+        candidates=1,
+        include_self=True,
+        verify=verify,
+        min_inliers=0,
+        **options,
+    )[0]
+    return CopyVerdict(hit.score, threshold, hit.inliers, find.DEFAULT_MIN_INLIERS[verify] if verify else None)
+
+
+def copy_min_matches(verifier: str) -> int:
+    """The copy app's calibrated minimum of verified matches for a copy, for `verifier`."""
+    return int(_app("apps.copy_detection.find", "copy").DEFAULT_MIN_INLIERS[verifier])
+
+
+def copy_verifier() -> str:
+    """The copy app's default verifier (what ``copy-detect find --verify`` uses)."""
+    return str(_app("apps.copy_detection.find", "copy").DEFAULT_VERIFIER)
 
 
 # ---------------------------------------------------------------------------- (d) video

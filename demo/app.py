@@ -253,9 +253,14 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
 
 # ---------------------------------------------------------------------------- (c) copy check
 def _verdict_text(verdict: adapters.CopyVerdict) -> str:
-    if verdict.is_copy:
-        return f"**Copy.** Similarity {verdict.similarity:.3f} ≥ threshold {verdict.threshold:.3f}."
-    return f"**Not a copy.** Similarity {verdict.similarity:.3f} < threshold {verdict.threshold:.3f}."
+    head = "**Copy.**" if verdict.is_copy else "**Not a copy.**"
+    relation = "≥" if verdict.is_copy else "<"
+    if verdict.matches is None:
+        return f"{head} Similarity {verdict.similarity:.3f} {relation} threshold {verdict.threshold:.3f}."
+    return (
+        f"{head} {verdict.matches} geometrically verified matches {relation} {verdict.min_matches}. "
+        f"Cosine similarity {verdict.similarity:.3f} (threshold {verdict.threshold:.3f} for the similarity alone)."
+    )
 
 
 def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any) -> None:
@@ -263,15 +268,21 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
     intro = (
         "Is one image an edited copy (crop, resize, recompression, colour change…) of another? Both are "
         "described with the copy-detection descriptor ([CLS] ⊕ GeM of the patch tokens at 320×320, the paper's "
-        "Copydays recipe) and their cosine similarity is compared with the copy-detection app's calibrated "
-        "threshold."
+        "Copydays recipe), and their local features are matched: the verdict counts the matches that one affine "
+        "map of A onto B explains (geometric verification, `copy-detect find --verify`), which also catches heavy "
+        "crops and partial copies whose overall similarity stays low."
     )
     if ready:
-        intro += f" Threshold: {settings.copy_threshold:.3f}"
+        verifier = adapters.copy_verifier()
+        intro += (
+            f" Verifier: `{verifier}`; a copy has at least {adapters.copy_min_matches(verifier)} verified matches "
+            "(the app's max-F1 count on its photo benchmark). The cosine similarity is shown beside it, with the "
+            f"app's threshold for the similarity alone, {settings.copy_threshold:.3f}"
+        )
         if settings.copy_threshold == adapters.copy_threshold():
             intro += (
-                " (the app's max-F1 threshold, calibrated for random ViT-S/16 weights; with other weights run "
-                "`dino copy-detect eval` on a benchmark and start the demo with `--copy-threshold`)"
+                " (calibrated for the shipped `default` weights; with other weights run `dino copy-detect eval` on "
+                "a benchmark and start the demo with `--copy-threshold`)"
             )
         intro += "."
     gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("copy")))
@@ -288,7 +299,10 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         inputs=[first, second],
         label="Sample pairs: an edited copy, and a different photo",
     )
-    gr.Markdown(f"### One image against the index\nThe likely copies of it among {settings.index_source}.")
+    gr.Markdown(
+        f"### One image against the index\nThe likely copies of it among {settings.index_source}, by cosine "
+        "similarity at the threshold (no verification, so that the search stays fast)."
+    )
     with gr.Row():
         with gr.Column(scale=1):
             suspect = photo_input("Image to check", elem_id="copy-suspect")
@@ -304,7 +318,14 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         for path, role in ((path_a, "image A"), (path_b, "image B")):
             _open_photo(path, role)  # a readable image, or a clear message before any model work
         result = adapters.compare_copies(
-            model, path_a, path_b, settings.copy_threshold, device=settings.device, num_workers=0, progress=False
+            model,
+            path_a,
+            path_b,
+            settings.copy_threshold,
+            verify=adapters.copy_verifier(),
+            device=settings.device,
+            num_workers=0,
+            progress=False,
         )
         return result.similarity, _verdict_text(result)
 

@@ -72,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument(
         "--copy-threshold",
         type=float,
-        help="cosine similarity from which Copy check says 'copy' (default: the copy-detection app's, calibrated "
-        "for the default weights; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
+        help="cosine similarity from which Copy check's index search reports a copy (the pair check decides by "
+        "verified matches and shows this threshold beside the similarity; default: the copy-detection app's, "
+        "calibrated for the default weights; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
     )
     add_weights_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")
