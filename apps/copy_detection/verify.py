@@ -164,13 +164,27 @@ def make_local_extractor(
     raise ValueError(f"unknown verifier {kind!r}; choose one of {', '.join(VERIFIERS)}")
 
 
-def mutual_nearest_neighbours(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j) where b[j] is a[i]'s most similar row and a[i] is b[j]'s (cosine of unit rows)."""
-    similarity = torch.from_numpy(a.astype(np.float32)) @ torch.from_numpy(b.astype(np.float32)).T
-    best_in_b = similarity.argmax(dim=1).numpy()
-    best_in_a = similarity.argmax(dim=0).numpy()
-    rows = np.flatnonzero(best_in_a[best_in_b] == np.arange(len(a)))
-    return rows, best_in_b[rows]
+def mutual_nearest_neighbours(a: np.ndarray, b: np.ndarray, max_entries: int = 2**26) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) where b[j] is a[i]'s most similar row and a[i] is b[j]'s (cosine of unit rows).
+
+    The similarity matrix is computed in blocks of rows of `a` holding at most `max_entries` entries (256 MB in
+    float32 by default), so that tens of thousands of tokens (a ViT/8 at large sides) fit in memory. Ties go to
+    the first index.
+    """
+    queries, keys = torch.from_numpy(a.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
+    best_in_b = torch.empty(len(a), dtype=torch.long)
+    best_for_b = torch.full((len(b),), -torch.inf)
+    best_in_a = torch.zeros(len(b), dtype=torch.long)
+    step = max(1, max_entries // max(1, len(b)))
+    for start in range(0, len(a), step):
+        similarity = queries[start : start + step] @ keys.T
+        best_in_b[start : start + step] = similarity.argmax(dim=1)
+        block_best, block_argmax = similarity.max(dim=0)
+        better = block_best > best_for_b  # strictly: an earlier block keeps its tie
+        best_for_b[better] = block_best[better]
+        best_in_a[better] = block_argmax[better] + start
+    rows = np.flatnonzero(best_in_a.numpy()[best_in_b.numpy()] == np.arange(len(a)))
+    return rows, best_in_b.numpy()[rows]
 
 
 def affine_inliers(

@@ -54,6 +54,14 @@ def test_mutual_nearest_neighbours_keep_only_pairs_that_choose_each_other() -> N
     # a0 <-> b0 (cos 1); a1's best is b2 (0.8) and b2's best is a2 (0.96), so a1 is unmatched; a2's best is b2.
     rows, columns = mutual_nearest_neighbours(a, b)
     assert rows.tolist() == [0, 2] and columns.tolist() == [0, 2]
+    # Computed in blocks of rows, the answer is the same, also on many random vectors.
+    for block_entries in (1, 3, 4):
+        assert [x.tolist() for x in mutual_nearest_neighbours(a, b, max_entries=block_entries)] == [[0, 2], [0, 2]]
+    rng = np.random.default_rng(0)
+    many_a, many_b = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(200, 8)).astype(np.float32)
+    whole = mutual_nearest_neighbours(many_a, many_b)
+    blocked = mutual_nearest_neighbours(many_a, many_b, max_entries=200 * 7)
+    assert len(whole[0]) > 20 and all(np.array_equal(x, y) for x, y in zip(whole, blocked, strict=True))
 
 
 def test_local_features_are_patch_centres_in_original_pixels() -> None:
