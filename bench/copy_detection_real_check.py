@@ -231,53 +231,35 @@ def run_find(work: Path, weights: str, threshold: float | None, verify: str | No
 
 
 def run_verify_calibration(work: Path, weights: str, verifier: str, candidates: int, options: dict) -> dict:
-    """Calibrate ``find --verify``'s inlier threshold on the benchmark written by :func:`run_eval`.
+    """Calibrate ``find --verify``'s minimum of matches on the benchmark written by :func:`run_eval`.
 
-    As ``find`` does, every query of every block but ``original`` takes its `candidates` most similar database
-    images by the unwhitened global descriptor and counts the verified patch matches with each; the pairs that
-    were not shortlisted score -1 (never a copy), so missed copies count against recall. The max-F1 inlier count
-    over all copy and non-copy pairs is the threshold.
+    The unwhitened descriptors of that run shortlist the candidates
+    (:func:`apps.copy_detection.evaluate.calibrate_verification`, what ``copy-detect eval --verify`` runs); the
+    inlier counts go to ``WORK/verify_inliers_<verifier>_<weights>.npy`` for further analysis.
     """
-    from apps.copy_detection.evaluate import _copy_pairs, calibrate_threshold
-    from apps.copy_detection.verify import count_inliers, make_local_extractor
+    from apps.copy_detection.evaluate import _copy_pairs, calibrate_verification
+    from apps.copy_detection.verify import make_local_extractor
 
     layout = read_copydays(work / "bench")
     with np.load(work / f"descriptors_{_slug(weights)}.npz") as saved:
-        database_raw, queries_raw = saved["database"], saved["queries"]
-    database_paths = list(layout.originals) + list_images(work / "distractors")
-    originals = len(layout.originals)
-    queries = finalize_descriptors(queries_raw[originals:], None)
-    _, shortlist = top_k_neighbours(queries, finalize_descriptors(database_raw, None), candidates)
-    is_copy = _copy_pairs(layout, len(database_paths))
-    model = load_backbone(weights)
-    local = make_local_extractor(verifier, model, device=options["device"])
+        descriptors = CopydaysDescriptors(saved["database"], saved["queries"], int(saved["distractors"]))
+    database_images = list(layout.originals) + list_images(work / "distractors")
+    local = make_local_extractor(verifier, load_backbone(weights), device=options["device"])
     start = time.time()
-    database_features = [local(path) for path in database_paths]
-    query_paths = layout.queries[originals:]
-    inliers = np.full(is_copy.shape, -1.0)
-    for row, path in enumerate(query_paths):
-        features = local(path)
-        for column in shortlist[row]:
-            inliers[row, column] = count_inliers(features, database_features[column])
-        if row % 40 == 0:
-            print(f"verified {row + 1}/{len(query_paths)} queries, {time.time() - start:.0f} s", flush=True)
-    seconds = time.time() - start
-    calibration = calibrate_threshold(inliers, is_copy)
-    copies, others = inliers[is_copy & (inliers >= 0)], inliers[~is_copy & (inliers >= 0)]
+    calibration, inliers = calibrate_verification(layout, descriptors, database_images, local, candidates)
+    is_copy = _copy_pairs(layout, len(database_images))
+    shortlisted = inliers >= 0
     result = {
         "weights": weights,
         "verifier": verifier,
         "candidates": candidates,
-        "seconds": round(seconds, 1),
+        "seconds": round(time.time() - start, 1),
         "calibration": vars(calibration),
-        "shortlisted_copy_pairs": int((is_copy & (inliers >= 0)).sum()),
-        "copy_inliers_quantiles_5_50_95": np.quantile(copies, [0.05, 0.5, 0.95]).tolist(),
-        "non_copy_inliers_quantiles_50_95_99_max": np.quantile(others, [0.5, 0.95, 0.99, 1.0]).tolist(),
-        "global_calibration_shortlisted": vars(
-            calibrate_threshold(
-                np.where(inliers >= 0, queries @ finalize_descriptors(database_raw, None).T, -1.0), is_copy
-            )
-        ),
+        "shortlisted_copy_pairs": int((is_copy & shortlisted).sum()),
+        "copy_inliers_quantiles_5_50_95": np.quantile(inliers[is_copy & shortlisted], [0.05, 0.5, 0.95]).tolist(),
+        "non_copy_inliers_quantiles_50_95_99_max": np.quantile(
+            inliers[~is_copy & shortlisted], [0.5, 0.95, 0.99, 1.0]
+        ).tolist(),
     }
     np.save(work / f"verify_inliers_{verifier}_{_slug(weights)}.npy", inliers)
     atomic_write_json(work / f"verify_calibration_{verifier}_{_slug(weights)}.json", result)

@@ -70,7 +70,8 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
         description="The Copydays protocol: every block of ROOT (original, strong, jpegqual/<q>, crops/<c>; "
         "sizes read from the folders) queries the originals plus optional distractors; each block's score is "
         "the mean Holidays AP over the top 20. Also prints the similarity threshold that best separates copy "
-        "pairs from non-copy pairs (to pass to 'copy-detect find --threshold').",
+        "pairs from non-copy pairs (to pass to 'copy-detect find --threshold'), and with --verify the minimum of "
+        "verified matches that does (for 'copy-detect find --verify --min-inliers').",
     )
     parser.add_argument("--copydays", required=True, metavar="ROOT", help="the Copydays-layout folder")
     parser.add_argument("--distractors", metavar="DIR", help="images added to the database (paper: 10k YFCC100M)")
@@ -80,6 +81,18 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
         "--size", type=int, default=COPY_DETECTION_SIZE, help="square resize side in pixels (default: %(default)s)"
     )
     parser.add_argument("--top-k", type=int, default=TOP_K, help="results scored per query (default: %(default)s)")
+    parser.add_argument(
+        "--verify",
+        choices=VERIFIERS,
+        help="also calibrate 'copy-detect find --verify' with this verifier: the minimum of verified matches "
+        "with the best F1, each query verifying its --candidates nearest database images as find does",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=DEFAULT_CANDIDATES,
+        help="with --verify, database images verified per query (default: %(default)s, as find)",
+    )
     parser.add_argument("--out", metavar="FILE", help="write the results as JSON")
     add_weights_arguments(parser, default=REFERENCE_WEIGHTS)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
@@ -105,6 +118,8 @@ def _eval(args: argparse.Namespace) -> int:
         whitening=whitening,
         recipe=recipe,
         top_k=args.top_k,
+        verify=args.verify,
+        candidates=args.candidates,
         **options,
     )
     print(format_table(report))

@@ -12,16 +12,19 @@ benchmark (:func:`calibrate_threshold`), which is how the default of ``copy-dete
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, CopydaysLayout, read_copydays
 from apps.copy_detection.metrics import TOP_K, block_map
+from apps.copy_detection.verify import LocalFeatures, count_inliers, make_local_extractor
 from dino.checkpoint import model_identity
 from dino.data.io import list_images
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe, l2_normalize
@@ -34,6 +37,7 @@ __all__ = [
     "CopydaysDescriptors",
     "CopydaysReport",
     "calibrate_threshold",
+    "calibrate_verification",
     "describe_copydays",
     "evaluate_copydays",
     "finalize_descriptors",
@@ -86,6 +90,7 @@ class CopydaysReport:
     backbone: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     top_k: int = TOP_K
+    verification: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +102,7 @@ class CopydaysReport:
             "whitening": self.whitening,
             "blocks": [vars(block) for block in self.blocks],
             "calibration": [vars(c) for c in self.calibration],
+            "verification": self.verification,
         }
 
 
@@ -252,6 +258,54 @@ def score_copydays(
     return score_blocks(layout, retrieved), _calibrations(similarity, _copy_pairs(layout, database.shape[0]))
 
 
+def calibrate_verification(
+    layout: CopydaysLayout,
+    descriptors: CopydaysDescriptors,
+    database_images: Sequence[str | os.PathLike[str]],
+    local: Callable[[str | os.PathLike[str]], LocalFeatures],
+    candidates: int,
+    whitening: Whitening | None = None,
+    progress: bool = True,
+) -> tuple[Calibration, np.ndarray]:
+    """The minimum of verified matches that best separates copies from non-copies, deciding as ``find --verify``.
+
+    Every query of every block but ``original`` shortlists its `candidates` most similar database images by the
+    descriptor (whitened as the index would be), and the verified matches of each shortlisted pair are counted
+    (:func:`apps.copy_detection.verify.count_inliers`). Pairs outside the shortlist score -1, so copies the
+    shortlist misses count against recall.
+
+    Args:
+        layout, descriptors: The benchmark and its raw descriptors (:func:`describe_copydays`).
+        database_images: The database files in the order of ``descriptors.database`` (originals, distractors).
+        local: Local features of an image file (:func:`apps.copy_detection.verify.make_local_extractor`).
+        candidates: Database images verified per query.
+        whitening: The index's whitening, if any.
+        progress: Show a progress bar over the queries.
+
+    Returns:
+        The max-F1 calibration (its ``threshold`` is the minimum of matches), and the (queries, database) matches.
+    """
+    if len(database_images) != descriptors.database.shape[0]:
+        raise ValueError(f"{len(database_images)} database images for {descriptors.database.shape[0]} descriptors")
+    originals = len(layout.originals)
+    queries = finalize_descriptors(descriptors.queries[originals:], whitening)
+    _, shortlist = top_k_neighbours(queries, finalize_descriptors(descriptors.database, whitening), candidates)
+    is_copy = _copy_pairs(layout, len(database_images))
+    inliers = np.full(is_copy.shape, -1.0)
+    database_features: OrderedDict[int, LocalFeatures] = OrderedDict()  # the most recently used 256
+    query_images = layout.queries[originals:]
+    for row, path in enumerate(tqdm(query_images, desc="verifying", unit="query", disable=not progress)):
+        features = local(path)
+        for column in map(int, shortlist[row]):
+            if column not in database_features:
+                database_features[column] = local(database_images[column])
+                if len(database_features) > 256:
+                    database_features.popitem(last=False)
+            database_features.move_to_end(column)
+            inliers[row, column] = count_inliers(features, database_features[column])
+    return calibrate_threshold(inliers, is_copy), inliers
+
+
 def evaluate_copydays(
     root: str | os.PathLike[str],
     model: VisionTransformer,
@@ -260,6 +314,8 @@ def evaluate_copydays(
     centered_whitening: bool = False,
     recipe: DescriptorRecipe | None = None,
     top_k: int = TOP_K,
+    verify: str | None = None,
+    candidates: int = 10,
     **extractor_options: Any,
 ) -> CopydaysReport:
     """Run the Copydays protocol on a Copydays-layout folder.
@@ -273,6 +329,9 @@ def evaluate_copydays(
         centered_whitening: Fit a centred PCA-whitening instead of the reference's uncentred one.
         recipe: The descriptor; the reference's copy-detection recipe by default.
         top_k: Results scored per query.
+        verify: Also calibrate ``find --verify`` with this verifier (``dino``, ``sift``):
+            :func:`calibrate_verification` over `candidates` per query.
+        candidates: Database images verified per query.
         **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
     """
     layout = read_copydays(root)
@@ -285,6 +344,15 @@ def evaluate_copydays(
         whitening = load_or_fit_whitening(whitening, extractor, centered=centered_whitening)
     descriptors = describe_copydays(layout, extractor, distractor_images)
     blocks, calibration = score_copydays(layout, descriptors, whitening, top_k)
+    verification = None
+    if verify is not None:
+        runtime = {key: extractor_options[key] for key in ("device", "dtype") if key in extractor_options}
+        local = make_local_extractor(verify, model, **runtime)
+        database_images = list(layout.originals) + list(distractor_images)
+        verified, _ = calibrate_verification(
+            layout, descriptors, database_images, local, candidates, whitening, extractor_options.get("progress", True)
+        )
+        verification = {"verifier": verify, "candidates": candidates, "calibration": vars(verified)}
     return CopydaysReport(
         benchmark=str(root),
         blocks=blocks,
@@ -294,6 +362,7 @@ def evaluate_copydays(
         backbone=model_identity(model),
         recipe=recipe.as_dict(),
         top_k=top_k,
+        verification=verification,
     )
 
 
@@ -333,5 +402,12 @@ def format_table(report: CopydaysReport) -> str:
         lines.append(
             f"copy threshold ({c.criterion}): {c.threshold:.4f}  precision {c.precision:.3f}  recall {c.recall:.3f}"
             f"  F1 {c.f1:.3f}  ({c.positives} copy / {c.negatives} non-copy pairs)"
+        )
+    if report.verification is not None:
+        v, c = report.verification, report.verification["calibration"]
+        lines.append(
+            f"verified matches ({v['verifier']}, {v['candidates']} candidates, {c['criterion']}): "
+            f"{c['threshold']:.0f}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}"
+            "  (to pass to 'copy-detect find --verify --min-inliers')"
         )
     return "\n".join(lines)

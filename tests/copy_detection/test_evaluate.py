@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from apps.copy_detection.copydays import CopydaysLayout, QueryBlock
+from apps.copy_detection.copydays import CopydaysLayout, QueryBlock, read_copydays
 from apps.copy_detection.evaluate import (
     CopydaysDescriptors,
     calibrate_threshold,
+    calibrate_verification,
+    describe_copydays,
     finalize_descriptors,
     score_copydays,
 )
+from apps.copy_detection.generate import make_benchmark
+from apps.copy_detection.verify import SiftFeatureExtractor
 from dino import cli
+from dino.checkpoint import load_backbone
+from dino.data.io import list_images
+from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.whitening import Whitening
 from tests.copy_detection.test_metrics import reference_score_ap_from_ranks_1
 
@@ -137,9 +144,45 @@ def test_eval_cli_end_to_end(photos: Path, tmp_path: Path, capsys) -> None:
     assert result["whitening"]["images"] == 2 and result["whitening"]["centered"] is False
     assert result["recipe"]["pooling"] == "cls+gem" and result["recipe"]["size"] == 32
 
-    # The saved whitening gives the same scores as fitting it again.
+    # The saved whitening gives the same scores as fitting it again; --verify adds find --verify's calibration.
     again = tmp_path / "again.json"
-    assert cli.main(argv + ["--whitening", str(tmp_path / "w.npz"), "--out", str(again)]) == 0
-    assert json.loads(again.read_text())["blocks"] == result["blocks"]
+    verify = ["--verify", "sift", "--candidates", "2"]
+    assert cli.main(argv + ["--whitening", str(tmp_path / "w.npz"), "--out", str(again)] + verify) == 0
+    assert "verified matches (sift, 2 candidates, max_f1)" in capsys.readouterr().out
+    rerun = json.loads(again.read_text())
+    assert rerun["blocks"] == result["blocks"] and result["verification"] is None
+    verification = rerun["verification"]
+    assert (verification["verifier"], verification["candidates"]) == ("sift", 2)
+    # 38 queries (2 strong, 18 JPEG, 18 crops), one positive each, against a database of 3 images.
+    assert (verification["calibration"]["positives"], verification["calibration"]["negatives"]) == (38, 76)
     # A missing benchmark is a user error (exit 2), not a traceback.
     assert cli.main(["copy-detect", "eval", "--copydays", str(tmp_path / "nope")] + common) == 2
+
+
+@pytest.mark.slow
+def test_calibrate_verification_verifies_only_the_shortlist(photos: Path, tmp_path: Path) -> None:
+    bench, distractors = tmp_path / "bench", tmp_path / "distractors"
+    make_benchmark(sorted(photos.iterdir()), bench, seed=0, originals=2, distractors_out=distractors)
+    layout = read_copydays(bench)
+    database_images = list(layout.originals) + list_images(distractors)
+    extractor = DescriptorExtractor(load_backbone("random:vit_tiny/16"), DescriptorRecipe.copy_detection(32))
+    descriptors = describe_copydays(layout, extractor, list_images(distractors))
+    described: list[str] = []
+    sift = SiftFeatureExtractor()
+
+    def local(path):
+        described.append(str(path))
+        return sift(path)
+
+    calibration, inliers = calibrate_verification(layout, descriptors, database_images, local, 1, progress=False)
+    queries = len(layout.queries) - len(layout.originals)
+    assert inliers.shape == (queries, len(database_images))
+    # One candidate per query is verified; the rest score -1, and copies outside the shortlist are misses.
+    assert ((inliers >= 0).sum(axis=1) == 1).all() and set(np.unique(inliers[inliers < 0])) == {-1.0}
+    assert calibration.positives == queries and calibration.recall <= 1.0
+    # Every query is described once, every database image at most once (kept for the next queries).
+    assert all(described.count(str(path)) == 1 for path in layout.queries[len(layout.originals) :])
+    assert all(described.count(str(path)) <= 1 for path in database_images)
+    assert len(described) <= queries + len(database_images)
+    with pytest.raises(ValueError, match="database images for"):
+        calibrate_verification(layout, descriptors, database_images[:-1], local, 1)
