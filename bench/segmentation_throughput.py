@@ -16,13 +16,13 @@ import json
 import os
 import platform
 import time
-from contextlib import nullcontext
 
 import torch
 
 from apps.segmentation.masks import DEFAULT_THRESHOLD, cls_attention_maps, threshold_attention, upsample_nearest
 from apps.segmentation.ncut import ncut_foreground
 from dino.checkpoint import load_backbone
+from dino.features import autocast_context, autocast_dtype
 
 
 def time_masks(model: torch.nn.Module, batch_size: int, size: int, args: argparse.Namespace) -> float:
@@ -30,8 +30,7 @@ def time_masks(model: torch.nn.Module, batch_size: int, size: int, args: argpars
     device = torch.device(args.device)
     images = torch.randn(batch_size, 3, size, size, device=device)
     grid = model.grid_size(size, size)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    context = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    context = autocast_context(device, autocast_dtype(device, args.dtype))
 
     def step() -> torch.Tensor:
         with torch.inference_mode(), context:

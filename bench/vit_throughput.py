@@ -15,7 +15,6 @@ import resource
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -31,13 +30,13 @@ PATHS = ("sdpa", "explicit")
 
 def run_one(arch: str, patch: int, height: int, width: int, path: str, args: argparse.Namespace) -> dict:
     """Time `iters` forward passes after `warmup` ones; returns images/s and peak memory in MiB."""
+    from dino.features import autocast_context, autocast_dtype
     from dino.models import build_vit
 
     device = torch.device(args.device)
     model = build_vit(arch, patch).eval().to(device)
     x = torch.randn(args.batch_size, 3, height, width, device=device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    context = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    context = autocast_context(device, autocast_dtype(device, args.dtype))
 
     def forward() -> torch.Tensor:
         if path == "sdpa":

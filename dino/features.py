@@ -23,6 +23,7 @@ __all__ = [
     "BatchFeatures",
     "FeatureExtractor",
     "Features",
+    "autocast_context",
     "autocast_dtype",
     "pick_device",
     "torch_dtype",
@@ -48,6 +49,11 @@ def pick_device(preference: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """``torch.autocast`` on `device` with `dtype`, or a no-op context for None (plain fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def autocast_dtype(device: torch.device, dtype: DTypeName = "auto") -> torch.dtype | None:
@@ -160,7 +166,7 @@ class FeatureExtractor:
 
     def autocast(self) -> AbstractContextManager:
         """The autocast context of the chosen device and dtype (a no-op for fp32)."""
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        return autocast_context(self.device, self.autocast_dtype)
 
     def iter_images(
         self, images: Sequence[str | os.PathLike[str] | Image.Image], desc: str = "features"

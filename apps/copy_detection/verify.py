@@ -31,7 +31,7 @@ from PIL import Image
 
 from dino.data.io import open_image
 from dino.data.transforms import normalize
-from dino.features import DTypeName, autocast_dtype, pick_device
+from dino.features import DTypeName, autocast_context, autocast_dtype, pick_device
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = [
@@ -115,7 +115,7 @@ class PatchTokenExtractor:
             rows = max(1, round(height * scale / patch))
             resized = image.resize((columns * patch, rows * patch), Image.Resampling.BICUBIC)
             batch = self._to_tensor(resized).unsqueeze(0).to(self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            with autocast_context(self.device, self.autocast_dtype):
                 tokens = self.model.forward_to_block(batch, self.block)[0, 1:]
             descriptors.append(F.normalize(tokens.float(), dim=-1).cpu().numpy().astype(np.float16))
             ys, xs = np.mgrid[0:rows, 0:columns]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ from torch import Tensor
 
 from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, downscale_mask, one_hot
 from apps.video_seg.propagation import LabelPropagator, PropagationConfig, labels_from_soft_mask
+from dino.features import autocast_context
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["patch_features", "segment_frames"]
@@ -23,8 +23,7 @@ def patch_features(model: VisionTransformer, frame: Tensor, autocast: torch.dtyp
     `frame` is (3, H, W) on the model's device; one forward per frame, as the reference.
     """
     device = frame.device
-    context = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
-    with context:
+    with autocast_context(device, autocast):
         tokens = model.get_intermediate_layers(frame[None], n=1)[0]
     return tokens[0, 1:].float()
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from dino.checkpoint import atomic_torch_save
 from dino.data.datasets import ImageFolderDataset
 from dino.data.transforms import knn_transform, normalize
-from dino.features import autocast_dtype, pick_device
+from dino.features import autocast_context, autocast_dtype, pick_device
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["LinearClassifier", "LinearResult", "linear_features", "run_linear"]
@@ -121,7 +121,7 @@ def run_linear(
     cast = autocast_dtype(torch_device, dtype)  # type: ignore[arg-type]
 
     def autocast():
-        return torch.autocast(torch_device.type, dtype=cast, enabled=cast is not None)
+        return autocast_context(torch_device, cast)
 
     result = LinearResult(best_top1=-1.0, best_epoch=-1)
     for epoch in tqdm(range(epochs), desc="linear", disable=not progress):

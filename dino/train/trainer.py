@@ -12,7 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from dino.data.multicrop import DataAugmentationDINO, MultiCropDataset
 from dino.data.samplers import EpochBatchSampler
+from dino.features import autocast_context
 from dino.layers.dino_head import DINOHead
 from dino.loss import DINOLoss
 from dino.models.vision_transformer import ARCHITECTURES, build_vit
@@ -131,9 +132,7 @@ class _Precision:
     scaler: torch.amp.GradScaler | None
 
     def autocast(self, device: torch.device) -> Any:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=self.autocast_dtype)
+        return autocast_context(device, self.autocast_dtype)
 
 
 def _precision(name: str, device: torch.device) -> _Precision:
