@@ -221,7 +221,7 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
         "find",
         help="which indexed images are copies of these images",
         description="Print, for each query image, the indexed images whose similarity reaches the threshold, "
-        "best first; with --verify, those of the nearest candidates with enough geometrically verified patch "
+        "best first; with --verify, those of the nearest candidates with enough geometrically verified local "
         "matches, most matches first. The query file itself is left out when it is indexed. The backbone is the "
         "one recorded in the index (its weights source) unless --weights is given.",
     )
