@@ -244,7 +244,7 @@ def run_verify_calibration(work: Path, weights: str, verifier: str, candidates: 
     with np.load(work / f"descriptors_{_slug(weights)}.npz") as saved:
         descriptors = CopydaysDescriptors(saved["database"], saved["queries"], int(saved["distractors"]))
     database_images = list(layout.originals) + list_images(work / "distractors")
-    local = make_local_extractor(verifier, load_backbone(weights), device=options["device"])
+    local = make_local_extractor(verifier, load_backbone(weights), **options)
     start = time.time()
     calibration, inliers = calibrate_verification(layout, descriptors, database_images, local, candidates)
     is_copy = _copy_pairs(layout, len(database_images))

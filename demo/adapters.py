@@ -247,7 +247,7 @@ def compare_copies(
         min_inliers=0,
         **options,
     )[0]
-    return CopyVerdict(hit.score, threshold, hit.inliers, find.DEFAULT_MIN_INLIERS[verify] if verify else None)
+    return CopyVerdict(hit.score, threshold, hit.inliers, copy_min_matches(verify) if verify else None)
 
 
 def copy_min_matches(verifier: str) -> int:

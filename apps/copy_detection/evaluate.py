@@ -12,7 +12,6 @@ benchmark (:func:`calibrate_threshold`), which is how the default of ``copy-dete
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, CopydaysLayout, read_copydays
 from apps.copy_detection.metrics import TOP_K, block_map
-from apps.copy_detection.verify import LocalFeatures, count_inliers, make_local_extractor
+from apps.copy_detection.verify import FeatureCache, LocalFeatures, count_inliers, make_local_extractor
 from dino.checkpoint import model_identity
 from dino.data.io import list_images
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe, l2_normalize
@@ -292,17 +291,12 @@ def calibrate_verification(
     _, shortlist = top_k_neighbours(queries, finalize_descriptors(descriptors.database, whitening), candidates)
     is_copy = _copy_pairs(layout, len(database_images))
     inliers = np.full(is_copy.shape, -1.0)
-    database_features: OrderedDict[int, LocalFeatures] = OrderedDict()  # the most recently used 256
+    database_features = FeatureCache(local)
     query_images = layout.queries[originals:]
     for row, path in enumerate(tqdm(query_images, desc="verifying", unit="query", disable=not progress)):
         features = local(path)
         for column in map(int, shortlist[row]):
-            if column not in database_features:
-                database_features[column] = local(database_images[column])
-                if len(database_features) > 256:
-                    database_features.popitem(last=False)
-            database_features.move_to_end(column)
-            inliers[row, column] = count_inliers(features, database_features[column])
+            inliers[row, column] = count_inliers(features, database_features(database_images[column]))
     return calibrate_threshold(inliers, is_copy), inliers
 
 
@@ -346,8 +340,7 @@ def evaluate_copydays(
     blocks, calibration = score_copydays(layout, descriptors, whitening, top_k)
     verification = None
     if verify is not None:
-        runtime = {key: extractor_options[key] for key in ("device", "dtype") if key in extractor_options}
-        local = make_local_extractor(verify, model, **runtime)
+        local = make_local_extractor(verify, model, **extractor_options)
         database_images = list(layout.originals) + list(distractor_images)
         verified, _ = calibrate_verification(
             layout, descriptors, database_images, local, candidates, whitening, extractor_options.get("progress", True)

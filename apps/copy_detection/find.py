@@ -25,7 +25,7 @@ the same way, with find's shortlist of 10 candidates per query (``bench/copy_det
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from apps.copy_detection.evaluate import load_or_fit_whitening
-from apps.copy_detection.verify import LocalFeatures, count_inliers, make_local_extractor
+from apps.copy_detection.verify import FeatureCache, LocalFeatures, count_inliers, make_local_extractor
 from dino.checkpoint import load_backbone
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
@@ -66,7 +66,7 @@ DEFAULT_VERIFIER = "dino"
 
 class CopyHit(NamedTuple):
     """A likely copy: the indexed image, its cosine similarity to the query, its rank among the candidates by
-    that similarity (0 = best), and its verified patch matches (None without verification)."""
+    that similarity (0 = best), and its verified local matches (None without verification)."""
 
     path: str
     score: float
@@ -150,7 +150,8 @@ def find_copies(
     """
     if not queries:
         raise ValueError("no query images")
-    local = _LocalFeatureCache(verify, model, extractor_options) if verify is not None else None
+    local = make_local_extractor(verify, model, **extractor_options) if verify is not None else None
+    indexed = FeatureCache(_indexed_file_reader(local)) if local is not None else None
     if verify is not None and min_inliers is None:
         min_inliers = DEFAULT_MIN_INLIERS[verify]
     results = search_images(index, queries, model, k=min(candidates, len(index)), **extractor_options)
@@ -162,29 +163,21 @@ def find_copies(
         if local is None:
             copies.append([CopyHit(*hit) for hit in hits if hit.score >= threshold])
             continue
-        query_features = local.describe(query)
-        verified = [CopyHit(*hit, inliers=count_inliers(query_features, local.candidate(hit.path))) for hit in hits]
+        query_features = local(query)
+        verified = [CopyHit(*hit, inliers=count_inliers(query_features, indexed(hit.path))) for hit in hits]
         copies.append(sorted((h for h in verified if h.inliers >= min_inliers), key=lambda h: (-h.inliers, h.rank)))
     return copies
 
 
-class _LocalFeatureCache:
-    """Local features of queries, and of indexed images computed once per call."""
+def _indexed_file_reader(local: Callable[[str], LocalFeatures]) -> Callable[[str], LocalFeatures]:
+    """`local` for indexed files, with an error that says what to do when one has gone."""
 
-    def __init__(self, kind: str, model: VisionTransformer, extractor_options: dict[str, Any]) -> None:
-        options = {key: extractor_options[key] for key in ("device", "dtype") if key in extractor_options}
-        self.extractor = make_local_extractor(kind, model, **options)
-        self.indexed: dict[str, LocalFeatures] = {}
+    def read(path: str) -> LocalFeatures:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path}: indexed image not found; verification reads the indexed files (rebuild the index "
+                "with 'copy-detect index', or run without verification)"
+            )
+        return local(path)
 
-    def describe(self, image: str | os.PathLike[str] | Image.Image) -> LocalFeatures:
-        return self.extractor(image)
-
-    def candidate(self, path: str) -> LocalFeatures:
-        if path not in self.indexed:
-            if not Path(path).is_file():
-                raise FileNotFoundError(
-                    f"{path}: indexed image not found; verification reads the indexed files (rebuild the index "
-                    "with 'copy-detect index', or run without verification)"
-                )
-            self.indexed[path] = self.extractor(path)
-        return self.indexed[path]
+    return read

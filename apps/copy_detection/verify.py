@@ -20,8 +20,10 @@ Two kinds of local features (:data:`VERIFIERS`):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_SIDES",
     "DEFAULT_TOLERANCE",
     "VERIFIERS",
+    "FeatureCache",
     "LocalFeatures",
     "PatchTokenExtractor",
     "SiftFeatureExtractor",
@@ -154,14 +157,38 @@ class SiftFeatureExtractor:
 
 
 def make_local_extractor(
-    kind: str, model: VisionTransformer, device: str = "auto", dtype: DTypeName = "auto"
+    kind: str, model: VisionTransformer, **extractor_options: Any
 ) -> PatchTokenExtractor | SiftFeatureExtractor:
-    """The local-feature extractor of a verifier in :data:`VERIFIERS` (`model`, `device`, `dtype`: for ``dino``)."""
+    """The local-feature extractor of a verifier in :data:`VERIFIERS`.
+
+    `model` and the ``device`` and ``dtype`` of `extractor_options` serve ``dino``; the other options of the
+    global-descriptor extractor (batch size, workers, progress) do not apply to one image at a time and are ignored.
+    """
     if kind == "dino":
-        return PatchTokenExtractor(model, device=device, dtype=dtype)
+        runtime = {key: extractor_options[key] for key in ("device", "dtype") if key in extractor_options}
+        return PatchTokenExtractor(model, **runtime)
     if kind == "sift":
         return SiftFeatureExtractor()
     raise ValueError(f"unknown verifier {kind!r}; choose one of {', '.join(VERIFIERS)}")
+
+
+class FeatureCache:
+    """Local features of image files, each computed once and kept for the `capacity` most recently used files
+    (a ViT-T's multi-scale tokens take about 1.6 MB per image)."""
+
+    def __init__(self, extractor: Callable[[str | os.PathLike[str]], LocalFeatures], capacity: int = 256) -> None:
+        self.extractor = extractor
+        self.capacity = capacity
+        self._features: OrderedDict[str, LocalFeatures] = OrderedDict()
+
+    def __call__(self, path: str | os.PathLike[str]) -> LocalFeatures:
+        key = str(path)
+        if key not in self._features:
+            self._features[key] = self.extractor(path)
+            if len(self._features) > self.capacity:
+                self._features.popitem(last=False)
+        self._features.move_to_end(key)
+        return self._features[key]
 
 
 def mutual_nearest_neighbours(a: np.ndarray, b: np.ndarray, max_entries: int = 2**26) -> tuple[np.ndarray, np.ndarray]:
