@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, CopydaysLayout, read_copydays
 from apps.copy_detection.metrics import TOP_K, block_map
-from apps.copy_detection.verify import FeatureCache, LocalFeatures, count_inliers, make_local_extractor
+from apps.copy_detection.verify import (
+    DEFAULT_CANDIDATES,
+    FeatureCache,
+    LocalFeatures,
+    count_inliers,
+    make_local_extractor,
+)
 from dino.checkpoint import model_identity
 from dino.data.io import list_images
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe, l2_normalize
@@ -309,7 +315,7 @@ def evaluate_copydays(
     recipe: DescriptorRecipe | None = None,
     top_k: int = TOP_K,
     verify: str | None = None,
-    candidates: int = 10,
+    candidates: int = DEFAULT_CANDIDATES,
     **extractor_options: Any,
 ) -> CopydaysReport:
     """Run the Copydays protocol on a Copydays-layout folder.

@@ -33,7 +33,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from apps.copy_detection.evaluate import load_or_fit_whitening
-from apps.copy_detection.verify import FeatureCache, LocalFeatures, count_inliers, make_local_extractor
+from apps.copy_detection.verify import (
+    DEFAULT_CANDIDATES,
+    FeatureCache,
+    LocalFeatures,
+    count_inliers,
+    make_local_extractor,
+)
 from dino.checkpoint import load_backbone
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
@@ -55,8 +61,6 @@ __all__ = [
 # The max-F1 copy/non-copy threshold of the `default` weights, unwhitened, on the real-check benchmark (0.9846:
 # precision 0.928, recall 0.707 over 420 copy and 13,440 non-copy pairs); see the module docstring.
 DEFAULT_THRESHOLD = 0.985
-# Nearest indexed images examined per query before thresholding.
-DEFAULT_CANDIDATES = 10
 # With verification, per verifier, the max-F1 number of verified matches on the same benchmark (`dino`: with the
 # `default` weights' patch tokens).
 DEFAULT_MIN_INLIERS = {"dino": 42, "sift": 50}

@@ -37,6 +37,7 @@ from dino.features import DTypeName, autocast_context, autocast_dtype, pick_devi
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = [
+    "DEFAULT_CANDIDATES",
     "DEFAULT_SIDES",
     "DEFAULT_TOLERANCE",
     "VERIFIERS",
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 VERIFIERS = ("dino", "sift")
+
+# Nearest images by the global descriptor that a query examines (verifies, with verification): find's shortlist,
+# and the one the calibration of its verified-match threshold must use.
+DEFAULT_CANDIDATES = 10
 
 # Longer image sides the tokens are computed at: a copy may show the content 3x larger or smaller.
 DEFAULT_SIDES = (320, 640, 960)
