@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dino.cli import add_weights_arguments, backbone_from_args
+from dino.cli import add_weights_arguments, backbone_from_args, positive_int
 
 __all__ = ["register"]
 
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     server.add_argument(
         "--concurrency",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CONCURRENCY,
         help="model computations run at once over all users; others wait in a queue (default: %(default)s)",
     )
@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--cache-dir", help="where sample files are written (default: ~/.cache/dino-suite/demo)")
     data.add_argument(
         "--max-video-frames",
-        type=int,
+        type=positive_int,
         default=DEFAULT_MAX_VIDEO_FRAMES,
         help="longer videos are cut to this many frames, with a notice (default: %(default)s)",
     )

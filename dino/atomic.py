@@ -6,6 +6,7 @@ A crash, a full disk or an exception leaves the previous file (or no file) in pl
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -52,10 +53,21 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write `data` as indented JSON, atomically."""
+    """Write `data` as indented JSON, atomically; NaN and infinities become null (JSON has no such numbers, and
+    strict readers such as ``JSON.parse`` refuse Python's ``NaN``)."""
     with atomic_write(path, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
+        json.dump(_finite_or_null(data), handle, indent=2, sort_keys=False, allow_nan=False)
         handle.write("\n")
+
+
+def _finite_or_null(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite_or_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(value) for value in data]
+    return data
 
 
 @contextmanager

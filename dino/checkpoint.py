@@ -52,6 +52,9 @@ DEFAULT_WEIGHTS = "default"
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 RANDOM_SOURCE = "random"
 RANDOM_INIT_SEED = 0
+# How torch.save files begin: a zip archive (PyTorch ≥ 1.6), or a pickle (protocol ≥ 2, the legacy format).
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_OPCODE = b"\x80"
 # Keys of a full checkpoint that hold weights, in the order they are tried after `checkpoint_key`.
 WRAPPER_KEYS = ("state_dict", "model")
 # Prefixes that wrappers add in front of the backbone keys (DDP, MultiCropWrapper, timm-style `encoder.`).
@@ -138,6 +141,10 @@ def load_checkpoint_file(path: str | os.PathLike[str], weights_only: bool = True
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
+    with open(path, "rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+    if not (head == ZIP_MAGIC or head[:1] == PICKLE_PROTOCOL_OPCODE):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save archive nor a pickle)")
     try:
         if weights_only:
             with torch.serialization.safe_globals([argparse.Namespace]):
@@ -149,7 +156,8 @@ def load_checkpoint_file(path: str | os.PathLike[str], weights_only: bool = True
                 f"{path}: the file contains Python objects beyond tensors, so it was not loaded with "
                 "weights_only=True. If you trust the file, load it with weights_only=False (CLI: --unsafe-load)."
             ) from error
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
 
 
 def backbone_state_dict(
@@ -222,7 +230,8 @@ def load_backbone(
         **model_kwargs: Passed to the model constructor (e.g. ``pos_embed_interpolation``).
 
     Returns:
-        The backbone in eval mode, with ``weights_source`` set to a description of `source`.
+        The backbone in eval mode, with ``weights_source`` set to `source` (a file as an absolute path) and
+        ``checkpoint_key`` to `checkpoint_key`: what :func:`model_identity` records to load it again.
 
     Raises:
         FileNotFoundError: `source` is neither a release name nor an existing file.
@@ -230,6 +239,7 @@ def load_backbone(
         WeightsUnavailableError: A release could not be downloaded.
     """
     text = os.fspath(source)
+    described_as = text
     if text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
         model = _random_backbone(text, arch, patch_size, model_kwargs)
     else:
@@ -240,11 +250,14 @@ def load_backbone(
             state = backbone_state_dict(load_checkpoint_file(bundled_weights(text)["path"]), checkpoint_key, text)
         else:
             state = backbone_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
+            # Absolute, so that an index or results file names weights that load from any working directory.
+            described_as = os.path.abspath(text)
         model = _model_for_state_dict(state, arch, patch_size, text, model_kwargs)
         _load_strict(model, state, text)
         if text in RELEASES and (model.patch_size, _arch_name(model)) != (release.patch_size, release.arch):
             raise CheckpointError(f"{text}: downloaded weights do not match the release's architecture")
-    model.weights_source = text  # type: ignore[assignment]
+    model.weights_source = described_as  # type: ignore[assignment]
+    model.checkpoint_key = checkpoint_key  # type: ignore[assignment]
     return model.eval()
 
 
@@ -362,9 +375,11 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 
 
 def model_identity(model: VisionTransformer) -> dict[str, Any]:
-    """What identifies a backbone in index manifests and whitening files: source, architecture, checksum."""
+    """What identifies a backbone in index manifests and whitening files: source (the weights and the network
+    taken from a full checkpoint), architecture, checksum."""
     return {
         "weights": str(getattr(model, "weights_source", "")),
+        "checkpoint_key": str(getattr(model, "checkpoint_key", "teacher")),
         "arch": _arch_name(model),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +34,75 @@ from dino.data.transforms import PREPROCESSING, make_transform
 from dino.features import FeatureExtractor, pick_device
 from dino.models.vision_transformer import VisionTransformer
 
-__all__ = ["add_runtime_arguments", "add_weights_arguments", "backbone_from_args", "extractor_options", "main"]
+__all__ = [
+    "INDEX_WEIGHTS",
+    "add_runtime_arguments",
+    "add_weights_arguments",
+    "backbone_from_args",
+    "extractor_options",
+    "main",
+]
 
 ENTRY_POINT_GROUP = "dino.commands"
 # Errors a user can fix from the message alone: printed without a traceback.
-USER_ERRORS = (CheckpointError, WeightsUnavailableError, ImageLoadError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (
+    CheckpointError,
+    WeightsUnavailableError,
+    ImageLoadError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+)
+
+
+# ---------------------------------------------------------------------------- argument types
+# Checked while parsing, so that a wrong value is refused before any image is read or any model is loaded.
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    value = _parsed(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    value = _parsed(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _parsed(text, float, "a number")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a number above 0")
+    return value
+
+
+def output_file(text: str) -> str:
+    """argparse type: a file to write, which must not be an existing folder."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of a file to write")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """argparse type: a folder to write into, which must not be an existing file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file; give the path of a folder to write into")
+    return text
+
+
+def _parsed(text: str, kind: Callable[[str], Any], what: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not {what}") from None
 
 
 # ---------------------------------------------------------------------------- shared arguments
@@ -48,14 +114,26 @@ WEIGHTS_HELP = (
 )
 
 
-def add_weights_arguments(parser: argparse.ArgumentParser, default: str | None = DEFAULT_WEIGHTS) -> None:
-    """The backbone options every verb shares: --weights, --arch, --patch-size, --checkpoint-key, --unsafe-load."""
+# What --weights means in verbs that read an index (default None): the index's own backbone.
+INDEX_WEIGHTS = "the weights the index was built with, read from its manifest"
+
+
+def add_weights_arguments(
+    parser: argparse.ArgumentParser, default: str | None = DEFAULT_WEIGHTS, default_means: str | None = None
+) -> None:
+    """The backbone options every verb shares: --weights, --arch, --patch-size, --checkpoint-key, --unsafe-load.
+
+    Args:
+        parser: The verb's parser.
+        default: The --weights value when it is not given.
+        default_means: How --help describes that default (`default` itself when None).
+    """
     group = parser.add_argument_group("backbone")
-    group.add_argument("--weights", default=default, help=WEIGHTS_HELP + " (default: %(default)s)")
+    group.add_argument("--weights", default=default, help=f"{WEIGHTS_HELP} (default: {default_means or '%(default)s'})")
     group.add_argument(
         "--arch", choices=["vit_tiny", "vit_small", "vit_base"], help="inferred from the weights when omitted"
     )
-    group.add_argument("--patch-size", type=int, help="inferred from the weights when omitted")
+    group.add_argument("--patch-size", type=positive_int, help="inferred from the weights when omitted")
     _add_file_loading_arguments(group)
 
 
@@ -82,9 +160,11 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32)
         help="auto = bf16 autocast on CUDA, fp32 elsewhere",
     )
     group.add_argument(
-        "--batch-size", type=int, default=batch_size, help="images per forward pass (default: %(default)s)"
+        "--batch-size", type=positive_int, default=batch_size, help="images per forward pass (default: %(default)s)"
     )
-    group.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: %(default)s)")
+    group.add_argument(
+        "--workers", type=non_negative_int, default=2, help="image-decoding worker processes (default: %(default)s)"
+    )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -170,10 +250,14 @@ def extract_features_to_file(
     A JSON sidecar (same name, ``.json``) lists the image paths in row order and the recipe. Both files
     are written atomically.
     """
+    if Path(out).suffix.lower() == ".json":
+        raise ValueError(
+            f"{out}: the features are written as .npy and the image list as .json beside them; give a .npy path"
+        )
+    transform = make_transform(preprocessing, size, model.patch_size)
     paths = list_images(inputs)
     if not paths:
         raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
-    transform = make_transform(preprocessing, size, model.patch_size)
     extractor = FeatureExtractor(model, transform, **extractor_options)  # type: ignore[arg-type]
     features = extractor.extract(paths, patch_tokens=what == "patch")
     array = features.cls if what == "cls" else features.patch_tokens
@@ -244,7 +328,9 @@ def _register_core(subparsers: argparse._SubParsersAction) -> None:
         ".npy array, with a .json sidecar listing the images in row order.",
     )
     features.add_argument("images", nargs="+", help="image files or folders")
-    features.add_argument("--out", required=True, help="output .npy file")
+    features.add_argument(
+        "--out", required=True, type=output_file, help="output .npy file (the image list goes to a .json beside it)"
+    )
     features.add_argument(
         "--what", choices=["cls", "patch"], default="cls", help="[CLS] vectors (N, D) or patch grids (N, h, w, D)"
     )
@@ -255,7 +341,7 @@ def _register_core(subparsers: argparse._SubParsersAction) -> None:
         help="knn: resize 256 + center crop 224 (k-NN protocol); square: SIZE×SIZE; short-side: short side = SIZE; "
         "thumbnail: fit in SIZE×SIZE (retrieval protocol) (default: %(default)s)",
     )
-    features.add_argument("--size", type=int, help="crop/resize size of the chosen preprocessing")
+    features.add_argument("--size", type=positive_int, help="crop/resize size of the chosen preprocessing")
     add_weights_arguments(features)
     add_runtime_arguments(features)
     features.set_defaults(func=_features)
@@ -267,7 +353,7 @@ def _register_core(subparsers: argparse._SubParsersAction) -> None:
         "state dict in the released layout, e.g. to ship a `dino train` result. Prints the file's SHA-256.",
     )
     export.add_argument("checkpoint", help="a `dino train` checkpoint, an official full checkpoint, or any weights")
-    export.add_argument("out", help="output .pth file (written atomically)")
+    export.add_argument("out", type=output_file, help="output .pth file (written atomically)")
     export.add_argument(
         "--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored precision (default: %(default)s)"
     )

@@ -7,6 +7,7 @@ never compared. Descriptors are computed raw, optionally whitened, then L2-norma
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -19,13 +20,21 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from dino.checkpoint import model_identity
 from dino.data.transforms import ImageTransform, square_transform, thumbnail_transform
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
-from dino.pooling import GEM_P, gem, multiscale
+from dino.pooling import GEM_P, MULTISCALE_SCALES, gem, multiscale
 from dino.whitening import Whitening
 
-__all__ = ["DescriptorExtractor", "DescriptorRecipe", "describe", "l2_normalize"]
+__all__ = [
+    "DescriptorExtractor",
+    "DescriptorRecipe",
+    "describe",
+    "fit_descriptor_whitening",
+    "l2_normalize",
+    "load_descriptor_whitening",
+]
 
 Pooling = Literal["cls", "gem", "cls+gem"]
 Preprocessing = Literal["thumbnail", "square"]
@@ -136,7 +145,10 @@ class DescriptorExtractor:
             )
         self.recipe = recipe
         self.whitening = whitening
-        self.features = FeatureExtractor(model, recipe.transform(), **extractor_options)
+        # Every rescaled copy must still hold a patch.
+        scale = min(MULTISCALE_SCALES) if recipe.multiscale else 1.0
+        min_side = math.ceil(model.patch_size / scale)
+        self.features = FeatureExtractor(model, recipe.transform(), min_side=min_side, **extractor_options)
 
     @property
     def dim(self) -> int:
@@ -171,3 +183,51 @@ class DescriptorExtractor:
     def extract(self, images: Sequence[str | os.PathLike[str] | Image.Image]) -> np.ndarray:
         """Final descriptors of all `images`, (n, dim), L2-normalised, in input order."""
         return self.finalize(self.extract_raw(images))
+
+
+def fit_descriptor_whitening(
+    extractor: DescriptorExtractor,
+    images: Sequence[str | os.PathLike[str] | Image.Image],
+    dim: int | None = None,
+    centered: bool = False,
+    **details: Any,
+) -> Whitening:
+    """Fit a PCA-whitening on the raw descriptors of `images` (a set disjoint from the database).
+
+    Its metadata records what it is valid for, which :func:`load_descriptor_whitening` checks: the backbone
+    (:func:`dino.checkpoint.model_identity`) and the recipe, plus the image count, `centered` and `details`.
+    """
+    metadata = {
+        "backbone": model_identity(extractor.features.model),
+        "recipe": extractor.recipe.as_dict(),
+        "images": len(images),
+        "centered": centered,
+        **details,
+    }
+    return Whitening.fit(extractor.extract_raw(images), dim=dim, centered=centered, metadata=metadata)
+
+
+def load_descriptor_whitening(
+    path: str | os.PathLike[str], model: VisionTransformer, recipe: DescriptorRecipe
+) -> Whitening:
+    """Load a saved whitening, refusing one fitted on another backbone's or recipe's descriptors.
+
+    Raises:
+        ValueError: Naming `path` and what differs.
+    """
+    whitening = Whitening.load(path)
+    fitted = whitening.metadata
+    backbone = fitted.get("backbone")
+    # Files written before the metadata was shared kept the checksum beside a plain weights name.
+    fitted_sha = backbone.get("sha256") if isinstance(backbone, dict) else fitted.get("backbone_sha256")
+    if fitted_sha is not None and fitted_sha != model_identity(model)["sha256"]:
+        weights = backbone.get("weights") if isinstance(backbone, dict) else backbone
+        raise ValueError(
+            f"{path}: this whitening was fitted on descriptors of another backbone ({weights!r}); fit one with "
+            "these weights (`dino search whiten`, or a folder as --whitening)"
+        )
+    if "recipe" in fitted and DescriptorRecipe.from_dict(fitted["recipe"]) != recipe:
+        raise ValueError(
+            f"{path}: this whitening was fitted for descriptor recipe {fitted['recipe']}, not {recipe.as_dict()}"
+        )
+    return whitening

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from dino.data.io import open_image
+from dino.data.io import ImageLoadError, open_image, to_rgb
 from dino.data.transforms import ImageTransform, knn_transform
 from dino.models.vision_transformer import VisionTransformer
 
@@ -41,9 +41,25 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; any other value is passed to ``torch.device``."""
+    """``auto`` picks CUDA, then Apple MPS, then CPU; any other value is a ``torch.device`` string.
+
+    Raises:
+        ValueError: `preference` is not a device name, or names a device this machine does not have.
+    """
     if preference != "auto":
-        return torch.device(preference)
+        try:
+            device = torch.device(preference)
+        except RuntimeError:
+            raise ValueError(f"device {preference!r}: not a device name (auto, cpu, cuda, cuda:1, mps …)") from None
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+            raise ValueError(f"device {preference!r}: this machine has {found}; use --device auto or cpu")
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(f"device {preference!r}: Apple MPS is not available here; use --device auto or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -98,21 +114,40 @@ class Features:
 
 
 class _ImageList(Dataset):
-    def __init__(self, images: Sequence[str | os.PathLike[str] | Image.Image], transform: ImageTransform) -> None:
+    """Preprocessed images; an image that cannot be used comes back as the error that says why.
+
+    Returning the error instead of raising it keeps DataLoader workers from wrapping it in their own traceback:
+    the main process raises it as the one-line message that names the file.
+    """
+
+    def __init__(
+        self, images: Sequence[str | os.PathLike[str] | Image.Image], transform: ImageTransform, min_side: int
+    ) -> None:
         self.images = images
         self.transform = transform
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor | Exception, int]:
         image = self.images[index]
-        if not isinstance(image, Image.Image):
-            image = open_image(image)
-        return self.transform(image), index
+        name = f"image {index} of the input" if isinstance(image, Image.Image) else os.fspath(image)
+        try:
+            image = to_rgb(image) if isinstance(image, Image.Image) else open_image(image)
+        except (ImageLoadError, FileNotFoundError) as error:
+            return error, index
+        tensor = self.transform(image)
+        height, width = tensor.shape[-2:]
+        if min(height, width) < self.min_side:
+            return ImageLoadError(
+                f"{name}: too small, {image.width}×{image.height} pixels ({width}×{height} after preprocessing); the "
+                f"backbone needs at least {self.min_side} on each side"
+            ), index
+        return tensor, index
 
 
-def _collate(items: list[tuple[Tensor, int]]) -> list[tuple[Tensor, int]]:
+def _collate(items: list[tuple[Tensor | Exception, int]]) -> list[tuple[Tensor | Exception, int]]:
     return items
 
 
@@ -127,6 +162,8 @@ class FeatureExtractor:
         batch_size: Images per forward pass.
         num_workers: DataLoader workers that decode and preprocess images.
         progress: Show a progress bar.
+        min_side: Smallest preprocessed side accepted (a smaller image raises an error that names it); one
+            patch by default.
     """
 
     def __init__(
@@ -138,6 +175,7 @@ class FeatureExtractor:
         batch_size: int = 32,
         num_workers: int = 0,
         progress: bool = True,
+        min_side: int | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.model = model.eval().to(self.device)
@@ -146,6 +184,7 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
+        self.min_side = min_side or model.patch_size
 
     @torch.inference_mode()
     def forward(self, images: Tensor, patch_tokens: bool = False, attention: bool = False) -> BatchFeatures:
@@ -177,7 +216,7 @@ class FeatureExtractor:
         sub-batches; the progress bar counts images.
         """
         loader = DataLoader(
-            _ImageList(images, self.transform),
+            _ImageList(images, self.transform, self.min_side),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
@@ -185,6 +224,9 @@ class FeatureExtractor:
         )
         with tqdm(total=len(images), desc=desc, unit="img", disable=not self.progress) as bar:
             for items in loader:
+                for item, _ in items:
+                    if isinstance(item, Exception):
+                        raise item
                 for shape in dict.fromkeys(tensor.shape for tensor, _ in items):
                     group = [(tensor, index) for tensor, index in items if tensor.shape == shape]
                     yield torch.stack([t for t, _ in group]), [index for _, index in group]

@@ -42,7 +42,7 @@ from dino.atomic import (
     check_output_dir,
     restore_interrupted_output_dir,
 )
-from dino.checkpoint import file_sha256, model_identity
+from dino.checkpoint import file_sha256, load_backbone, model_identity
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
@@ -335,6 +335,21 @@ class ImageIndex:
                 + "\n  ".join(differences)
             )
 
+    def load_backbone(self, weights_only: bool = True) -> VisionTransformer:
+        """The backbone this index was built with, loaded from the weights recorded in its manifest.
+
+        Args:
+            weights_only: Refuse to unpickle arbitrary objects (see :func:`dino.checkpoint.load_checkpoint_file`).
+        """
+        built_with = self._manifest["backbone"]
+        return load_backbone(
+            built_with["weights"],
+            arch=built_with["arch"],
+            patch_size=built_with["patch_size"],
+            checkpoint_key=built_with.get("checkpoint_key", "teacher"),
+            weights_only=weights_only,
+        )
+
     # -------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index folder at `path`: built beside it, then swapped in (an interrupted save keeps the
@@ -363,7 +378,9 @@ class ImageIndex:
         path = Path(path).absolute()
         restore_interrupted_output_dir(path, is_complete=_is_index)
         if not path.is_dir():
-            raise IndexNotFoundError(f"{path}: no such index folder (build one with `dino search index`)")
+            raise IndexNotFoundError(
+                f"{path}: no such index folder (build one with `dino search index` or `dino copy-detect index`)"
+            )
         manifest = _read_manifest(path)
         try:
             faiss_index = faiss.read_index(str(path / INDEX_FILE))
@@ -448,17 +465,14 @@ class _PartialResults:
         self.state = state
 
     def open(self) -> None:
-        """Create the sidecar, or check that an existing one was computed the same way."""
+        """Check that an existing sidecar was computed the same way (it is created by the first write, so a build
+        that fails before describing anything leaves none behind)."""
         state_file = self.folder / PARTIAL_STATE
-        if state_file.is_file():
-            if json.loads(state_file.read_text()) != self.state:
-                raise ValueError(
-                    f"{self.folder}: partial descriptors from an interrupted build with another backbone, recipe "
-                    "or whitening; delete this folder to start over"
-                )
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(state_file, self.state)
+        if state_file.is_file() and json.loads(state_file.read_text()) != self.state:
+            raise ValueError(
+                f"{self.folder}: partial descriptors from an interrupted build with another backbone, recipe "
+                "or whitening; delete this folder to start over"
+            )
 
     def load(self, wanted: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
         """{path: (sha256, vector)} of the already described images among `wanted`."""
@@ -475,6 +489,10 @@ class _PartialResults:
         return found
 
     def write(self, paths: list[str], hashes: list[str], vectors: np.ndarray, tag: str) -> None:
+        state_file = self.folder / PARTIAL_STATE
+        if not state_file.is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(state_file, self.state)
         with atomic_write(self.folder / f"chunk-{tag}-{time.time_ns()}.npz", "wb") as handle:
             np.savez(handle, paths=np.array(paths), sha256=np.array(hashes), vectors=vectors)
 

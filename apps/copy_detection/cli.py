@@ -12,7 +12,6 @@ from apps.copy_detection.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_VERIFIER,
     CopyHit,
-    backbone_of_index,
     build_copy_index,
     find_copies,
 )
@@ -20,7 +19,16 @@ from apps.copy_detection.generate import STRONG_PER_ORIGINAL, make_benchmark
 from apps.copy_detection.metrics import TOP_K
 from apps.copy_detection.verify import VERIFIERS
 from dino.atomic import atomic_write_json
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
+from dino.cli import (
+    INDEX_WEIGHTS,
+    add_runtime_arguments,
+    add_weights_arguments,
+    backbone_from_args,
+    extractor_options,
+    non_negative_int,
+    output_file,
+    positive_int,
+)
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
 from dino.index import ImageIndex
@@ -76,11 +84,18 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--copydays", required=True, metavar="ROOT", help="the Copydays-layout folder")
     parser.add_argument("--distractors", metavar="DIR", help="images added to the database (paper: 10k YFCC100M)")
     _add_whitening_arguments(parser, "descriptors")
-    parser.add_argument("--save-whitening", metavar="FILE", help="save the fitted whitening here (.npz)")
     parser.add_argument(
-        "--size", type=int, default=COPY_DETECTION_SIZE, help="square resize side in pixels (default: %(default)s)"
+        "--save-whitening", type=output_file, metavar="FILE", help="save the fitted whitening here (.npz)"
     )
-    parser.add_argument("--top-k", type=int, default=TOP_K, help="results scored per query (default: %(default)s)")
+    parser.add_argument(
+        "--size",
+        type=positive_int,
+        default=COPY_DETECTION_SIZE,
+        help="square resize side in pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k", type=positive_int, default=TOP_K, help="results scored per query (default: %(default)s)"
+    )
     parser.add_argument(
         "--verify",
         choices=VERIFIERS,
@@ -89,11 +104,11 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--candidates",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CANDIDATES,
         help="with --verify, database images verified per query (default: %(default)s, as find)",
     )
-    parser.add_argument("--out", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--out", type=output_file, metavar="FILE", help="write the results as JSON")
     add_weights_arguments(parser, default=REFERENCE_WEIGHTS)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
     parser.set_defaults(func=_eval)
@@ -143,18 +158,18 @@ def _register_make_benchmark(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="ROOT", help="benchmark folder to create")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the attacks (default: 0)")
     parser.add_argument(
-        "--originals", type=int, help="photos used as originals (default: all not reserved for whitening)"
+        "--originals", type=positive_int, help="photos used as originals (default: all not reserved for whitening)"
     )
     parser.add_argument("--distractors-out", metavar="DIR", help="write the photos not used as originals here")
     parser.add_argument("--whitening-out", metavar="DIR", help="write --whitening-count photos here")
-    parser.add_argument("--whitening-count", type=int, default=0, help="photos reserved for whitening")
+    parser.add_argument("--whitening-count", type=non_negative_int, default=0, help="photos reserved for whitening")
     parser.add_argument(
         "--strong-per-original",
-        type=int,
+        type=non_negative_int,
         default=STRONG_PER_ORIGINAL,
         help="strong copies per original (default: %(default)s)",
     )
-    parser.add_argument("--max-side", type=int, help="downscale photos whose longer side exceeds this")
+    parser.add_argument("--max-side", type=positive_int, help="downscale photos whose longer side exceeds this")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=_make_benchmark)
 
@@ -194,7 +209,10 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
         "--factory", default="Flat", help="FAISS index_factory string, e.g. HNSW32 (default: %(default)s, exact)"
     )
     parser.add_argument(
-        "--size", type=int, default=COPY_DETECTION_SIZE, help="square resize side in pixels (default: %(default)s)"
+        "--size",
+        type=positive_int,
+        default=COPY_DETECTION_SIZE,
+        help="square resize side in pixels (default: %(default)s)",
     )
     add_weights_arguments(parser)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
@@ -236,7 +254,7 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--candidates",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CANDIDATES,
         help="nearest images examined per query (default: %(default)s)",
     )
@@ -252,13 +270,13 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--min-inliers",
-        type=int,
+        type=non_negative_int,
         help="with --verify, minimum verified matches of a copy (default: "
         + ", ".join(f"{kind} {count}" for kind, count in DEFAULT_MIN_INLIERS.items())
         + "; calibrated on the project's photo benchmark like --threshold, dino with the default weights)",
     )
-    parser.add_argument("--out", metavar="FILE", help="also write the copies as JSON")
-    add_weights_arguments(parser, default=None)
+    parser.add_argument("--out", type=output_file, metavar="FILE", help="also write the copies as JSON")
+    add_weights_arguments(parser, default=None, default_means=INDEX_WEIGHTS)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
     parser.set_defaults(func=_find)
 
@@ -266,7 +284,7 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
 def _find(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     if args.weights is None:
-        model = backbone_of_index(index)
+        model = index.load_backbone(weights_only=not args.unsafe_load)
         print(f"note: using the index's backbone, {index.manifest['backbone']['weights']}", file=sys.stderr)
     else:
         model = backbone_from_args(args)

@@ -32,7 +32,13 @@ from apps.copy_detection.verify import (
 )
 from dino.checkpoint import model_identity
 from dino.data.io import list_images
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe, l2_normalize
+from dino.descriptors import (
+    DescriptorExtractor,
+    DescriptorRecipe,
+    fit_descriptor_whitening,
+    l2_normalize,
+    load_descriptor_whitening,
+)
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
 
@@ -190,27 +196,12 @@ def load_or_fit_whitening(
         centered: Fit on the centred covariance instead of the reference's uncentred second moment.
     """
     source = Path(source)
-    identity = model_identity(extractor.features.model)
-    recipe = extractor.recipe.as_dict()
     if source.is_file():
-        whitening = Whitening.load(source)
-        for key, expected in (("backbone_sha256", identity["sha256"]), ("recipe", recipe)):
-            stored = whitening.metadata.get(key)
-            if stored is not None and stored != expected:
-                raise ValueError(f"{source}: whitening was fitted with another {key.split('_')[0]} ({stored})")
-        return whitening
+        return load_descriptor_whitening(source, extractor.features.model, extractor.recipe)
     images = list_images(source)
     if len(images) < 2:
         raise ValueError(f"{source}: a whitening set needs at least 2 images, found {len(images)}")
-    metadata = {
-        "backbone": identity["weights"],
-        "backbone_sha256": identity["sha256"],
-        "recipe": recipe,
-        "images": len(images),
-        "source": str(source),
-        "centered": centered,
-    }
-    return Whitening.fit(extractor.extract_raw(images), centered=centered, metadata=metadata)
+    return fit_descriptor_whitening(extractor, images, centered=centered, source=str(source))
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,9 @@ from apps.copy_detection.verify import (
     count_inliers,
     make_local_extractor,
 )
-from dino.checkpoint import load_backbone
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
-from dino.index import ImageIndex, build_index, search_images
+from dino.index import ImageIndex, IndexMismatchError, build_index, search_images
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
 
@@ -53,7 +52,6 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_VERIFIER",
     "CopyHit",
-    "backbone_of_index",
     "build_copy_index",
     "find_copies",
 ]
@@ -110,12 +108,6 @@ def build_copy_index(
     return build_index(paths, model, recipe, whitening=whitening, factory=factory, out=out, **extractor_options)
 
 
-def backbone_of_index(index: ImageIndex) -> VisionTransformer:
-    """Load the backbone an index was built with, from the weights source recorded in its manifest."""
-    backbone = index.manifest["backbone"]
-    return load_backbone(backbone["weights"], arch=backbone["arch"], patch_size=backbone["patch_size"])
-
-
 def find_copies(
     queries: Sequence[str | os.PathLike[str] | Image.Image],
     index: ImageIndex,
@@ -150,10 +142,18 @@ def find_copies(
         Per query, its copies.
 
     Raises:
+        IndexMismatchError: `index` was not built with the copy-detection descriptor.
         FileNotFoundError: With verification, a candidate's indexed file no longer exists.
     """
     if not queries:
         raise ValueError("no query images")
+    recipe = index.recipe
+    if recipe != DescriptorRecipe.copy_detection(recipe.size):
+        raise IndexMismatchError(
+            f"{index.path or 'this index'}: built with another descriptor ({recipe.pooling} pooling, "
+            f"{recipe.preprocessing} preprocessing) than copy detection's, for which the thresholds are calibrated; "
+            "index the collection with 'dino copy-detect index'"
+        )
     local = make_local_extractor(verify, model, **extractor_options) if verify is not None else None
     indexed = FeatureCache(_indexed_file_reader(local)) if local is not None else None
     if verify is not None and min_inliers is None:

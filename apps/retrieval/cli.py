@@ -9,13 +9,21 @@ import os
 import sys
 
 from apps.retrieval.evaluate import evaluate_retrieval, format_results
-from apps.retrieval.indexing import fit_whitening, index_folders, load_whitening, update_folders
+from apps.retrieval.indexing import fit_whitening, index_folders, update_folders
 from apps.retrieval.revisitop import DATASETS
 from apps.retrieval.sheet import save_contact_sheet
 from dino.atomic import atomic_write_json
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
+from dino.cli import (
+    INDEX_WEIGHTS,
+    add_runtime_arguments,
+    add_weights_arguments,
+    backbone_from_args,
+    extractor_options,
+    output_file,
+    positive_int,
+)
 from dino.data.io import list_images
-from dino.descriptors import POOLINGS, RETRIEVAL_SIZE, DescriptorRecipe
+from dino.descriptors import POOLINGS, RETRIEVAL_SIZE, DescriptorRecipe, load_descriptor_whitening
 from dino.index import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, ImageIndex, search_images
 from dino.models.vision_transformer import VisionTransformer
 
@@ -54,7 +62,7 @@ def _add_descriptor_arguments(parser: argparse.ArgumentParser, whitening: bool =
     )
     group.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=RETRIEVAL_SIZE,
         help="images are shrunk to fit SIZE×SIZE, aspect kept, never enlarged (reference: 224 for ROxford, "
         "512 for RParis; default: %(default)s)",
@@ -80,13 +88,12 @@ def _add_inputs(parser: argparse.ArgumentParser, what: str) -> None:
 def _backbone_of_index(args: argparse.Namespace, index: ImageIndex) -> VisionTransformer:
     """The --weights given, or else the weights the index was built with."""
     if args.weights is None:
-        args.weights = index.manifest["backbone"]["weights"]
+        return index.load_backbone(weights_only=not args.unsafe_load)
     return backbone_from_args(args)
 
 
 def _add_index_weights(parser: argparse.ArgumentParser) -> None:
-    add_weights_arguments(parser)
-    parser.set_defaults(weights=None)
+    add_weights_arguments(parser, default=None, default_means=INDEX_WEIGHTS)
 
 
 # ---------------------------------------------------------------------------- index
@@ -110,7 +117,7 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CHECKPOINT_EVERY,
         metavar="N",
         help="save partial descriptors every N batches so an interrupted run can resume (default: %(default)s)",
@@ -124,7 +131,7 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
 def _index(args: argparse.Namespace) -> int:
     model = backbone_from_args(args)
     recipe = _recipe(args)
-    whitening = load_whitening(args.whitening, model, recipe) if args.whitening else None
+    whitening = load_descriptor_whitening(args.whitening, model, recipe) if args.whitening else None
     index = index_folders(
         args.inputs,
         args.out,
@@ -152,9 +159,11 @@ def _register_query(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("queries", nargs="+", metavar="IMAGE", help="query image files (or folders of them)")
     parser.add_argument("--index", required=True, metavar="INDEX", help="index folder from 'dino search index'")
-    parser.add_argument("-k", "--top-k", type=int, default=10, help="matches per query (default: %(default)s)")
+    parser.add_argument("-k", "--top-k", type=positive_int, default=10, help="matches per query (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--sheet", metavar="PNG", help="also write a contact sheet: each query beside its matches")
+    parser.add_argument(
+        "--sheet", type=output_file, metavar="PNG", help="also write a contact sheet: each query beside its matches"
+    )
     parser.add_argument(
         "--search-params",
         metavar="P",
@@ -228,8 +237,8 @@ def _register_whiten(verbs: argparse._SubParsersAction) -> None:
         "Use the same backbone and descriptor options there.",
     )
     _add_inputs(parser, "images to fit the whitening on")
-    parser.add_argument("--out", required=True, metavar="FILE", help="whitening file to write (.npz)")
-    parser.add_argument("--dim", type=int, help="output dimension (default: the descriptor dimension)")
+    parser.add_argument("--out", required=True, type=output_file, metavar="FILE", help="whitening file to write (.npz)")
+    parser.add_argument("--dim", type=positive_int, help="output dimension (default: the descriptor dimension)")
     parser.add_argument(
         "--centered", action="store_true", help="use the centred covariance (textbook PCA) instead of FᵀF/n"
     )
@@ -288,7 +297,7 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--crop-queries", action="store_true", help="crop queries to their bounding box, as standard revisitop"
     )
-    parser.add_argument("--out", metavar="FILE", help="results JSON (default: retrieval_NAME.json)")
+    parser.add_argument("--out", type=output_file, metavar="FILE", help="results JSON (default: retrieval_NAME.json)")
     _add_descriptor_arguments(parser)
     add_weights_arguments(parser)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
@@ -300,7 +309,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError("pass --root (the folder holding the revisitop datasets) or set DINO_DATA_DIR")
     model = backbone_from_args(args)
     recipe = _recipe(args)
-    whitening = load_whitening(args.whitening, model, recipe) if args.whitening else None
+    whitening = load_descriptor_whitening(args.whitening, model, recipe) if args.whitening else None
     results = evaluate_retrieval(
         args.root, args.dataset, model, recipe, whitening, crop_queries=args.crop_queries, **extractor_options(args)
     )

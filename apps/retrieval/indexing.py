@@ -13,14 +13,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dino.checkpoint import model_identity
 from dino.data.io import list_images
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.descriptors import DescriptorExtractor, DescriptorRecipe, fit_descriptor_whitening
 from dino.index import ImageIndex, UpdateReport, build_index, describe_shard, update_index
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
 
-__all__ = ["distributed_world", "fit_whitening", "index_folders", "load_whitening", "update_folders"]
+__all__ = ["distributed_world", "fit_whitening", "index_folders", "update_folders"]
 
 PathInput = str | os.PathLike[str]
 
@@ -111,26 +110,7 @@ def fit_whitening(
 ) -> Whitening:
     """Fit a PCA-whitening on the raw descriptors of the images under `inputs` (a set disjoint from the
     database) and save it to `out`; its metadata records the backbone and recipe it is valid for."""
-    recipe = recipe or DescriptorRecipe.retrieval()
-    images = _images_in(inputs, recursive)
-    raw = DescriptorExtractor(model, recipe, **extractor_options).extract_raw(images)
-    metadata = {"backbone": model_identity(model), "recipe": recipe.as_dict(), "images": len(images)}
-    whitening = Whitening.fit(raw, dim=dim, centered=centered, metadata=metadata)
+    extractor = DescriptorExtractor(model, recipe or DescriptorRecipe.retrieval(), **extractor_options)
+    whitening = fit_descriptor_whitening(extractor, _images_in(inputs, recursive), dim=dim, centered=centered)
     whitening.save(out)
-    return whitening
-
-
-def load_whitening(path: PathInput, model: VisionTransformer, recipe: DescriptorRecipe) -> Whitening:
-    """Load a whitening saved by :func:`fit_whitening`, refusing one fitted for another backbone or recipe."""
-    whitening = Whitening.load(path)
-    fitted = whitening.metadata
-    if "backbone" in fitted and fitted["backbone"].get("sha256") != model_identity(model)["sha256"]:
-        raise ValueError(
-            f"{path}: this whitening was fitted on descriptors of another backbone "
-            f"({fitted['backbone'].get('weights')!r}); fit one with `dino search whiten` and these weights"
-        )
-    if "recipe" in fitted and DescriptorRecipe.from_dict(fitted["recipe"]) != recipe:
-        raise ValueError(
-            f"{path}: this whitening was fitted for descriptor recipe {fitted['recipe']}, not {recipe.as_dict()}"
-        )
     return whitening

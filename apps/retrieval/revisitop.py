@@ -38,6 +38,8 @@ PROTOCOLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "medium": (("easy", "hard"), ("junk",)),
     "hard": (("hard",), ("junk", "easy")),
 }
+# The image-id lists every query's ground truth holds.
+GROUND_TRUTH_KEYS = ("easy", "hard", "junk")
 IMAGE_FOLDER = "jpg"
 IMAGE_EXTENSION = ".jpg"
 # What a revisitop ground-truth pickle may contain: plain containers and numpy arrays, nothing executable.
@@ -120,6 +122,13 @@ def load_dataset(root: str | os.PathLike[str], name: str) -> RevisitopDataset:
     )
     if len(dataset.gnd) != len(dataset.qimlist):
         raise ValueError(f"{gnd_file}: {len(dataset.qimlist)} queries but {len(dataset.gnd)} ground-truth entries")
+    for number, entry in enumerate(dataset.gnd):
+        lacking = [key for key in GROUND_TRUTH_KEYS if not isinstance(entry, dict) or key not in entry]
+        if lacking:
+            raise ValueError(
+                f"{gnd_file}: the ground truth of query {number} has no {', '.join(lacking)} list (revisitop "
+                f"entries hold {', '.join(GROUND_TRUTH_KEYS)}; the original Oxford/Paris ok/junk files are not read)"
+            )
     missing = [p for p in dict.fromkeys((*dataset.queries, *dataset.database)) if not p.is_file()]
     if missing:
         raise FileNotFoundError(

@@ -11,7 +11,15 @@ from apps.segmentation.masks import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
 from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU
 from apps.segmentation.visualize import save_attention_figures
 from apps.segmentation.voc import davis_samples, voc_samples
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
+from dino.cli import (
+    add_runtime_arguments,
+    add_weights_arguments,
+    backbone_from_args,
+    extractor_options,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["register"]
 
@@ -22,7 +30,7 @@ def _add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("preprocessing (SPEC §10)")
     group.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=REFERENCE_IMAGE_SIZE,
         help="resize to SIZE×SIZE, bilinear, then crop to a multiple of the patch size (reference: %(default)s)",
     )
@@ -104,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "written under OUT/<image stem>/. One forward pass per image, batched over same-size images.",
     )
     attention.add_argument("images", nargs="+", help="image files or folders")
-    attention.add_argument("--out", required=True, type=Path, help="output folder")
+    attention.add_argument("--out", required=True, type=output_folder, help="output folder")
     _add_threshold_argument(attention)
     attention.add_argument(
         "--ncut",
@@ -129,7 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--davis", type=Path, help="DAVIS folder (2017 layout); each frame's non-zero ids are one foreground object"
     )
-    evaluate.add_argument("--out", required=True, type=Path, help="output folder for results.json and per_image.csv")
+    evaluate.add_argument(
+        "--out", required=True, type=output_folder, help="output folder for results.json and per_image.csv"
+    )
     evaluate.add_argument("--split", default="val", help="split list to evaluate (default: %(default)s)")
     evaluate.add_argument(
         "--masks",
@@ -137,8 +147,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="object",
         help="VOC ground truth: SegmentationObject instances or SegmentationClass classes (default: %(default)s)",
     )
-    evaluate.add_argument("--every", type=int, default=5, help="DAVIS: score every N-th frame (default: %(default)s)")
-    evaluate.add_argument("--limit", type=int, help="score only the first N images (quick checks)")
+    evaluate.add_argument(
+        "--every", type=positive_int, default=5, help="DAVIS: score every N-th frame (default: %(default)s)"
+    )
+    evaluate.add_argument("--limit", type=positive_int, help="score only the first N images (quick checks)")
     evaluate.add_argument(
         "--method",
         choices=["attention", "ncut"],
@@ -162,7 +174,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ignore = left out of the IoU (default: %(default)s)",
     )
     evaluate.add_argument("--tau", type=float, default=NCUT_TAU, help="ncut edge threshold (default: %(default)s)")
-    evaluate.add_argument("--eps", type=float, default=NCUT_EPS, help="ncut non-edge weight (default: %(default)s)")
+    evaluate.add_argument(
+        "--eps", type=positive_float, default=NCUT_EPS, help="ncut non-edge weight (default: %(default)s)"
+    )
     _add_preprocessing_arguments(evaluate)
     add_weights_arguments(evaluate)
     add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE)

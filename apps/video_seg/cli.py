@@ -13,7 +13,14 @@ from apps.video_seg.propagation import (
     TOP_K,
     PropagationConfig,
 )
-from dino.cli import add_weights_arguments, backbone_from_args
+from dino.cli import (
+    add_weights_arguments,
+    backbone_from_args,
+    non_negative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from dino.features import autocast_dtype, pick_device
 
 __all__ = ["register"]
@@ -21,12 +28,19 @@ __all__ = ["register"]
 
 def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("propagation (defaults reproduce the reference, SPEC §11)")
-    group.add_argument("--n-last-frames", type=int, default=N_LAST_FRAMES, help="previous frames kept as context")
     group.add_argument(
-        "--radius", type=int, default=NEIGHBOURHOOD_RADIUS, help="neighbourhood radius in patches; 0 = whole frame"
+        "--n-last-frames", type=non_negative_int, default=N_LAST_FRAMES, help="previous frames kept as context"
     )
-    group.add_argument("--topk", type=int, default=TOP_K, help="sources kept per target patch over all context")
-    group.add_argument("--temperature", type=float, default=TEMPERATURE, help="affinity temperature")
+    group.add_argument(
+        "--radius",
+        type=non_negative_int,
+        default=NEIGHBOURHOOD_RADIUS,
+        help="neighbourhood radius in patches; 0 = whole frame",
+    )
+    group.add_argument(
+        "--topk", type=positive_int, default=TOP_K, help="sources kept per target patch over all context"
+    )
+    group.add_argument("--temperature", type=positive_float, default=TEMPERATURE, help="affinity temperature")
     group.add_argument(
         "--no-minmax-norm",
         action="store_true",
@@ -39,7 +53,7 @@ def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-affinity-mb",
-        type=float,
+        type=positive_float,
         default=MAX_AFFINITY_MB,
         help="largest affinity chunk in MiB; results do not depend on it (default: %(default)s)",
     )
@@ -136,8 +150,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--sequences", nargs="+", help="sequence names (default: ImageSets/2017/val.txt)")
     source.add_argument("--video", help="a video file (mp4, avi, … anything OpenCV decodes)")
     source.add_argument("--first-mask", help="with --video: label PNG of the first frame (0 = background)")
-    source.add_argument("--max-frames", type=int, help="with --video: stop after this many frames")
-    seg.add_argument("--out", required=True, help="results folder")
+    source.add_argument("--max-frames", type=positive_int, help="with --video: stop after this many frames")
+    seg.add_argument("--out", required=True, type=output_folder, help="results folder")
     seg.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty folder that is not a matching earlier run"
     )

@@ -119,18 +119,20 @@ def segment_davis(
     """
     root, out = Path(root), Path(out)
     names = list(sequences) if sequences else davis_sequences(root)
+    # Every sequence's frames and first annotation are found before anything is written.
+    inputs = {name: (davis_frames(root, name), davis_annotations(root, name)[0]) for name in names}
     manifest = _prepare_output(out, _settings(model, config, preprocessing, autocast), overwrite)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST_NAME, manifest)
     results = []
     for index, name in enumerate(names, 1):
-        frames = davis_frames(root, name)
+        frames, first_annotation = inputs[name]
         if _finished(out, name, frames, manifest):
             done = manifest["sequences"][name]
             results.append(SequenceResult(name, done["frames"], done["seconds"], skipped=True))
             print(f"[{index}/{len(names)}] {name}: already done, skipped")
             continue
-        first_labels = read_indexed_png(davis_annotations(root, name)[0])
+        first_labels = read_indexed_png(first_annotation)
         write_indexed_png(out / name / f"{frames[0].stem}.png", first_labels)
         start = time.perf_counter()
         labels = segment_frames(read_bgr_frames(frames), first_labels, model, config, preprocessing, device, autocast)

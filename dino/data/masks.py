@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dino.atomic import atomic_output_path
+from dino.data.io import ImageLoadError
 
 __all__ = [
     "davis_annotations",
@@ -44,12 +45,21 @@ def read_indexed_png(path: str | os.PathLike[str]) -> np.ndarray:
     """The index map (H, W) uint8 of a palette PNG (object ids; 255 = void in VOC).
 
     Raises:
-        ValueError: The file is not a palette ("P") or single-channel ("L") image.
+        FileNotFoundError: `path` does not exist.
+        ImageLoadError: The file is not an image, is damaged, or is not a palette ("P") or single-channel ("L")
+            image.
     """
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected an indexed (palette) PNG, got mode {image.mode}")
-        return np.array(image)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such mask file")
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise ImageLoadError(f"{path}: expected an indexed (palette) PNG, got mode {image.mode}")
+            return np.array(image)
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
+    except (OSError, SyntaxError) as error:
+        raise ImageLoadError(f"{path}: cannot decode the mask ({error})") from None
 
 
 def write_indexed_png(path: str | os.PathLike[str], labels: np.ndarray, palette: np.ndarray | None = None) -> None:

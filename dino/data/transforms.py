@@ -112,7 +112,12 @@ def make_transform(name: str, size: int | None = None, patch_size: int = 16) -> 
             ``thumbnail`` (fit in size×size, never enlarge).
         size: Target size; each protocol has its reference default when None.
         patch_size: Used to crop variable-size inputs to a multiple of the patch size.
+
+    Raises:
+        ValueError: `size` is smaller than one patch.
     """
+    if size is not None and size < patch_size:
+        raise ValueError(f"size {size} is smaller than one {patch_size}-pixel patch")
     if name == "knn":
         crop = size or KNN_CROP
         return knn_transform(resize=round(crop * KNN_RESIZE / KNN_CROP), crop=crop)

@@ -6,7 +6,16 @@ import argparse
 import json
 
 from dino.atomic import atomic_write_json
-from dino.cli import add_runtime_arguments, add_weights_arguments, backbone_from_args, extractor_options
+from dino.cli import (
+    add_runtime_arguments,
+    add_weights_arguments,
+    backbone_from_args,
+    extractor_options,
+    output_file,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from dino.eval.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, run_knn
 from dino.eval.linear import BASE_LR, N_LAST_BLOCKS, run_linear
 from dino.train.distributed import init_distributed
@@ -29,6 +38,9 @@ def _knn(args: argparse.Namespace) -> int:
     if not context.is_main:
         return 0
     rows = [{"k": r.k, "top1": r.top1, "top5": r.top5} for r in results]
+    capped = sorted({k for k in args.nb_knn if k not in {r.k for r in results}})
+    if capped:
+        print(f"note: k = {', '.join(map(str, capped))} exceed the bank; capped at {max(r.k for r in results)}")
     for row in rows:
         print(f"{row['k']}-NN: top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}")
     if args.out:
@@ -78,11 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train", required=True, help="bank folder: TRAIN/<class>/<image>")
     parser.add_argument("--val", required=True, help="query folder with the same class subfolders")
     parser.add_argument(
-        "--nb-knn", type=int, nargs="+", default=list(DEFAULT_KS), help="values of k (default: %(default)s)"
+        "--nb-knn", type=positive_int, nargs="+", default=list(DEFAULT_KS), help="values of k (default: %(default)s)"
     )
-    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="T (default: %(default)s)")
-    parser.add_argument("--cache-dir", help="save/load features as CACHE_DIR/{train,val}.npy (+ .labels.npy)")
-    parser.add_argument("--out", help="write the results as JSON")
+    parser.add_argument(
+        "--temperature", type=positive_float, default=DEFAULT_TEMPERATURE, help="T (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cache-dir", type=output_folder, help="save/load features as CACHE_DIR/{train,val}.npy (+ .labels.npy)"
+    )
+    parser.add_argument("--out", type=output_file, help="write the results as JSON")
     add_weights_arguments(parser)
     add_runtime_arguments(parser, batch_size=64)
     parser.set_defaults(func=_knn)
@@ -96,11 +112,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     linear.add_argument("--train", required=True, help="TRAIN/<class>/<image>")
     linear.add_argument("--val", required=True, help="validation folder with the same class subfolders")
-    linear.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
-    linear.add_argument("--lr", type=float, default=BASE_LR, help="lr for a batch of 256 (default: %(default)s)")
-    linear.add_argument("--n-last-blocks", type=int, default=N_LAST_BLOCKS, help="(default: %(default)s)")
-    linear.add_argument("--avgpool-patchtokens", action="store_true", help="append the mean patch token (n=1)")
-    linear.add_argument("--output-dir", help="write linear_weights.pth (released layout) and linear_results.json")
+    linear.add_argument("--epochs", type=positive_int, default=100, help="(default: %(default)s)")
+    linear.add_argument(
+        "--lr", type=positive_float, default=BASE_LR, help="lr for a batch of 256 (default: %(default)s)"
+    )
+    linear.add_argument(
+        "--n-last-blocks",
+        type=positive_int,
+        default=N_LAST_BLOCKS,
+        help="[CLS] tokens of this many last blocks, concatenated (default: %(default)s)",
+    )
+    linear.add_argument(
+        "--avgpool-patchtokens",
+        action="store_true",
+        help="append the last block's mean patch token; needs --n-last-blocks 1, as the reference's ViT-B recipe",
+    )
+    linear.add_argument(
+        "--output-dir", type=output_folder, help="write linear_weights.pth (released layout) and linear_results.json"
+    )
     add_weights_arguments(linear)
     add_runtime_arguments(linear, batch_size=128)
     linear.set_defaults(func=_linear)

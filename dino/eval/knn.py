@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dino.atomic import atomic_output_path
+from dino.atomic import atomic_output_path, atomic_write_json
+from dino.checkpoint import state_dict_sha256
 from dino.data.datasets import ImageFolderDataset
 from dino.data.masks import davis_frames, davis_sequences
 from dino.data.transforms import knn_transform
@@ -85,25 +89,35 @@ def extract_folder_features(
     """L2-normalised [CLS] features and labels of a class-subfolder folder, with the k-NN preprocessing.
 
     Under torchrun (an initialised process group) the extraction is split across ranks. With `cache`,
-    features are read from ``<cache>.npy`` / labels from ``<cache>.labels.npy`` when both
-    exist, and written there (atomically) otherwise.
+    features are read from ``<cache>.npy`` / labels from ``<cache>.labels.npy`` when ``<cache>.json`` says they
+    were computed by these weights from these files (paths, sizes, modification times), and otherwise computed
+    and written there (atomically, the fingerprint last).
     """
     dataset = ImageFolderDataset(folder)
     if cache is not None:
-        feature_file, label_file = Path(f"{cache}.npy"), Path(f"{cache}.labels.npy")
+        feature_file, label_file, key_file = (Path(f"{cache}{suffix}") for suffix in (".npy", ".labels.npy", ".json"))
+        fingerprint = _cache_fingerprint(model, dataset.paths)
         if feature_file.is_file() and label_file.is_file():
-            features = torch.from_numpy(np.load(feature_file))
-            labels = torch.from_numpy(np.load(label_file))
-            if len(labels) != len(dataset):
-                raise ValueError(f"{feature_file}: cached for {len(labels)} images but {folder} has {len(dataset)}")
-            return features, labels, dataset.classes
+            if key_file.is_file() and json.loads(key_file.read_text()) == fingerprint:
+                return torch.from_numpy(np.load(feature_file)), torch.from_numpy(np.load(label_file)), dataset.classes
+            print(f"note: {feature_file} holds features of other images or weights; recomputing", file=sys.stderr)
     features = F.normalize(_extract_sharded(model, dataset.paths, extractor_options), dim=1, p=2)
     labels = torch.tensor(dataset.targets, dtype=torch.long)
     if cache is not None and is_main_process():
         for path, array in ((feature_file, features.numpy()), (label_file, labels.numpy())):
             with atomic_output_path(path) as temporary, open(temporary, "wb") as handle:
                 np.save(handle, array)
+        atomic_write_json(key_file, fingerprint)
     return features, labels, dataset.classes
+
+
+def _cache_fingerprint(model: VisionTransformer, paths: Sequence[Path]) -> dict[str, str]:
+    """What cached features depend on: the weights, and each file's path, size and modification time."""
+    files = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        files.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return {"backbone_sha256": state_dict_sha256(model), "files_sha256": files.hexdigest()}
 
 
 def _extract_sharded(model: VisionTransformer, paths: list[Path], extractor_options: dict) -> Tensor:
@@ -128,7 +142,10 @@ def run_knn(
     cache_dir: str | os.PathLike[str] | None = None,
     **extractor_options: object,
 ) -> list[KNNResult]:
-    """k-NN accuracy of `model` with `train_folder` as the bank and `val_folder` as queries (same classes)."""
+    """k-NN accuracy of `model` with `train_folder` as the bank and `val_folder` as queries (same classes).
+
+    A k above the bank's size is capped to it, and each resulting k is reported once.
+    """
     caches = (None, None) if cache_dir is None else (Path(cache_dir) / "train", Path(cache_dir) / "val")
     train_features, train_labels, train_classes = extract_folder_features(
         model, train_folder, caches[0], **extractor_options
@@ -138,7 +155,7 @@ def run_knn(
         raise ValueError(f"{train_folder} and {val_folder} have different class subfolders")
     return [
         knn_classifier(train_features, train_labels, val_features, val_labels, k, temperature, len(train_classes))
-        for k in ks
+        for k in dict.fromkeys(min(k, len(train_labels)) for k in ks)
     ]
 
 

@@ -99,7 +99,22 @@ def run_linear(
 
     `lr` is for a batch of 256 and scaled linearly. With `output_dir`, the best classifier is saved as
     ``linear_weights.pth`` in the released layout (``{'state_dict': {'module.linear.weight', …}}``).
+
+    Raises:
+        ValueError: `epochs` < 1, `n_last_blocks` outside 1..depth, or `avgpool` with `n_last_blocks` ≠ 1 (the
+            reference's layout interleaves one [CLS] with the mean patch token; ViT-B uses n = 1 with it).
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if not 1 <= n_last_blocks <= len(model.blocks):
+        raise ValueError(
+            f"n_last_blocks must lie in 1..{len(model.blocks)} (the backbone's depth), got {n_last_blocks}"
+        )
+    if avgpool and n_last_blocks != 1:
+        raise ValueError(
+            f"the mean patch token (avgpool) is appended to one [CLS] only, as in the reference: use n_last_blocks "
+            f"1 with it, not {n_last_blocks}"
+        )
     torch.manual_seed(seed)
     torch_device = pick_device(device)
     model = model.eval().to(torch_device)

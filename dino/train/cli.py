@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dino.cli import output_folder
 from dino.train.config import available_presets, config_to_dict, load_config
 from dino.train.trainer import NonFiniteLossError, train
 
@@ -53,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data-path", nargs="+", help="image folders or files (sets run.data_path)")
-    parser.add_argument("--output-dir", help="checkpoints, logs and config.yaml go here (sets run.output_dir)")
+    parser.add_argument(
+        "--output-dir", type=output_folder, help="checkpoints, logs and config.yaml go here (sets run.output_dir)"
+    )
     parser.add_argument("--preset", choices=available_presets(), help="a shipped recipe applied before --config")
     parser.add_argument("--config", help="a YAML file with sections model/crops/loss/optim/run")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dino.features import pick_device
+
 __all__ = [
     "DistributedContext",
     "all_gather_objects",
@@ -59,7 +61,7 @@ def init_distributed(device: str = "auto") -> DistributedContext:
             dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
         torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
         return DistributedContext(rank, world_size, local_rank, torch_device)
-    torch_device = torch.device("cuda" if use_cuda else "cpu") if device == "auto" else torch.device(device)
+    torch_device = torch.device("cuda" if use_cuda else "cpu") if device == "auto" else pick_device(device)
     return DistributedContext(0, 1, 0, torch_device)
 
 

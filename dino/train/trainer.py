@@ -251,7 +251,6 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     output_dir = Path(config.run.output_dir)
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / CONFIG_NAME)
 
     # Identical initialisation on every rank, then per-rank streams for drop path.
     _seed_everything(config.run.seed)
@@ -314,10 +313,19 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     checkpoint_path = output_dir / CHECKPOINT_NAME
     if resume and checkpoint_path.exists():
         checkpoint = load_training_checkpoint(checkpoint_path)
-        student_module.load_state_dict(_strip_prefix(checkpoint["student"], "module."))
-        teacher.load_state_dict(checkpoint["teacher"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        dino_loss.load_state_dict(checkpoint["dino_loss"])
+        try:
+            student_module.load_state_dict(_strip_prefix(checkpoint["student"], "module."))
+            teacher.load_state_dict(checkpoint["teacher"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            dino_loss.load_state_dict(checkpoint["dino_loss"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            reason = " ".join(str(error).split())
+            reason = reason if len(reason) <= 200 else reason[:200] + " …"
+            raise ValueError(
+                f"{checkpoint_path}: this run cannot resume with the settings given, which build another model, "
+                f"head or optimiser ({reason}); resume with the settings of {output_dir / CONFIG_NAME}, or start a "
+                "new run in another --output-dir"
+            ) from None
         if precision.scaler is not None and "fp16_scaler" in checkpoint:
             precision.scaler.load_state_dict(checkpoint["fp16_scaler"])
         start_epoch = int(checkpoint["epoch"])
@@ -341,6 +349,9 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
             )
         if ctx.is_main:
             print(f"resumed from {checkpoint_path} at epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
+    if ctx.is_main:
+        # Written once the checkpoint (if any) has loaded, so that a refused resume leaves the run's config as it was.
+        save_config(config, output_dir / CONFIG_NAME)
 
     monitor = _Monitor(config, ctx, output_dir)
     stop = _StopRequest()

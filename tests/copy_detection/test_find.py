@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from apps.copy_detection.find import backbone_of_index, build_copy_index, find_copies
+from apps.copy_detection.find import build_copy_index, find_copies
 from dino import cli
 from dino.checkpoint import load_backbone
-from dino.index import ImageIndex, IndexMismatchError
+from dino.data.io import list_images
+from dino.descriptors import DescriptorRecipe
+from dino.index import ImageIndex, IndexMismatchError, build_index
 
 OPTIONS = {"device": "cpu", "num_workers": 0, "progress": False}
 
@@ -51,9 +53,13 @@ def test_find_on_a_tiny_index(photos: Path, copies: list[Path], tmp_path: Path) 
 
     # The backbone recorded in the index is loaded back; another backbone is refused.
     reloaded = ImageIndex.load(tmp_path / "index")
-    assert backbone_of_index(reloaded).embed_dim == model.embed_dim
+    assert reloaded.load_backbone().embed_dim == model.embed_dim
     with pytest.raises(IndexMismatchError):
         find_copies(copies, reloaded, load_backbone("random:vit_small/16"), **OPTIONS)
+    # A retrieval index (another descriptor, for which the copy thresholds mean nothing) is refused.
+    search_index = build_index(list_images(photos), model, DescriptorRecipe.retrieval(64), **OPTIONS)
+    with pytest.raises(IndexMismatchError, match="another descriptor .*'dino copy-detect index'"):
+        find_copies(copies, search_index, model, **OPTIONS)
 
 
 @pytest.mark.slow

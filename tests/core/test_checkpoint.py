@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import urllib.error
 
 import pytest
 import torch
 
+from dino.atomic import atomic_write_json
 from dino.checkpoint import (
     RELEASES,
     CheckpointError,
@@ -15,6 +17,7 @@ from dino.checkpoint import (
     atomic_torch_save,
     infer_architecture,
     load_backbone,
+    model_identity,
 )
 from dino.models import DINOHead, vit_tiny
 
@@ -135,12 +138,26 @@ def test_requested_arch_must_match_weights(tmp_path) -> None:
         load_backbone(tmp_path / "s16.pth", arch="vit_base")
 
 
+def test_loaded_backbone_records_how_to_load_it_again(tmp_path, monkeypatch) -> None:
+    torch.save({"student": official_backbone_state_dict("vit_small", 16)}, tmp_path / "run.pth")
+    monkeypatch.chdir(tmp_path)
+    model = load_backbone("run.pth", checkpoint_key="student")
+    identity = model_identity(model)
+    assert identity["weights"] == str(tmp_path / "run.pth") and identity["checkpoint_key"] == "student"
+    assert model_identity(load_backbone("random:vit_tiny/16"))["weights"] == "random:vit_tiny/16"
+
+
 def test_bad_files_give_clear_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_backbone(tmp_path / "missing.pth")
-    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pth: not a readable PyTorch checkpoint"):
-        load_backbone(tmp_path / "garbage.pth")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"notes.txt: not a PyTorch checkpoint \(neither") as refused:
+        load_backbone(tmp_path / "notes.txt")
+    assert "\n" not in str(refused.value) and "weights_only" not in str(refused.value)
+    (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04" + b"\0" * 20)
+    with pytest.raises(CheckpointError, match="truncated.pth: not a readable PyTorch checkpoint") as refused:
+        load_backbone(tmp_path / "truncated.pth")
+    assert "\n" not in str(refused.value)
     torch.save({"optimizer": {}}, tmp_path / "no_backbone.pth")
     with pytest.raises(CheckpointError, match="no ViT backbone"):
         load_backbone(tmp_path / "no_backbone.pth")
@@ -210,7 +227,7 @@ def test_atomic_outputs_get_ordinary_permissions_and_folders_swap(tmp_path) -> N
     import os
     import stat
 
-    from dino.atomic import atomic_output_dir, atomic_write_json, restore_interrupted_output_dir
+    from dino.atomic import atomic_output_dir, restore_interrupted_output_dir
 
     umask = os.umask(0o022)
     try:
@@ -236,3 +253,10 @@ def test_atomic_outputs_get_ordinary_permissions_and_folders_swap(tmp_path) -> N
     os.replace(tmp_path / "out", tmp_path / ".out.old-1234abcd")
     assert restore_interrupted_output_dir(tmp_path / "out")
     assert (tmp_path / "out" / "x.txt").read_text() == "second"
+
+
+def test_json_outputs_write_non_finite_numbers_as_null(tmp_path) -> None:
+    atomic_write_json(tmp_path / "r.json", {"mAP": float("nan"), "rows": [1.5, float("inf"), {"x": -float("inf")}]})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"mAP": None, "rows": [1.5, None, {"x": None}]}

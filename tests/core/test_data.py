@@ -114,3 +114,14 @@ def test_voc_palette_and_indexed_png_round_trip(tmp_path) -> None:
     assert np.array_equal(read_indexed_png(tmp_path / "m.png"), labels)
     with Image.open(tmp_path / "m.png") as image:
         assert image.mode == "P" and image.getpalette()[3:6] == [128, 0, 0]
+
+
+def test_unreadable_masks_name_the_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="none.png: no such mask file"):
+        read_indexed_png(tmp_path / "none.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ImageLoadError, match="notes.png: not an image file"):
+        read_indexed_png(tmp_path / "notes.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
+    with pytest.raises(ImageLoadError, match="rgb.png: expected an indexed"):
+        read_indexed_png(tmp_path / "rgb.png")

@@ -156,6 +156,7 @@ def test_state_dict_sha256_tracks_the_weights() -> None:
     identity = model_identity(model)
     assert identity == {
         "weights": "random:vit_tiny/16",
+        "checkpoint_key": "teacher",
         "arch": "vit_tiny",
         "patch_size": 16,
         "embed_dim": 192,

@@ -12,7 +12,9 @@ from PIL import Image
 
 from dino import cli
 from dino.checkpoint import load_backbone
+from dino.data.io import ImageLoadError
 from dino.data.transforms import knn_transform, make_transform
+from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.features import FeatureExtractor, autocast_dtype, pick_device
 
 
@@ -120,3 +122,78 @@ def test_cli_info_json(capsys) -> None:
     assert cli.main(["info", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["torch"] == torch.__version__ and report["device"] in ("cpu", "cuda", "mps")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unusable_images_fail_with_one_line_naming_the_file(tmp_path, workers) -> None:
+    model = load_backbone("random:vit_tiny/16")
+    extractor = FeatureExtractor(model, make_transform("thumbnail", 64), device="cpu", num_workers=workers)
+    extractor.progress = False
+    Image.new("RGB", (64, 64)).save(tmp_path / "good.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "icon.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 10)
+    with pytest.raises(ImageLoadError) as small:
+        extractor.extract([tmp_path / "good.png", tmp_path / "icon.png"])
+    assert str(small.value).startswith(str(tmp_path / "icon.png")) and "8×8" in str(small.value)
+    with pytest.raises(ImageLoadError) as broken:
+        extractor.extract([tmp_path / "broken.jpg"])
+    # Raised in the main process as the loader's own error, not wrapped in a worker traceback.
+    assert str(broken.value).startswith(str(tmp_path / "broken.jpg")) and "\n" not in str(broken.value)
+
+
+def test_multiscale_descriptors_need_a_patch_at_the_smallest_scale(tmp_path) -> None:
+    model = load_backbone("random:vit_tiny/16")
+    Image.new("RGB", (24, 24)).save(tmp_path / "small.png")
+    assert DescriptorExtractor(model, DescriptorRecipe(size=64), progress=False).extract([tmp_path / "small.png"]).shape
+    with pytest.raises(ImageLoadError, match="at least 32"):
+        DescriptorExtractor(model, DescriptorRecipe(size=64, multiscale=True), progress=False).extract(
+            [tmp_path / "small.png"]
+        )
+
+
+def test_pil_inputs_of_any_mode_are_converted_to_rgb() -> None:
+    model = load_backbone("random:vit_tiny/16")
+    extractor = FeatureExtractor(model, knn_transform(resize=40, crop=32), device="cpu", progress=False)
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    gray = rgb.convert("L")
+    rgba = rgb.convert("RGBA")
+    features = extractor.extract([rgba, gray, gray.convert("RGB")]).cls
+    torch.testing.assert_close(features[0], extractor.extract([rgb]).cls[0])
+    torch.testing.assert_close(features[1], features[2])
+
+
+def test_unavailable_devices_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'gpu0': not a device name"):
+        pick_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda': this machine has no CUDA device"):
+            pick_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size: 0: must be at least 1"),
+        (["--workers", "-1"], "--workers: -1: must be 0 or more"),
+        (["--size", "x"], "--size: x: not an integer"),
+    ],
+)
+def test_cli_refuses_bad_numbers_while_parsing(images, tmp_path, capsys, argv, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["features", str(images[0]), "--out", str(tmp_path / "f.npy"), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_refuses_outputs_that_would_lose_data(images, tmp_path, capsys) -> None:
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit):
+        cli.main(["features", str(images[0]), "--out", str(tmp_path / "folder")])
+    assert "is a folder; give the path of a file" in capsys.readouterr().err
+    # A .json output would be overwritten by its own image-list sidecar.
+    code = cli.main(["features", str(images[0]), "--out", str(tmp_path / "f.json"), "--weights", "random:vit_tiny/16"])
+    assert code == 2 and "give a .npy path" in capsys.readouterr().err
+    assert not (tmp_path / "f.json").exists()
+    code = cli.main(
+        ["features", str(images[0]), "--out", str(tmp_path / "f.npy"), "--size", "8", "--weights", "random"]
+    )
+    assert code == 2 and "size 8 is smaller than one 16-pixel patch" in capsys.readouterr().err

@@ -300,6 +300,28 @@ def test_interrupted_build_resumes_from_partial_results(model, images, tmp_path,
     assert not partial_results_path(out).exists()
 
 
+def test_a_build_that_fails_before_describing_leaves_nothing(model, images, tmp_path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "icon.png")
+    out = tmp_path / "idx"
+    with pytest.raises(ValueError, match="icon.png: too small"):
+        build_index([tmp_path / "icon.png", *images], model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    assert not out.exists() and not partial_results_path(out).exists()
+    # So another build into the same place is not refused as a stale partial one.
+    assert len(build_index(images, model, DescriptorRecipe(pooling="gem"), out=out, **QUIET)) == len(images)
+
+
+def test_index_reloads_its_backbone_from_anywhere(images, tmp_path, monkeypatch) -> None:
+    student = load_backbone("random:vit_tiny/16")
+    torch.save({"teacher": {}, "student": student.state_dict()}, tmp_path / "run.pth")
+    monkeypatch.chdir(tmp_path)
+    built_with = load_backbone("run.pth", checkpoint_key="student")
+    build_index(images, built_with, DescriptorRecipe.retrieval(), out=tmp_path / "idx", **QUIET)
+    monkeypatch.chdir(images[0].parent)
+    reloaded = ImageIndex.load(tmp_path / "idx").load_backbone()
+    assert reloaded.weights_source == str(tmp_path / "run.pth") and reloaded.checkpoint_key == "student"
+    ImageIndex.load(tmp_path / "idx").check_compatible(reloaded)
+
+
 def test_stale_partial_results_are_refused(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
     describe_shard(images, model, DescriptorRecipe.retrieval(), out, rank=0, world_size=3, **QUIET)

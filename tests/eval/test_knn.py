@@ -10,8 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+import dino.eval.knn as knn_module
 from dino.cli import main
-from dino.eval.knn import knn_classifier
+from dino.eval.knn import knn_classifier, run_knn
+from dino.eval.linear import run_linear
+from dino.models.vision_transformer import vit_tiny
 
 
 def test_weighted_vote_hand_example() -> None:
@@ -35,6 +38,23 @@ def test_fewer_than_100_queries_and_k_larger_than_bank() -> None:
     assert result.k == 3 and result.top1 == 100.0
 
 
+def test_ks_above_the_bank_are_capped_and_reported_once(tmp_path) -> None:
+    train, val = _folder(tmp_path / "train", 0), _folder(tmp_path / "val", 1)
+    results = run_knn(vit_tiny(16).eval(), train, val, ks=[2, 10, 20], device="cpu", progress=False)
+    assert [r.k for r in results] == [2, 6]
+
+
+def test_linear_refuses_layouts_the_reference_cannot_build(tmp_path) -> None:
+    model = vit_tiny(16)
+    for options, message in (
+        ({"n_last_blocks": 4, "avgpool": True}, "use n_last_blocks 1"),
+        ({"n_last_blocks": 13}, r"1\.\.12"),
+        ({"epochs": 0}, "at least 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_linear(model, tmp_path, tmp_path, **options)
+
+
 def _folder(root, seed):
     rng = np.random.default_rng(seed)
     for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
@@ -46,7 +66,7 @@ def _folder(root, seed):
 
 
 @pytest.mark.slow
-def test_knn_cli_writes_json_and_caches(tmp_path, capsys) -> None:
+def test_knn_cli_writes_json_and_caches(tmp_path, capsys, monkeypatch) -> None:
     train, val = _folder(tmp_path / "train", 0), _folder(tmp_path / "val", 1)
     out, cache = tmp_path / "knn.json", tmp_path / "cache"
     argv = [
@@ -74,8 +94,17 @@ def test_knn_cli_writes_json_and_caches(tmp_path, capsys) -> None:
     assert (cache / "train.npy").is_file() and np.load(cache / "train.npy").shape == (6, 192)
     norms = np.linalg.norm(np.load(cache / "val.npy"), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-5)
+    real_extract = knn_module._extract_sharded
+    monkeypatch.setattr(knn_module, "_extract_sharded", lambda *args: pytest.fail("recomputed a valid cache"))
     assert main(argv) == 0  # second run reads the cache
     assert json.loads(out.read_text())["results"] == results
+    # Other images with the same count, or other weights, make the cache stale: it is recomputed, not reused.
+    recomputed = []
+    monkeypatch.setattr(knn_module, "_extract_sharded", lambda *args: recomputed.append(1) or real_extract(*args))
+    Image.new("RGB", (40, 40), (30, 30, 220)).save(train / "red" / "0.png")
+    assert main(argv) == 0 and len(recomputed) == 1
+    assert main([*argv[:6], "random:vit_tiny/8", *argv[7:]]) == 0
+    assert len(recomputed) == 3
 
 
 @pytest.mark.slow

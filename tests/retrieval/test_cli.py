@@ -14,10 +14,16 @@ import pytest
 from PIL import Image
 
 from apps.retrieval.revisitop import compute_map, protocol_ground_truth
-from dino.checkpoint import load_backbone
+from dino.checkpoint import load_backbone, model_identity
 from dino.cli import main
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.descriptors import (
+    DescriptorExtractor,
+    DescriptorRecipe,
+    fit_descriptor_whitening,
+    load_descriptor_whitening,
+)
 from dino.index import ImageIndex
+from dino.whitening import Whitening
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--weights", "random:vit_tiny/16", "--no-progress", "--workers", "0"]
@@ -106,6 +112,28 @@ def test_whiten_then_index_with_whitening(tmp_path, capsys, make_images) -> None
     assert index.dim == 16 and index.manifest["whitening"] is not None and index.recipe.pooling == "gem"
     code, stdout, _ = _run(capsys, "search", "query", str(images[2]), "--index", str(out), "-k", "1", "--json")
     assert json.loads(stdout)[0]["hits"][0]["path"] == str(images[2])
+
+
+def test_a_whitening_fitted_by_either_app_serves_both(tmp_path, make_images) -> None:
+    """One metadata layout for fitted whitenings (dino.descriptors), and the older copy-detection one still read."""
+    images = make_images(tmp_path / "set", 6)
+    model, other = load_backbone("random:vit_tiny/16"), load_backbone("random:vit_tiny/8")
+    recipe = DescriptorRecipe.copy_detection(64)
+    fitted = fit_descriptor_whitening(DescriptorExtractor(model, recipe, **QUIET), images, source="set")
+    fitted.save(tmp_path / "w.npz")
+    assert load_descriptor_whitening(tmp_path / "w.npz", model, recipe).metadata["source"] == "set"
+    with pytest.raises(ValueError, match="w.npz: this whitening was fitted on descriptors of another backbone"):
+        load_descriptor_whitening(tmp_path / "w.npz", other, recipe)
+    with pytest.raises(ValueError, match="w.npz: this whitening was fitted for descriptor recipe"):
+        load_descriptor_whitening(tmp_path / "w.npz", model, DescriptorRecipe.retrieval())
+    legacy = Whitening.fit(
+        np.random.default_rng(0).normal(size=(8, 384)),
+        metadata={"backbone": "random", "backbone_sha256": model_identity(model)["sha256"], "recipe": recipe.as_dict()},
+    )
+    legacy.save(tmp_path / "legacy.npz")
+    assert load_descriptor_whitening(tmp_path / "legacy.npz", model, recipe).in_dim == 384
+    with pytest.raises(ValueError, match="another backbone \\('random'\\)"):
+        load_descriptor_whitening(tmp_path / "legacy.npz", other, recipe)
 
 
 def _independent_medium_map(root: Path, config: dict, crop: bool) -> tuple[float, float]:

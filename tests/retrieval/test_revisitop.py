@@ -97,7 +97,12 @@ def test_load_dataset_errors(tmp_path) -> None:
     (folder / "gnd_evil.pkl").write_bytes(pickle.dumps({"imlist": Payload()}))
     with pytest.raises(ValueError, match="not a revisitop ground-truth pickle .*refusing to load posix.getcwd"):
         load_dataset(tmp_path, "evil")
-    (folder / "gnd_evil.pkl").write_bytes(pickle.dumps({"imlist": ["a"], "qimlist": ["a"], "gnd": [{}]}))
+    # The original Oxford5k/Paris6k ground truth has ok/junk lists only: refused at load, before any image is read.
+    (folder / "gnd_evil.pkl").write_bytes(pickle.dumps({"imlist": ["a"], "qimlist": ["a"], "gnd": [{"ok": [0]}]}))
+    with pytest.raises(ValueError, match=r"gnd_evil.pkl: the ground truth of query 0 has no easy, hard, junk list"):
+        load_dataset(tmp_path, "evil")
+    entry = {"easy": [0], "hard": [], "junk": []}
+    (folder / "gnd_evil.pkl").write_bytes(pickle.dumps({"imlist": ["a"], "qimlist": ["a"], "gnd": [entry]}))
     with pytest.raises(FileNotFoundError, match=r"1 image\(s\) of evil are missing under .*jpg, e.g. .*a.jpg"):
         load_dataset(tmp_path, "evil")
 

@@ -53,6 +53,22 @@ def test_video_cli_errors_are_clear(tmp_path, capsys) -> None:
     assert "none.mp4: no such video file" in capsys.readouterr().err
 
 
+def test_davis_inputs_are_checked_before_anything_is_written(tmp_path, capsys) -> None:
+    root = tmp_path / "davis"
+    (root / "JPEGImages" / "480p" / "seq").mkdir(parents=True)
+    cv2.imwrite(str(root / "JPEGImages" / "480p" / "seq" / "00000.jpg"), np.zeros((32, 32, 3), np.uint8))
+    write_indexed_png(root / "Annotations" / "480p" / "seq" / "00000.png", np.zeros((32, 32), np.uint8))
+    args = ["video-seg", "--davis", str(root), "--sequences", "seq", "nosuch", "--out", str(tmp_path / "o")]
+    assert main(args + WEIGHTS) == 2
+    assert "nosuch: no .jpg files" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "weights.txt").write_text("not a mask")
+    args = ["video-seg", "--video", str(tmp_path / "clip.mp4"), "--first-mask", str(tmp_path / "weights.txt")]
+    _write_clip(tmp_path / "clip.mp4")
+    assert main(args + ["--out", str(tmp_path / "v")] + WEIGHTS) == 2
+    assert "weights.txt: not an image file" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_davis_cli_resumes_and_refuses_foreign_folders(shared_data, tmp_path, capsys) -> None:
     davis = shared_data / "davis2016-dev"
