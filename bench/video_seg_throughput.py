@@ -6,6 +6,9 @@ run propagates through `frames` target frames with random unit features of the p
 set size is its own (interpreter and libraries included).
 
     python bench/video_seg_throughput.py --markdown
+
+It ends with the affinity sizes of each grid (apps.video_seg.propagation.affinity_budget_mb), the table of
+docs/video_seg.md.
 """
 
 from __future__ import annotations
@@ -124,6 +127,20 @@ def main() -> None:
                 f"{label:14} {implementation:10} {result['frames_per_s']:8.2f} frames/s "
                 f"{result['peak_rss_mib']:8.0f} MiB"
             )
+    print_affinity_sizes(args.markdown)
+
+
+def print_affinity_sizes(markdown: bool) -> None:
+    """The affinity memory of each grid (docs/video_seg.md, "Memory"): the reference's full tensor and our chunks."""
+    from apps.video_seg.propagation import NEIGHBOURHOOD_RADIUS, affinity_budget_mb
+
+    header = "| grid | reference affinity alone (MiB) | one target row + its band | one target patch + its band |"
+    print(f"\n{header}\n|---|---|---|---|" if markdown else f"\naffinity sizes, {CONTEXTS} context frames, fp32")
+    for label, height, width in GRIDS:
+        sizes = affinity_budget_mb((height, width), CONTEXTS, NEIGHBOURHOOD_RADIUS)
+        cells = [f"{sizes[key]:.2f}" for key in ("reference_full", "one_row_band", "one_patch_band")]
+        plain = f"{label:14} " + " ".join(f"{cell:>10}" for cell in cells)
+        print(f"| {label} | {' | '.join(cells)} |" if markdown else plain)
 
 
 if __name__ == "__main__":

@@ -230,9 +230,13 @@ def compare_copies(
     against it with no threshold, which returns their similarity (and verified matches) whatever they are.
 
     Args:
+        model: The backbone.
+        first: The image asked about (the query).
+        second: The image it may copy (indexed alone).
         threshold: The similarity a copy reaches, without verification.
         verify: A verifier of the copy app (``dino``, ``sift``): the verdict is then its calibrated minimum of
             verified matches.
+        **options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
     """
     find = _app("apps.copy_detection.find", "copy")
     index = find.build_copy_index([second], model, **options)

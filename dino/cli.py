@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,9 +34,13 @@ from dino.data.transforms import PREPROCESSING, make_transform
 from dino.features import FeatureExtractor, pick_device
 from dino.models.vision_transformer import VisionTransformer
 
+if TYPE_CHECKING:  # FAISS is an optional dependency: the core verbs run without it
+    from dino.index import ImageIndex
+
 __all__ = [
     "INDEX_WEIGHTS",
     "add_runtime_arguments",
+    "backbone_for_index",
     "add_weights_arguments",
     "backbone_from_args",
     "extractor_options",
@@ -199,6 +203,14 @@ def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:
 
 
 # ---------------------------------------------------------------------------- core verbs
+def backbone_for_index(args: argparse.Namespace, index: ImageIndex) -> VisionTransformer:
+    """The backbone of the --weights given, or else the one the index was built with (read from its manifest)."""
+    if args.weights is None:
+        print(f"note: using the index's backbone, {index.manifest['backbone']['weights']}", file=sys.stderr)
+        return index.load_backbone(weights_only=not args.unsafe_load)
+    return backbone_from_args(args)
+
+
 def _info(args: argparse.Namespace) -> int:
     import PIL
     import torch
@@ -255,9 +267,7 @@ def extract_features_to_file(
             f"{out}: the features are written as .npy and the image list as .json beside them; give a .npy path"
         )
     transform = make_transform(preprocessing, size, model.patch_size)
-    paths = list_images(inputs)
-    if not paths:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    paths = list_images(inputs, required=True)
     extractor = FeatureExtractor(model, transform, **extractor_options)  # type: ignore[arg-type]
     features = extractor.extract(paths, patch_tokens=what == "patch")
     array = features.cls if what == "cls" else features.patch_tokens

@@ -31,6 +31,7 @@ __all__ = [
     "DescriptorExtractor",
     "DescriptorRecipe",
     "describe",
+    "finalize_descriptors",
     "fit_descriptor_whitening",
     "l2_normalize",
     "load_descriptor_whitening",
@@ -119,6 +120,11 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return F.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=-1).numpy()
 
 
+def finalize_descriptors(raw: np.ndarray, whitening: Whitening | None) -> np.ndarray:
+    """Raw descriptors -> the compared vectors: ``P (x − μ)`` when whitened, then L2-normalised (SPEC §12, §13)."""
+    return l2_normalize(whitening.apply(raw) if whitening is not None else raw)
+
+
 class DescriptorExtractor:
     """Computes a recipe's descriptors for many images, streaming, with optional whitening.
 
@@ -169,7 +175,7 @@ class DescriptorExtractor:
 
     def finalize(self, raw: np.ndarray) -> np.ndarray:
         """Whiten (if configured) and L2-normalise raw descriptors."""
-        return l2_normalize(self.whitening.apply(raw) if self.whitening is not None else raw)
+        return finalize_descriptors(raw, self.whitening)
 
     def extract_raw(self, images: Sequence[str | os.PathLike[str] | Image.Image]) -> np.ndarray:
         """Raw descriptors of all `images`, (n, recipe.dim(D)), in input order (e.g. to fit a whitening)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from apps.copy_detection.evaluate import evaluate_copydays, format_table, load_or_fit_whitening
 from apps.copy_detection.find import (
@@ -23,6 +22,7 @@ from dino.cli import (
     INDEX_WEIGHTS,
     add_runtime_arguments,
     add_weights_arguments,
+    backbone_for_index,
     backbone_from_args,
     extractor_options,
     non_negative_int,
@@ -283,14 +283,8 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
 
 def _find(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
-    if args.weights is None:
-        model = index.load_backbone(weights_only=not args.unsafe_load)
-        print(f"note: using the index's backbone, {index.manifest['backbone']['weights']}", file=sys.stderr)
-    else:
-        model = backbone_from_args(args)
-    queries = list_images(args.images)
-    if not queries:
-        raise ValueError(f"no images found in {', '.join(args.images)}")
+    model = backbone_for_index(args, index)
+    queries = list_images(args.images, required=True)
     min_inliers = args.min_inliers
     if args.verify and min_inliers is None:
         min_inliers = DEFAULT_MIN_INLIERS[args.verify]

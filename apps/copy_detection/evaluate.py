@@ -35,8 +35,8 @@ from dino.data.io import list_images
 from dino.descriptors import (
     DescriptorExtractor,
     DescriptorRecipe,
+    finalize_descriptors,
     fit_descriptor_whitening,
-    l2_normalize,
     load_descriptor_whitening,
 )
 from dino.models.vision_transformer import VisionTransformer
@@ -51,7 +51,6 @@ __all__ = [
     "calibrate_verification",
     "describe_copydays",
     "evaluate_copydays",
-    "finalize_descriptors",
     "format_table",
     "load_or_fit_whitening",
     "score_blocks",
@@ -115,11 +114,6 @@ class CopydaysReport:
             "calibration": [vars(c) for c in self.calibration],
             "verification": self.verification,
         }
-
-
-def finalize_descriptors(raw: np.ndarray, whitening: Whitening | None) -> np.ndarray:
-    """Raw descriptors -> the compared vectors: ``P (x − μ)`` when whitened, then L2-normalised (SPEC §12)."""
-    return l2_normalize(whitening.apply(raw) if whitening is not None else raw)
 
 
 def top_k_neighbours(queries: np.ndarray, database: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:

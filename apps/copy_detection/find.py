@@ -98,9 +98,7 @@ def build_copy_index(
         size: Side of the square the images are resized to.
         **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
     """
-    paths = list_images(images)
-    if not paths:
-        raise ValueError(f"no images found in {', '.join(map(str, images))}")
+    paths = list_images(images, required=True)
     recipe = DescriptorRecipe.copy_detection(size)
     if isinstance(whitening, (str, os.PathLike)):
         extractor = DescriptorExtractor(model, recipe, **extractor_options)

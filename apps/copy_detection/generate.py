@@ -19,7 +19,6 @@ index), so the same photos and seed give byte-identical files.
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from tqdm import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, STRONG_BLOCK
-from dino.atomic import atomic_output_dir, check_output_dir
+from dino.atomic import atomic_output_dir, atomic_write_json, check_output_dir
 from dino.data.io import list_images, open_image
 
 __all__ = [
@@ -257,9 +256,7 @@ def make_benchmark(
         crop_percents: The ``crops/<c>`` levels (percent of the area removed).
         progress: Show a progress bar.
     """
-    photos = list_images(images)
-    if not photos:
-        raise ValueError(f"no images found in {', '.join(map(str, images))}")
+    photos = list_images(images, required=True)
     if whitening_count and whitening_out is None:
         raise ValueError("whitening_count needs whitening_out, the folder to write the whitening photos to")
     if not 1 <= strong_per_original <= 99:
@@ -302,9 +299,7 @@ def make_benchmark(
             manifest["distractors"] = _plain_set_names(distractor_photos)
         if whitening_out is not None:
             manifest["whitening"] = _plain_set_names(whitening_photos)
-        with open(root / MANIFEST_NAME, "w") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.write("\n")
+        atomic_write_json(root / MANIFEST_NAME, manifest)
         if distractors_out is not None:
             _write_plain_set(distractor_photos, distractors_out, max_side)
         if whitening_out is not None:

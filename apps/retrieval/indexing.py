@@ -7,36 +7,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from dino.data.io import list_images
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe, fit_descriptor_whitening
 from dino.index import ImageIndex, UpdateReport, build_index, describe_shard, update_index
 from dino.models.vision_transformer import VisionTransformer
+from dino.train.distributed import init_distributed
 from dino.whitening import Whitening
 
-__all__ = ["distributed_world", "fit_whitening", "index_folders", "update_folders"]
+__all__ = ["fit_whitening", "index_folders", "update_folders"]
 
 PathInput = str | os.PathLike[str]
-
-
-def _images_in(inputs: Sequence[PathInput], recursive: bool = True) -> list[Path]:
-    images = list_images(inputs, recursive=recursive)
-    if not images:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
-    return images
-
-
-def distributed_world() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when launched by ``torchrun`` with more than one process, else None."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return None
-    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def index_folders(
@@ -60,20 +44,19 @@ def index_folders(
         The index (None on ranks other than 0).
     """
     recipe = recipe or DescriptorRecipe.retrieval()
-    images = _images_in(inputs, recursive)
-    world = distributed_world()
-    if world is None:
+    images = list_images(inputs, recursive, required=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return build_index(images, model, recipe, whitening, factory, out, checkpoint_every, **extractor_options)
-    rank, world_size, local_rank = world
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        extractor_options["device"] = f"cuda:{local_rank}"
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    context = init_distributed(str(extractor_options.get("device", "auto")))
+    extractor_options["device"] = str(context.device)
     try:
-        describe_shard(images, model, recipe, out, rank, world_size, whitening, checkpoint_every, **extractor_options)
+        describe_shard(
+            images, model, recipe, out, context.rank, context.world_size, whitening, checkpoint_every,
+            **extractor_options,
+        )  # fmt: skip
         dist.barrier()
         index = None
-        if rank == 0:
+        if context.is_main:
             index = build_index(images, model, recipe, whitening, factory, out, checkpoint_every, **extractor_options)
         dist.barrier()
         return index
@@ -92,7 +75,7 @@ def update_folders(
     and save it where it was loaded from when anything changed."""
     if not isinstance(index, ImageIndex):
         index = ImageIndex.load(index)
-    report = update_index(index, _images_in(inputs, recursive), model, **extractor_options)
+    report = update_index(index, list_images(inputs, recursive, required=True), model, **extractor_options)
     if report.added or report.updated or report.removed:
         index.save(index.path)
     return report
@@ -111,6 +94,8 @@ def fit_whitening(
     """Fit a PCA-whitening on the raw descriptors of the images under `inputs` (a set disjoint from the
     database) and save it to `out`; its metadata records the backbone and recipe it is valid for."""
     extractor = DescriptorExtractor(model, recipe or DescriptorRecipe.retrieval(), **extractor_options)
-    whitening = fit_descriptor_whitening(extractor, _images_in(inputs, recursive), dim=dim, centered=centered)
+    whitening = fit_descriptor_whitening(
+        extractor, list_images(inputs, recursive, required=True), dim=dim, centered=centered
+    )
     whitening.save(out)
     return whitening

@@ -12,6 +12,8 @@ from typing import Literal
 
 import numpy as np
 
+from dino.data.masks import mask_iou
+
 __all__ = ["BACKGROUND", "VOID", "ImageJaccard", "VoidMode", "best_mask_jaccard", "jaccard"]
 
 # PASCAL VOC label conventions: 0 is background, 255 the "void" border/difficult region.
@@ -36,18 +38,11 @@ def jaccard(
     Returns:
         The IoU in [0, 1]; 1.0 when both masks are empty (nothing to find, nothing predicted).
     """
-    if prediction.shape != target.shape:
-        raise ValueError(f"mask shapes differ: prediction {prediction.shape}, target {target.shape}")
     if mode not in ("ignore", "count"):
         raise ValueError(f"unknown void mode {mode!r}; choose ignore or count")
-    prediction = prediction.astype(bool)
-    target = target.astype(bool)
     if void is not None and mode == "ignore":
-        prediction = prediction & ~void
-    union = np.count_nonzero(prediction | target)
-    if union == 0:
-        return 1.0
-    return np.count_nonzero(prediction & target) / union
+        prediction = prediction.astype(bool) & ~void
+    return mask_iou(prediction, target)
 
 
 @dataclass

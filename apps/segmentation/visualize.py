@@ -84,9 +84,7 @@ def save_attention_figures(
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-    paths = list_images(inputs)
-    if not paths:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    paths = list_images(inputs, required=True)
     folders = output_folders(paths, Path(out))
     patch = model.patch_size
     tag = f"th{threshold:g}"

@@ -15,13 +15,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from apps.video_seg.pipeline import segment_frames
-from apps.video_seg.preprocess import FramePreprocessing
+from apps.video_seg.preprocess import FramePreprocessing, read_bgr
 from apps.video_seg.propagation import PropagationConfig
 from dino.atomic import atomic_write_json
 from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png, write_indexed_png
@@ -50,10 +49,7 @@ class SequenceResult:
 def read_bgr_frames(paths: Sequence[Path]) -> Iterator[np.ndarray]:
     """Decode image files with OpenCV (BGR, as the reference), one at a time."""
     for path in paths:
-        frame = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise FileNotFoundError(f"{path}: not a readable image")
-        yield frame
+        yield read_bgr(path)
 
 
 def _settings(model: VisionTransformer, config: PropagationConfig, preprocessing: FramePreprocessing, autocast) -> dict:

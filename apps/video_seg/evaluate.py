@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from apps.video_seg.metrics import Statistics, boundary_f_measure, jaccard, statistics
+from apps.video_seg.metrics import Statistics, boundary_f_measure, statistics
 from dino.atomic import atomic_write
-from dino.data.masks import davis_annotations, davis_sequences, read_indexed_png
+from dino.data.masks import davis_annotations, davis_sequences, mask_iou, read_indexed_png
 
 __all__ = ["Evaluation", "ObjectScores", "evaluate_davis", "evaluate_sequence", "format_table", "write_csvs"]
 
@@ -119,7 +119,7 @@ def evaluate_sequence(
     predicted_masks = _object_masks(predictions, num_objects)
     scores = []
     for index in range(num_objects):
-        j = np.array([jaccard(t, p) for t, p in zip(true_masks[index], predicted_masks[index], strict=True)])
+        j = np.array([mask_iou(t, p) for t, p in zip(true_masks[index], predicted_masks[index], strict=True)])
         f = np.array([boundary_f_measure(t, p) for t, p in zip(true_masks[index], predicted_masks[index], strict=True)])
         scores.append(ObjectScores(sequence, index + 1, j, f))
     return scores

@@ -1,9 +1,9 @@
 """DAVIS region similarity J and boundary accuracy F, as davis2017-evaluation computes them (SPEC §11).
 
-Semantics copied on purpose, edge cases included: J of two empty masks is 1; F uses 1-pixel boundary maps
-(`seg2bmap`) dilated by a disk of radius ceil(0.008·‖(H, W)‖₂) with OpenCV; empty prediction vs non-empty
-GT gives P=1, R=0, and so on; per-object statistics are nan-mean, recall at 0.5 and the decay between the
-first and last of four frame bins, whose edges are cast to uint8 as in the original.
+Semantics copied on purpose, edge cases included: J (:func:`dino.data.masks.mask_iou`) of two empty masks is
+1; F uses 1-pixel boundary maps (`seg2bmap`) dilated by a disk of radius ceil(0.008·‖(H, W)‖₂) with OpenCV;
+empty prediction vs non-empty GT gives P=1, R=0, and so on; per-object statistics are nan-mean, recall at 0.5
+and the decay between the first and last of four frame bins, whose edges are cast to uint8 as in the original.
 """
 
 from __future__ import annotations
@@ -16,21 +16,12 @@ import cv2
 import numpy as np
 from skimage.morphology import disk
 
-__all__ = ["BOUNDARY_FRACTION", "Statistics", "boundary_f_measure", "jaccard", "seg2bmap", "statistics"]
+__all__ = ["BOUNDARY_FRACTION", "Statistics", "boundary_f_measure", "seg2bmap", "statistics"]
 
 # SPEC §11: the boundary tolerance is 0.008 of the image diagonal.
 BOUNDARY_FRACTION = 0.008
 RECALL_THRESHOLD = 0.5
 DECAY_BINS = 4
-
-
-def jaccard(ground_truth: np.ndarray, prediction: np.ndarray) -> float:
-    """Intersection over union of two boolean masks; 1 when both are empty (``db_eval_iou``)."""
-    ground_truth, prediction = ground_truth.astype(bool), prediction.astype(bool)
-    union = np.sum(ground_truth | prediction)
-    if np.isclose(union, 0):
-        return 1.0
-    return float(np.sum(ground_truth & prediction) / union)
 
 
 def seg2bmap(mask: np.ndarray) -> np.ndarray:

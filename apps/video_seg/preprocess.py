@@ -24,6 +24,7 @@ __all__ = [
     "bgr_to_tensor",
     "downscale_mask",
     "one_hot",
+    "read_bgr",
     "read_frame",
     "target_size",
 ]
@@ -92,8 +93,8 @@ def bgr_to_tensor(bgr: np.ndarray, preprocessing: FramePreprocessing = FramePrep
     return tensor
 
 
-def read_frame(path: str | os.PathLike[str], preprocessing: FramePreprocessing = FramePreprocessing()) -> Tensor:
-    """Read an image file with OpenCV and preprocess it (see :func:`bgr_to_tensor`).
+def read_bgr(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file decoded by OpenCV, (H, W, 3) uint8 BGR, as the reference reads frames.
 
     Raises:
         FileNotFoundError: OpenCV cannot read the file.
@@ -101,7 +102,16 @@ def read_frame(path: str | os.PathLike[str], preprocessing: FramePreprocessing =
     bgr = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"{path}: not a readable image")
-    return bgr_to_tensor(bgr, preprocessing)
+    return bgr
+
+
+def read_frame(path: str | os.PathLike[str], preprocessing: FramePreprocessing = FramePreprocessing()) -> Tensor:
+    """Read an image file with OpenCV and preprocess it (see :func:`bgr_to_tensor`).
+
+    Raises:
+        FileNotFoundError: OpenCV cannot read the file.
+    """
+    return bgr_to_tensor(read_bgr(path), preprocessing)
 
 
 def downscale_mask(

@@ -271,7 +271,8 @@ class LabelPropagator:
 def affinity_budget_mb(grid: tuple[int, int], contexts: int, radius: int, dtype: str = "fp32") -> dict[str, float]:
     """Affinity sizes in MiB for a grid: the reference's full tensor and one row of targets with its band.
 
-    Used by the docs and the benchmark to show that a budget fits (e.g. ViT-S/8 on 480×1152: 60×144).
+    ``bench/video_seg_throughput.py`` prints them for its grids (the table of docs/video_seg.md): they show which
+    budget fits (e.g. ViT-S/8 on 480×1152: 60×144).
     """
     height, width = grid
     bytes_per_entry = torch.finfo(torch_dtype(dtype)).bits // 8

@@ -76,6 +76,7 @@ def list_images(
     roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     recursive: bool = True,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    required: bool = False,
 ) -> list[Path]:
     """Image files under one or more folders (or given directly), sorted within each root.
 
@@ -83,9 +84,11 @@ def list_images(
 
     Raises:
         FileNotFoundError: A root does not exist.
+        ValueError: `required` and no image was found (the message names the roots).
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
+    roots = list(roots)
     wanted = tuple(ext.lower() if ext.startswith(".") else "." + ext.lower() for ext in extensions)
     found: list[Path] = []
     for root in map(Path, roots):
@@ -104,4 +107,6 @@ def list_images(
             )
         else:
             raise FileNotFoundError(f"{root}: no such file or folder")
+    if required and not found:
+        raise ValueError(f"no images found in {', '.join(map(str, roots))}")
     return found

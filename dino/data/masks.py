@@ -16,6 +16,7 @@ from dino.atomic import atomic_output_path
 from dino.data.io import ImageLoadError
 
 __all__ = [
+    "mask_iou",
     "davis_annotations",
     "davis_frames",
     "davis_sequences",
@@ -39,6 +40,20 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
             label >>= 3
         palette[index] = (r, g, b)
     return palette
+
+
+def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
+    """Intersection over union |A ∩ B| / |A ∪ B| of two masks (non-zero = in), the Jaccard index of region
+    scores; 1.0 when both are empty (nothing to find, nothing found), as DAVIS's ``db_eval_iou``.
+
+    Raises:
+        ValueError: The shapes differ.
+    """
+    if first.shape != second.shape:
+        raise ValueError(f"mask shapes differ: {first.shape} and {second.shape}")
+    first, second = first.astype(bool), second.astype(bool)
+    union = np.count_nonzero(first | second)
+    return 1.0 if union == 0 else np.count_nonzero(first & second) / union
 
 
 def read_indexed_png(path: str | os.PathLike[str]) -> np.ndarray:

@@ -169,9 +169,7 @@ class MultiCropDataset(Dataset):
         seed: int = 0,
         rank: int = 0,
     ) -> None:
-        self.paths = list_images(roots)
-        if not self.paths:
-            raise ValueError(f"no images found in {roots}")
+        self.paths = list_images(roots, required=True)
         self.transform = transform
         self.seed = seed
         self.rank = rank

@@ -269,13 +269,6 @@ def load_config(
     return config
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Rebuild a config saved with :func:`config_to_dict` (e.g. from a checkpoint)."""
-    config = TrainConfig()
-    _apply_mapping(config, data, "saved config")
-    return config
-
-
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as YAML, atomically."""
     with atomic_write(path, "w") as handle:

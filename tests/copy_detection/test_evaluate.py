@@ -15,7 +15,6 @@ from apps.copy_detection.evaluate import (
     calibrate_threshold,
     calibrate_verification,
     describe_copydays,
-    finalize_descriptors,
     score_copydays,
 )
 from apps.copy_detection.generate import make_benchmark
@@ -23,7 +22,7 @@ from apps.copy_detection.verify import SiftFeatureExtractor
 from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.io import list_images
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.descriptors import DescriptorExtractor, DescriptorRecipe, finalize_descriptors
 from dino.whitening import Whitening
 from tests.copy_detection.test_metrics import reference_score_ap_from_ranks_1
 

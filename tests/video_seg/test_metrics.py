@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 
 from apps.video_seg.evaluate import evaluate_davis, write_csvs
-from apps.video_seg.metrics import boundary_f_measure, jaccard, seg2bmap, statistics
-from dino.data.masks import davis_annotations, read_indexed_png, write_indexed_png
+from apps.video_seg.metrics import boundary_f_measure, seg2bmap, statistics
+from dino.data.masks import davis_annotations, mask_iou, read_indexed_png, write_indexed_png
 
 SEQUENCES = ("car-shadow", "motocross-jump", "scooter-black")
 
 
-def test_jaccard_hand_checked() -> None:
+def test_region_jaccard_hand_checked() -> None:
     a = np.zeros((4, 4), bool)
     b = np.zeros((4, 4), bool)
-    assert jaccard(a, b) == 1.0  # both empty
+    assert mask_iou(a, b) == 1.0  # both empty
     a[:2, :2] = True  # 4 px
-    assert jaccard(a, b) == 0.0
+    assert mask_iou(a, b) == 0.0
     b[1:3, 1:3] = True  # 4 px, overlap 1 px -> 1/7
-    assert jaccard(a, b) == pytest.approx(1 / 7)
+    assert mask_iou(a, b) == pytest.approx(1 / 7)
 
 
 def test_seg2bmap_marks_the_boundary_half_a_pixel_towards_the_origin() -> None:

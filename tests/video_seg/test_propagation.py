@@ -7,7 +7,6 @@ import pytest
 import torch
 from skimage import data
 
-from apps.video_seg.metrics import jaccard
 from apps.video_seg.propagation import (
     LabelPropagator,
     PropagationConfig,
@@ -17,6 +16,7 @@ from apps.video_seg.propagation import (
     neighbourhood_mask,
     propagate_labels,
 )
+from dino.data.masks import mask_iou
 
 
 @pytest.mark.parametrize(("height", "width", "radius"), [(5, 7, 1), (6, 4, 2), (3, 3, 12)])
@@ -117,5 +117,5 @@ def test_propagated_mask_follows_a_moving_object() -> None:
     for t in range(1, len(images)):
         soft = propagator.step(_colour_features(images[t], patch))
         labels = labels_from_soft_mask(soft, patch, masks[t].shape)
-        assert jaccard(masks[t], labels == 1) > 0.6, f"frame {t}"
-    assert jaccard(masks[0], masks[-1]) == 0.0  # the object has left its first position entirely
+        assert mask_iou(masks[t], labels == 1) > 0.6, f"frame {t}"
+    assert mask_iou(masks[0], masks[-1]) == 0.0  # the object has left its first position entirely
