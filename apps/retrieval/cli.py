@@ -17,6 +17,7 @@ from dino.cli import (
     INDEX_WEIGHTS,
     add_runtime_arguments,
     add_weights_arguments,
+    backbone_for_index,
     backbone_from_args,
     extractor_options,
     output_file,
@@ -25,7 +26,6 @@ from dino.cli import (
 from dino.data.io import list_images
 from dino.descriptors import POOLINGS, RETRIEVAL_SIZE, DescriptorRecipe, load_descriptor_whitening
 from dino.index import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, ImageIndex, search_images
-from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["register"]
 
@@ -85,13 +85,6 @@ def _add_inputs(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--no-recursive", action="store_true", help="do not look into subfolders")
 
 
-def _backbone_of_index(args: argparse.Namespace, index: ImageIndex) -> VisionTransformer:
-    """The --weights given, or else the weights the index was built with."""
-    if args.weights is None:
-        return index.load_backbone(weights_only=not args.unsafe_load)
-    return backbone_from_args(args)
-
-
 def _add_index_weights(parser: argparse.ArgumentParser) -> None:
     add_weights_arguments(parser, default=None, default_means=INDEX_WEIGHTS)
 
@@ -104,7 +97,8 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
         description="Describe every image under PATH (searched recursively) and write an index folder OUT "
         "(index.faiss, manifest.json with the backbone, descriptor recipe and each file's sha256, and "
         "whitening.npz when whitened), atomically. An interrupted run resumes where it stopped when rerun "
-        "with the same options. Under 'torchrun --nproc-per-node N' each process describes a shard (one GPU "
+        "with the same options. Under 'torchrun --nproc-per-node N -m dino.cli search index …' each process "
+        "describes a shard (one GPU "
         "each) and rank 0 writes the index; OUT must be on a filesystem all processes share.",
     )
     _add_inputs(parser, "images to index")
@@ -176,7 +170,7 @@ def _register_query(verbs: argparse._SubParsersAction) -> None:
 
 def _query(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
-    model = _backbone_of_index(args, index)
+    model = backbone_for_index(args, index)
     queries = [str(path) for path in list_images(args.queries, recursive=False)]
     hits = search_images(index, queries, model, k=args.top_k, params=args.search_params, **extractor_options(args))
     if args.json:
@@ -217,7 +211,7 @@ def _register_update(verbs: argparse._SubParsersAction) -> None:
 
 def _update(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
-    model = _backbone_of_index(args, index)
+    model = backbone_for_index(args, index)
     report = update_folders(index, args.inputs, model, recursive=not args.no_recursive, **extractor_options(args))
     print(
         f"{args.index}: {report.added} added, {report.updated} updated, {report.removed} removed, "
