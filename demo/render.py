@@ -9,6 +9,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from dino.data.transforms import Thumbnail
+
 __all__ = ["colorize", "thumbnail", "to_uint8"]
 
 THUMBNAIL_SIDE = 256
@@ -29,6 +31,4 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE) -> Image.Image:
     """A copy that fits in side×side, for result galleries."""
-    small = image.copy()
-    small.thumbnail((side, side))
-    return small
+    return Thumbnail(side)(image)

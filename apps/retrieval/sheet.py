@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dino.atomic import atomic_write
 from dino.data.io import open_image
+from dino.data.transforms import Thumbnail
 from dino.index import Hit
 
 __all__ = ["contact_sheet", "save_contact_sheet"]
@@ -24,8 +25,7 @@ TEXT = (20, 20, 20)
 
 def _tile(image: Image.Image) -> Image.Image:
     """The image fitted in TILE×TILE (aspect kept), centred on a white square."""
-    image = image.copy()
-    image.thumbnail((TILE, TILE), Image.Resampling.LANCZOS)
+    image = Thumbnail(TILE)(image)
     tile = Image.new("RGB", (TILE, TILE), BACKGROUND)
     tile.paste(image, ((TILE - image.width) // 2, (TILE - image.height) // 2))
     return tile
