@@ -64,7 +64,8 @@ def segmentation(weights: str, davis: Path, work: Path) -> dict:
             argv = ["seg-eval", "--davis", str(davis), "--every", "5", "--weights", weights, "--out", str(out)]
             if dino([*argv, *options, "--device", "cpu", "--workers", "0", "--no-progress"]) != 0:
                 raise RuntimeError(f"seg-eval {options} failed")
-        scores[name] = round(100 * json.loads((out / "results.json").read_text())["jaccard"], 1)
+        jaccard = json.loads((out / "results.json").read_text())["jaccard"]  # null when no object was scored
+        scores[name] = None if jaccard is None else round(100 * jaccard, 1)
     return scores
 
 

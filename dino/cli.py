@@ -207,7 +207,7 @@ def backbone_for_index(args: argparse.Namespace, index: ImageIndex) -> VisionTra
     """The backbone of the --weights given, or else the one the index was built with (read from its manifest)."""
     if args.weights is None:
         print(f"note: using the index's backbone, {index.manifest['backbone']['weights']}", file=sys.stderr)
-        return index.load_backbone(weights_only=not args.unsafe_load)
+        return index.load_backbone(weights_only=not args.unsafe_load, checkpoint_key=args.checkpoint_key)
     return backbone_from_args(args)
 
 

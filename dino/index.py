@@ -335,18 +335,20 @@ class ImageIndex:
                 + "\n  ".join(differences)
             )
 
-    def load_backbone(self, weights_only: bool = True) -> VisionTransformer:
+    def load_backbone(self, weights_only: bool = True, checkpoint_key: str = "teacher") -> VisionTransformer:
         """The backbone this index was built with, loaded from the weights recorded in its manifest.
 
         Args:
             weights_only: Refuse to unpickle arbitrary objects (see :func:`dino.checkpoint.load_checkpoint_file`).
+            checkpoint_key: The network of a full checkpoint to take when the manifest does not say (indexes
+                written before it recorded one).
         """
         built_with = self._manifest["backbone"]
         return load_backbone(
             built_with["weights"],
             arch=built_with["arch"],
             patch_size=built_with["patch_size"],
-            checkpoint_key=built_with.get("checkpoint_key", "teacher"),
+            checkpoint_key=built_with.get("checkpoint_key", checkpoint_key),
             weights_only=weights_only,
         )
 

@@ -23,6 +23,7 @@ from apps.video_seg.pipeline import segment_frames
 from apps.video_seg.preprocess import FramePreprocessing, read_bgr
 from apps.video_seg.propagation import PropagationConfig
 from dino.atomic import atomic_write_json
+from dino.checkpoint import state_dict_sha256
 from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png, write_indexed_png
 from dino.models.vision_transformer import VisionTransformer
 
@@ -55,6 +56,7 @@ def read_bgr_frames(paths: Sequence[Path]) -> Iterator[np.ndarray]:
 def _settings(model: VisionTransformer, config: PropagationConfig, preprocessing: FramePreprocessing, autocast) -> dict:
     return {
         "weights": str(getattr(model, "weights_source", "")),
+        "backbone_sha256": state_dict_sha256(model),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
         "propagation": dataclasses.asdict(config) | {"max_affinity_mb": None},  # memory does not change results
@@ -73,11 +75,23 @@ def _prepare_output(out: Path, settings: dict, overwrite: bool) -> dict:
             f"{out}: folder is not empty and holds no {MANIFEST_NAME}; pass --overwrite to write there"
         )
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("settings") != settings:
+    if not _same_settings(manifest.get("settings", {}), settings):
         raise FileExistsError(
             f"{out}: holds a run with other settings ({manifest_path}); pass --overwrite or choose another folder"
         )
     return manifest
+
+
+def _same_settings(stored: dict, current: dict) -> bool:
+    """Whether a recorded run used these settings. The weights are compared by checksum, since one file can be
+    named by different paths; runs recorded before the checksum was, by the path resolved from here."""
+    stored, current = dict(stored), dict(current)
+    stored_weights, current_weights = stored.pop("weights", ""), current.pop("weights")
+    if "backbone_sha256" not in stored:
+        current.pop("backbone_sha256")
+        if current_weights not in (stored_weights, os.path.abspath(stored_weights)):
+            return False
+    return stored == current
 
 
 def _finished(out: Path, name: str, frames: Sequence[Path], manifest: dict) -> bool:

@@ -104,6 +104,8 @@ def extract_folder_features(
     features = F.normalize(_extract_sharded(model, dataset.paths, extractor_options), dim=1, p=2)
     labels = torch.tensor(dataset.targets, dtype=torch.long)
     if cache is not None and is_main_process():
+        # The old fingerprint goes first: an interrupted rewrite must not leave it vouching for new arrays.
+        key_file.unlink(missing_ok=True)
         for path, array in ((feature_file, features.numpy()), (label_file, labels.numpy())):
             with atomic_output_path(path) as temporary, open(temporary, "wb") as handle:
                 np.save(handle, array)

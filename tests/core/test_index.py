@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import dino.index as index_module
-from dino.checkpoint import load_backbone
+from dino.checkpoint import CheckpointError, load_backbone
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.index import (
     Hit,
@@ -320,6 +320,14 @@ def test_index_reloads_its_backbone_from_anywhere(images, tmp_path, monkeypatch)
     reloaded = ImageIndex.load(tmp_path / "idx").load_backbone()
     assert reloaded.weights_source == str(tmp_path / "run.pth") and reloaded.checkpoint_key == "student"
     ImageIndex.load(tmp_path / "idx").check_compatible(reloaded)
+    # An index written before manifests recorded the key takes the one the caller gives.
+    manifest_path = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["backbone"]["checkpoint_key"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="no ViT backbone found under key 'teacher'"):
+        ImageIndex.load(tmp_path / "idx").load_backbone()
+    assert ImageIndex.load(tmp_path / "idx").load_backbone(checkpoint_key="student").checkpoint_key == "student"
 
 
 def test_stale_partial_results_are_refused(model, images, tmp_path) -> None:

@@ -105,6 +105,11 @@ def test_knn_cli_writes_json_and_caches(tmp_path, capsys, monkeypatch) -> None:
     assert main(argv) == 0 and len(recomputed) == 1
     assert main([*argv[:6], "random:vit_tiny/8", *argv[7:]]) == 0
     assert len(recomputed) == 3
+    # A rewrite that dies half-way leaves no fingerprint vouching for the arrays.
+    monkeypatch.setattr(knn_module.np, "save", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        main(argv)
+    assert not (cache / "train.json").exists()
 
 
 @pytest.mark.slow

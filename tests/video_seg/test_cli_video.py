@@ -69,6 +69,20 @@ def test_davis_inputs_are_checked_before_anything_is_written(tmp_path, capsys) -
     assert "weights.txt: not an image file" in capsys.readouterr().err
 
 
+def test_a_run_resumes_with_the_same_weights_however_they_are_named(tmp_path, monkeypatch) -> None:
+    from apps.video_seg.davis import _same_settings
+
+    monkeypatch.chdir(tmp_path)
+    current = {"weights": str(tmp_path / "run.pth"), "backbone_sha256": "abc", "patch_size": 16}
+    assert _same_settings(current | {"weights": "elsewhere/run.pth"}, current)  # same checksum
+    assert not _same_settings(current | {"backbone_sha256": "def"}, current)
+    # Runs recorded before the checksum: the path as typed then, resolved from here.
+    legacy = {"weights": "run.pth", "patch_size": 16}
+    assert _same_settings(legacy, current)
+    assert not _same_settings(legacy | {"weights": "other.pth"}, current)
+    assert not _same_settings(legacy | {"patch_size": 8}, current)
+
+
 @pytest.mark.slow
 def test_davis_cli_resumes_and_refuses_foreign_folders(shared_data, tmp_path, capsys) -> None:
     davis = shared_data / "davis2016-dev"
