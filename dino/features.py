@@ -132,7 +132,10 @@ class _ImageList(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor | Exception, int]:
         image = self.images[index]
-        name = f"image {index} of the input" if isinstance(image, Image.Image) else os.fspath(image)
+        if isinstance(image, Image.Image):
+            name = "the image" if len(self.images) == 1 else f"image {index + 1} of {len(self.images)}"
+        else:
+            name = os.fspath(image)
         try:
             image = to_rgb(image) if isinstance(image, Image.Image) else open_image(image)
         except (ImageLoadError, FileNotFoundError) as error:

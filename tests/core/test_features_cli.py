@@ -160,6 +160,10 @@ def test_pil_inputs_of_any_mode_are_converted_to_rgb() -> None:
     features = extractor.extract([rgba, gray, gray.convert("RGB")]).cls
     torch.testing.assert_close(features[0], extractor.extract([rgb]).cls[0])
     torch.testing.assert_close(features[1], features[2])
+    # PIL inputs have no file name: an unusable one is named by its position.
+    extractor.transform = make_transform("thumbnail", 64)
+    with pytest.raises(ImageLoadError, match=r"^image 2 of 2: too small, 8×8 pixels"):
+        extractor.extract([rgb, Image.new("RGB", (8, 8))])
 
 
 def test_unavailable_devices_are_refused_by_name() -> None:
