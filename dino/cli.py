@@ -40,11 +40,16 @@ if TYPE_CHECKING:  # FAISS is an optional dependency: the core verbs run without
 __all__ = [
     "INDEX_WEIGHTS",
     "add_runtime_arguments",
-    "backbone_for_index",
     "add_weights_arguments",
+    "backbone_for_index",
     "backbone_from_args",
     "extractor_options",
     "main",
+    "non_negative_int",
+    "output_file",
+    "output_folder",
+    "positive_float",
+    "positive_int",
 ]
 
 ENTRY_POINT_GROUP = "dino.commands"

@@ -134,12 +134,13 @@ class _ImageList(Dataset):
         image = self.images[index]
         if isinstance(image, Image.Image):
             name = "the image" if len(self.images) == 1 else f"image {index + 1} of {len(self.images)}"
+            image = to_rgb(image)
         else:
             name = os.fspath(image)
-        try:
-            image = to_rgb(image) if isinstance(image, Image.Image) else open_image(image)
-        except (ImageLoadError, FileNotFoundError) as error:
-            return error, index
+            try:
+                image = open_image(image)
+            except (ImageLoadError, FileNotFoundError) as error:
+                return error, index
         tensor = self.transform(image)
         height, width = tensor.shape[-2:]
         if min(height, width) < self.min_side:

@@ -98,8 +98,8 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
         "(index.faiss, manifest.json with the backbone, descriptor recipe and each file's sha256, and "
         "whitening.npz when whitened), atomically. An interrupted run resumes where it stopped when rerun "
         "with the same options. Under 'torchrun --nproc-per-node N -m dino.cli search index …' each process "
-        "describes a shard (one GPU "
-        "each) and rank 0 writes the index; OUT must be on a filesystem all processes share.",
+        "describes a shard (one GPU each) and rank 0 writes the index; OUT must be on a filesystem all processes "
+        "share.",
     )
     _add_inputs(parser, "images to index")
     parser.add_argument("--out", required=True, metavar="INDEX", help="index folder to write (replaced if it exists)")

@@ -16,10 +16,10 @@ from dino.atomic import atomic_output_path
 from dino.data.io import ImageLoadError
 
 __all__ = [
-    "mask_iou",
     "davis_annotations",
     "davis_frames",
     "davis_sequences",
+    "mask_iou",
     "read_indexed_png",
     "voc_palette",
     "write_indexed_png",
