@@ -1,14 +1,18 @@
-"""Loading backbones from every layout DINO weights come in, and atomic checkpoint writes (SPEC §7).
+"""Loading backbones from every layout DINO and DINOv2 weights come in, and atomic checkpoint writes (SPEC §7, §21).
 
 Accepted sources for :func:`load_backbone`:
 
 * ``default``: the ViT-T/16 this project trained with ``dino train`` and ships inside the package
   (``dino/weights/``, fp16, checked against the SHA-256 in ``dino/weights/manifest.json``; docs/MODEL_CARD.md);
-* a release name (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``), downloaded once into
+* a release name (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``; ``dinov2_vits14``,
+  ``dinov2_vitb14``, ``dinov2_vitl14``, ``dinov2_vitg14`` and their ``_reg`` variants), downloaded once into
   the torch hub cache; offline, the error says which file to fetch and how to pass it;
-* ``random`` (optionally ``random:<arch>/<patch>``): a randomly initialised backbone, seeded;
-* a path to a backbone-only state dict, an official full checkpoint (``teacher``/``student`` with
-  ``module.`` / ``backbone.`` prefixes), a checkpoint written by ``dino train``, or a timm ViT state dict.
+* ``random`` (optionally ``random:<arch>/<patch>``, or ``random:<release name>`` for a release's architecture,
+  e.g. ``random:dinov2_vits14_reg``): a randomly initialised backbone, seeded;
+* a path to a backbone-only state dict (DINO or DINOv2), an official full checkpoint (``teacher``/``student``
+  with ``module.`` / ``backbone.`` prefixes), a checkpoint written by ``dino train``, a timm ViT state dict, or
+  a Hugging Face model folder or weights file (``ViTModel``, ``Dinov2Model``, ``Dinov2WithRegistersModel``);
+  :mod:`dino.hub.formats` turns every layout into the official one and infers the architecture from the keys.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ import torch
 from torch import Tensor
 
 from dino.atomic import atomic_write
+from dino.hub.formats import (
+    BackboneConfig,
+    LayoutError,
+    infer_backbone_config,
+    is_hugging_face_model,
+    read_hugging_face_model,
+    to_official_layout,
+)
 from dino.models.vision_transformer import ARCHITECTURES, VisionTransformer, build_vit
 
 __all__ = [
@@ -47,31 +59,63 @@ __all__ = [
     "state_dict_sha256",
 ]
 
-RELEASE_URL_ROOT = "https://dl.fbaipublicfiles.com/dino/"
+RELEASE_URL_ROOT = "https://dl.fbaipublicfiles.com/"
 DEFAULT_WEIGHTS = "default"
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 RANDOM_SOURCE = "random"
 RANDOM_INIT_SEED = 0
+# SPEC §21: DINOv2's hub models are built at 518 px, a 37×37 position grid of 14-px patches.
+DINOV2_IMG_SIZE = 518
 # How torch.save files begin: a zip archive (PyTorch ≥ 1.6), or a pickle (protocol ≥ 2, the legacy format).
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_OPCODE = b"\x80"
 # Keys of a full checkpoint that hold weights, in the order they are tried after `checkpoint_key`.
 WRAPPER_KEYS = ("state_dict", "model")
-# Prefixes that wrappers add in front of the backbone keys (DDP, MultiCropWrapper, timm-style `encoder.`).
-KEY_PREFIXES = ("module.", "backbone.")
+# Prefixes that wrappers add in front of the backbone keys (DDP, MultiCropWrapper, Hugging Face task models).
+KEY_PREFIXES = ("module.", "backbone.", "dinov2.", "vit.")
+# Keys of heads on top of the backbone: DINO's projection head, timm's and Hugging Face's classifiers.
+HEAD_PREFIXES = ("head.", "fc_norm.", "classifier.", "pooler.")
 
 
 @dataclass(frozen=True)
 class Release:
-    """An official DINO backbone release (SPEC §7)."""
+    """An official DINO (SPEC §7) or DINOv2 (SPEC §21) backbone release."""
 
     arch: str
     patch_size: int
     path: str
+    num_register_tokens: int = 0
 
     @property
     def url(self) -> str:
         return RELEASE_URL_ROOT + self.path
+
+    @property
+    def is_dinov2(self) -> bool:
+        return self.path.startswith("dinov2/")
+
+    def config(self) -> BackboneConfig:
+        """The architecture of the released file (SPEC §1, §21), so that random weights can take its shape."""
+        if not self.is_dinov2:
+            return BackboneConfig(
+                self.arch,
+                self.patch_size,
+                224,
+                ARCHITECTURES[self.arch]["depth"],
+                ARCHITECTURES[self.arch]["num_heads"],
+            )
+        return BackboneConfig(
+            self.arch,
+            self.patch_size,
+            DINOV2_IMG_SIZE,
+            ARCHITECTURES[self.arch]["depth"],
+            ARCHITECTURES[self.arch]["num_heads"],
+            layer_scale=True,
+            num_register_tokens=self.num_register_tokens,
+            ffn="swiglu" if self.arch == "vit_giant2" else "mlp",
+            mask_token=True,
+            pos_embed_interpolation="exact_antialias" if self.num_register_tokens else "reference",
+        )
 
     @property
     def filename(self) -> str:
@@ -79,10 +123,17 @@ class Release:
 
 
 RELEASES: dict[str, Release] = {
-    "dino_vits16": Release("vit_small", 16, "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
-    "dino_vits8": Release("vit_small", 8, "dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"),
-    "dino_vitb16": Release("vit_base", 16, "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
-    "dino_vitb8": Release("vit_base", 8, "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
+    "dino_vits16": Release("vit_small", 16, "dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
+    "dino_vits8": Release("vit_small", 8, "dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"),
+    "dino_vitb16": Release("vit_base", 16, "dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    "dino_vitb8": Release("vit_base", 8, "dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
+    **{
+        f"dinov2_vit{size}14{suffix}": Release(
+            arch, 14, f"dinov2/dinov2_vit{size}14/dinov2_vit{size}14{file_suffix}_pretrain.pth", registers
+        )
+        for size, arch in (("s", "vit_small"), ("b", "vit_base"), ("l", "vit_large"), ("g", "vit_giant2"))
+        for suffix, file_suffix, registers in (("", "", 0), ("_reg", "_reg4", 4))
+    },
 }
 
 
@@ -163,12 +214,18 @@ def load_checkpoint_file(path: str | os.PathLike[str], weights_only: bool = True
 def backbone_state_dict(
     checkpoint: Any, checkpoint_key: str = "teacher", source: str = "<state dict>"
 ) -> dict[str, Tensor]:
-    """Extract the backbone's state dict from any supported checkpoint layout.
+    """Extract the backbone's state dict, in the official layout, from any supported checkpoint layout.
 
-    Takes ``checkpoint[checkpoint_key]`` when present (then ``state_dict`` / ``model``), strips the
-    ``module.`` and ``backbone.`` prefixes, and drops projection/classifier head keys (``head.*``,
-    ``fc_norm.*``).
+    Takes ``checkpoint[checkpoint_key]`` when present (then ``state_dict`` / ``model``), strips the wrappers'
+    prefixes (``module.``, ``backbone.``, Hugging Face's ``dinov2.`` / ``vit.``), drops head keys (``head.*``,
+    ``fc_norm.*``, ``classifier.*``, ``pooler.*``) and converts timm and Hugging Face layouts
+    (:func:`dino.hub.formats.to_official_layout`).
     """
+    return _official_state_dict(checkpoint, checkpoint_key, source)[0]
+
+
+def _official_state_dict(checkpoint: Any, checkpoint_key: str, source: str) -> tuple[dict[str, Tensor], str | None]:
+    """:func:`backbone_state_dict` and the position convention its layout implies (None: the official one)."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
     state = checkpoint
@@ -184,30 +241,33 @@ def backbone_state_dict(
         for prefix in KEY_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix) :]
-        if key.startswith(("head.", "fc_norm.")) or not isinstance(value, Tensor):
+        if key.startswith(HEAD_PREFIXES) or not isinstance(value, Tensor):
             continue
         cleaned[key] = value
-    if "cls_token" not in cleaned:
+    try:
+        official, convention = to_official_layout(cleaned, source)
+    except LayoutError as error:
+        raise CheckpointError(str(error)) from None
+    if "cls_token" not in official:
         hint = f" (top-level keys: {sorted(map(str, checkpoint))[:8]})"
         raise CheckpointError(f"{source}: no ViT backbone found under key {checkpoint_key!r} or at the top level{hint}")
-    return cleaned
+    return official, convention
 
 
 def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "<state dict>") -> tuple[str, int, int]:
-    """(arch, patch_size, img_size) of a ViT state dict, from `cls_token`, the patch kernel and `pos_embed`."""
+    """(arch, patch_size, img_size) of a ViT state dict in the official layout, from `cls_token`, the patch kernel
+    and `pos_embed` (:func:`dino.hub.formats.infer_backbone_config` has the rest)."""
+    config = _infer_config(state_dict, source)
+    return config.arch, config.patch_size, config.img_size
+
+
+def _infer_config(
+    state: Mapping[str, Tensor], source: str, num_heads: int | None = None, convention: str | None = None
+) -> BackboneConfig:
     try:
-        embed_dim = state_dict["cls_token"].shape[-1]
-        patch_size = state_dict["patch_embed.proj.weight"].shape[-1]
-        num_positions = state_dict["pos_embed"].shape[1] - 1
-    except KeyError as missing:
-        raise CheckpointError(f"{source}: missing key {missing} needed to infer the architecture") from None
-    arch = next((name for name, cfg in ARCHITECTURES.items() if cfg["embed_dim"] == embed_dim), None)
-    if arch is None:
-        raise CheckpointError(f"{source}: embedding dimension {embed_dim} matches none of {sorted(ARCHITECTURES)}")
-    side = int(round(num_positions**0.5))
-    if side * side != num_positions:
-        raise CheckpointError(f"{source}: pos_embed has {num_positions} patch positions, not a square grid")
-    return arch, patch_size, side * patch_size
+        return infer_backbone_config(state, source, num_heads, convention)  # type: ignore[arg-type]
+    except LayoutError as error:
+        raise CheckpointError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------- building backbones
@@ -223,11 +283,13 @@ def load_backbone(
 
     Args:
         source: Release name, ``random[:arch/patch]``, or a path (see the module docstring).
-        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base``; inferred from the weights when omitted.
+        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base`` / ``vit_large`` / ``vit_giant2``; inferred from the
+            weights when omitted.
         patch_size: Inferred from the weights when omitted.
         checkpoint_key: Which network of a full checkpoint to take (``teacher`` or ``student``).
         weights_only: Refuse to unpickle arbitrary objects (see :func:`load_checkpoint_file`).
-        **model_kwargs: Passed to the model constructor (e.g. ``pos_embed_interpolation``).
+        **model_kwargs: Passed to the model constructor (e.g. ``pos_embed_interpolation``, which otherwise
+            follows the source's own convention, SPEC §21).
 
     Returns:
         The backbone in eval mode, with ``weights_source`` set to `source` (a file as an absolute path) and
@@ -243,18 +305,36 @@ def load_backbone(
     if text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
         model = _random_backbone(text, arch, patch_size, model_kwargs)
     else:
+        num_heads = None
         if text in RELEASES:
             release = RELEASES[text]
-            state = backbone_state_dict(_download_release(text), checkpoint_key, text)
+            state, convention = _official_state_dict(_download_release(text), checkpoint_key, text)
         elif text == DEFAULT_WEIGHTS:
-            state = backbone_state_dict(load_checkpoint_file(bundled_weights(text)["path"]), checkpoint_key, text)
+            checkpoint = load_checkpoint_file(bundled_weights(text)["path"])
+            state, convention = _official_state_dict(checkpoint, checkpoint_key, text)
+        elif is_hugging_face_model(text):
+            try:
+                tensors, hf_config = read_hugging_face_model(text, weights_only)
+            except LayoutError as error:
+                raise CheckpointError(str(error)) from None
+            state, convention = _official_state_dict(tensors, checkpoint_key, text)
+            num_heads = hf_config.get("num_attention_heads")
+            described_as = os.path.abspath(text)
         else:
-            state = backbone_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
+            state, convention = _official_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
             # Absolute, so that an index or results file names weights that load from any working directory.
             described_as = os.path.abspath(text)
-        model = _model_for_state_dict(state, arch, patch_size, text, model_kwargs)
+        config = _infer_config(state, text, num_heads, convention)
+        for name, given, inferred in (("arch", arch, config.arch), ("patch_size", patch_size, config.patch_size)):
+            if given is not None and given != inferred:
+                raise CheckpointError(f"{text}: weights are {name}={inferred!r} but {name}={given!r} was requested")
+        model = config.build(**model_kwargs)
         _load_strict(model, state, text)
-        if text in RELEASES and (model.patch_size, _arch_name(model)) != (release.patch_size, release.arch):
+        if text in RELEASES and (model.patch_size, _arch_name(model), model.num_register_tokens) != (
+            release.patch_size,
+            release.arch,
+            release.num_register_tokens,
+        ):
             raise CheckpointError(f"{text}: downloaded weights do not match the release's architecture")
     model.weights_source = described_as  # type: ignore[assignment]
     model.checkpoint_key = checkpoint_key  # type: ignore[assignment]
@@ -269,23 +349,15 @@ def _random_backbone(
     text: str, arch: str | None, patch_size: int | None, model_kwargs: dict[str, Any]
 ) -> VisionTransformer:
     spec = text.partition(":")[2]
-    if spec:
-        spec_arch, _, spec_patch = spec.partition("/")
-        arch = arch or spec_arch
-        patch_size = patch_size or (int(spec_patch) if spec_patch else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
+        if spec in RELEASES:
+            return RELEASES[spec].config().build(**model_kwargs)
+        if spec:
+            spec_arch, _, spec_patch = spec.partition("/")
+            arch = arch or spec_arch
+            patch_size = patch_size or (int(spec_patch) if spec_patch else None)
         return build_vit(arch or "vit_small", patch_size or 16, **model_kwargs)
-
-
-def _model_for_state_dict(
-    state: Mapping[str, Tensor], arch: str | None, patch_size: int | None, source: str, model_kwargs: dict[str, Any]
-) -> VisionTransformer:
-    inferred_arch, inferred_patch, img_size = infer_architecture(state, source)
-    for name, given, inferred in (("arch", arch, inferred_arch), ("patch_size", patch_size, inferred_patch)):
-        if given is not None and given != inferred:
-            raise CheckpointError(f"{source}: weights are {name}={inferred!r} but {name}={given!r} was requested")
-    return build_vit(inferred_arch, inferred_patch, img_size=img_size, **model_kwargs)
 
 
 def _load_strict(model: VisionTransformer, state: Mapping[str, Tensor], source: str) -> None:
@@ -382,6 +454,7 @@ def model_identity(model: VisionTransformer) -> dict[str, Any]:
         "checkpoint_key": str(getattr(model, "checkpoint_key", "teacher")),
         "arch": _arch_name(model),
         "patch_size": model.patch_size,
+        "num_register_tokens": model.num_register_tokens,
         "embed_dim": model.embed_dim,
         "sha256": state_dict_sha256(model),
     }

@@ -73,7 +73,9 @@ DEFAULT_FACTORY = "Flat"
 # Partial descriptors are flushed to the sidecar after this many batches.
 DEFAULT_CHECKPOINT_EVERY = 20
 # The backbone fields that decide descriptor values; "weights" (where they were read from) does not.
-IDENTITY_FIELDS = ("arch", "patch_size", "embed_dim", "sha256")
+IDENTITY_FIELDS = ("arch", "patch_size", "num_register_tokens", "embed_dim", "sha256")
+# What an identity field means when a manifest written before it existed lacks it.
+IDENTITY_DEFAULTS = {"num_register_tokens": 0}
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_STATE = "state.json"
 
@@ -316,7 +318,7 @@ class ImageIndex:
         built_with = self._manifest["backbone"]
         identity = model_identity(model)
         for key in IDENTITY_FIELDS:
-            if built_with.get(key) != identity[key]:
+            if built_with.get(key, IDENTITY_DEFAULTS.get(key)) != identity[key]:
                 differences.append(f"backbone {key}: index {built_with.get(key)!r}, given {identity[key]!r}")
         if recipe is not None:
             stored = self._manifest["recipe"]

@@ -60,7 +60,7 @@ def _settings(model: VisionTransformer, config: PropagationConfig, preprocessing
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
         "propagation": dataclasses.asdict(config) | {"max_affinity_mb": None},  # memory does not change results
-        "preprocessing": dataclasses.asdict(preprocessing),
+        "preprocessing": dataclasses.asdict(preprocessing.for_patch(model.patch_size)),
         "backbone_autocast": str(autocast) if autocast is not None else "fp32",
     }
 

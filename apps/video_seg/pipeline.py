@@ -45,7 +45,8 @@ def segment_frames(
         first_labels: Label map (H, W) of the first frame (0 = background, 1..K = objects).
         model: Backbone, already on `device` and in eval mode.
         config: Propagation options.
-        preprocessing: Frame resizing and normalisation.
+        preprocessing: Frame resizing and normalisation (adapted to the patch size, see
+            :meth:`FramePreprocessing.for_patch`).
         device: Where features and affinities are computed.
         autocast: Backbone autocast dtype, or None for fp32 (the reference).
 
@@ -53,6 +54,7 @@ def segment_frames(
         Label maps (H, W) uint8 at each frame's original size, frames 1, 2, … in order.
     """
     device = torch.device(device)
+    preprocessing = preprocessing.for_patch(model.patch_size)
     iterator = iter(frames)
     first = next(iterator, None)
     if first is None:

@@ -3,12 +3,17 @@
 Frames and masks share ONE size computation (:func:`target_size`). The reference computes the two
 separately and, for square inputs, sends them down different branches (frame 448w×480h, mask 480w×448h);
 that mismatch is fixed here on purpose (SPEC §11 [QUIRK], issue 5).
+
+Sizes and the patch grid: the reference's rule (short side 480, long side floored to a multiple of 64) gives
+whole patches for patch 8 and 16. For any other patch size p (DINOv2's 14) :meth:`FramePreprocessing.for_patch`
+rounds the short side to whole patches and floors the long side to a multiple of p (854×480 → 840×476, a 60×34
+grid), so that no pixel falls outside the grid and the upsampled labels cover the frame exactly.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -53,6 +58,15 @@ class FramePreprocessing:
     @property
     def std(self) -> tuple[float, float, float]:
         return REFERENCE_STD if self.reference_std else IMAGENET_STD
+
+    def for_patch(self, patch_size: int) -> FramePreprocessing:
+        """These settings for a backbone of `patch_size`: unchanged when both sides come out in whole patches
+        (8 and 16 with the reference's 480 and 64); otherwise the short side rounded to whole patches and the
+        long side floored to a multiple of the patch (14: 476, and 840 for a 854×480 frame)."""
+        if self.short_side % patch_size == 0 and self.multiple % patch_size == 0:
+            return self
+        short_side = max(patch_size, round(self.short_side / patch_size) * patch_size)
+        return replace(self, short_side=short_side, multiple=patch_size)
 
 
 def target_size(

@@ -17,7 +17,7 @@ from dino.cli import (
     positive_int,
 )
 from dino.eval.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, run_knn
-from dino.eval.linear import BASE_LR, N_LAST_BLOCKS, run_linear
+from dino.eval.linear import BASE_LR, LINEAR_INPUTS, N_LAST_BLOCKS, run_linear
 from dino.train.distributed import init_distributed
 
 __all__ = ["register"]
@@ -61,6 +61,7 @@ def _linear(args: argparse.Namespace) -> int:
         lr=args.lr,
         n_last_blocks=args.n_last_blocks,
         avgpool=args.avgpool_patchtokens,
+        linear_input=args.linear_input,
         output_dir=args.output_dir,
         **extractor_options(args),
     )
@@ -70,6 +71,11 @@ def _linear(args: argparse.Namespace) -> int:
             f"{args.output_dir}/linear_results.json",
             {
                 "weights": args.weights,
+                "linear_input": {
+                    "layout": args.linear_input,
+                    "n_last_blocks": args.n_last_blocks,
+                    "avgpool_patchtokens": args.avgpool_patchtokens,
+                },
                 "best_top1": result.best_top1,
                 "best_epoch": result.best_epoch,
                 "history": result.history,
@@ -126,6 +132,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--avgpool-patchtokens",
         action="store_true",
         help="append the last block's mean patch token; needs --n-last-blocks 1, as the reference's ViT-B recipe",
+    )
+    linear.add_argument(
+        "--linear-input",
+        choices=LINEAR_INPUTS,
+        default="dino",
+        help="dino: the reference's input (above); dinov2: [CLS] of the last N blocks followed by the last "
+        "block's mean patch token, registers excluded, as DINOv2's linear evaluation (default: %(default)s)",
     )
     linear.add_argument(
         "--output-dir", type=output_folder, help="write linear_weights.pth (released layout) and linear_results.json"

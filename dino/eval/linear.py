@@ -1,12 +1,14 @@
 """Linear probing of a frozen backbone (SPEC §9): concatenated [CLS] tokens of the last blocks (optionally
-interleaved with the average-pooled patch tokens), a single Linear trained with SGD + cosine schedule on
-augmented crops, best validation top-1 over epochs reported."""
+interleaved with the average-pooled patch tokens; or DINOv2's input, SPEC §21: the [CLS] tokens followed by the
+mean patch token of the last block), a single Linear trained with SGD + cosine schedule on augmented crops, best
+validation top-1 over epochs reported."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +22,10 @@ from dino.data.transforms import knn_transform, normalize
 from dino.features import autocast_context, autocast_dtype, pick_device
 from dino.models.vision_transformer import VisionTransformer
 
-__all__ = ["LinearClassifier", "LinearResult", "linear_features", "run_linear"]
+__all__ = ["LINEAR_INPUTS", "LinearClassifier", "LinearInput", "LinearResult", "linear_features", "run_linear"]
+
+LinearInput = Literal["dino", "dinov2"]
+LINEAR_INPUTS: tuple[str, ...] = ("dino", "dinov2")
 
 # SPEC §9 defaults.
 N_LAST_BLOCKS = 4
@@ -44,12 +49,19 @@ class LinearClassifier(nn.Module):
         return self.linear(x.view(x.size(0), -1))
 
 
-def linear_features(model: VisionTransformer, images: Tensor, n_last_blocks: int, avgpool: bool) -> Tensor:
-    """[CLS] of the last `n_last_blocks` blocks (each after the final norm), concatenated; with `avgpool`
-    the mean patch token of the last block is stacked on a new last axis and flattened, giving the
-    reference's interleaved layout (SPEC §15.5)."""
+def linear_features(
+    model: VisionTransformer, images: Tensor, n_last_blocks: int, avgpool: bool, layout: LinearInput = "dino"
+) -> Tensor:
+    """[CLS] of the last `n_last_blocks` blocks (each after the final norm), concatenated.
+
+    ``dino``: with `avgpool` the mean patch token of the last block is stacked on a new last axis and flattened,
+    giving the reference's interleaved layout (SPEC §15.5). ``dinov2``: the mean patch token (registers
+    excluded) is appended after the [CLS] tokens, whatever `avgpool` says (DINOv2's ``create_linear_input``).
+    """
     intermediate = model.get_intermediate_layers(images, n_last_blocks)
     output = torch.cat([x[:, 0] for x in intermediate], dim=-1)
+    if layout == "dinov2":
+        return torch.cat((output, intermediate[-1][:, 1:].mean(dim=1)), dim=-1)
     if avgpool:
         output = torch.cat((output.unsqueeze(-1), torch.mean(intermediate[-1][:, 1:], dim=1).unsqueeze(-1)), dim=-1)
         output = output.reshape(output.shape[0], -1)
@@ -65,13 +77,13 @@ class LinearResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _accuracy(model, classifier, loader, device, n_last_blocks, avgpool, autocast) -> tuple[float, float]:
+def _accuracy(model, classifier, loader, device, n_last_blocks, avgpool, linear_input, autocast) -> tuple[float, float]:
     correct1 = correct5 = total = 0
     classifier.eval()
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         with torch.no_grad(), autocast():
-            logits = classifier(linear_features(model, images, n_last_blocks, avgpool).float())
+            logits = classifier(linear_features(model, images, n_last_blocks, avgpool, linear_input).float())
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
@@ -88,6 +100,7 @@ def run_linear(
     batch_size: int = 128,
     n_last_blocks: int = N_LAST_BLOCKS,
     avgpool: bool = False,
+    linear_input: LinearInput = "dino",
     device: str = "auto",
     dtype: str = "auto",
     num_workers: int = 2,
@@ -99,6 +112,8 @@ def run_linear(
 
     `lr` is for a batch of 256 and scaled linearly. With `output_dir`, the best classifier is saved as
     ``linear_weights.pth`` in the released layout (``{'state_dict': {'module.linear.weight', …}}``).
+    `linear_input` ``dinov2`` feeds [CLS] of the last `n_last_blocks` blocks ⊕ the last block's mean patch token
+    (DINOv2's linear input, any n); ``dino`` is the reference's (see :func:`linear_features`).
 
     Raises:
         ValueError: `epochs` < 1, `n_last_blocks` outside 1..depth, or `avgpool` with `n_last_blocks` ≠ 1 (the
@@ -110,7 +125,9 @@ def run_linear(
         raise ValueError(
             f"n_last_blocks must lie in 1..{len(model.blocks)} (the backbone's depth), got {n_last_blocks}"
         )
-    if avgpool and n_last_blocks != 1:
+    if linear_input not in LINEAR_INPUTS:
+        raise ValueError(f"linear_input must be one of {LINEAR_INPUTS}, got {linear_input!r}")
+    if linear_input == "dino" and avgpool and n_last_blocks != 1:
         raise ValueError(
             f"the mean patch token (avgpool) is appended to one [CLS] only, as in the reference: use n_last_blocks "
             f"1 with it, not {n_last_blocks}"
@@ -127,7 +144,7 @@ def run_linear(
         raise ValueError(f"{train_folder} and {val_folder} have different class subfolders")
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=False)
     val_loader = DataLoader(val_set, batch_size=batch_size, num_workers=num_workers)
-    dim = model.embed_dim * (n_last_blocks + int(avgpool))
+    dim = model.embed_dim * (n_last_blocks + int(avgpool or linear_input == "dinov2"))
     classifier = LinearClassifier(dim, len(train_set.classes)).to(torch_device)
     optimizer = torch.optim.SGD(
         classifier.parameters(), lr * batch_size / LR_REFERENCE_BATCH, momentum=SGD_MOMENTUM, weight_decay=0
@@ -144,13 +161,15 @@ def run_linear(
         for images, labels in train_loader:
             images, labels = images.to(torch_device), labels.to(torch_device)
             with torch.no_grad(), autocast():
-                features = linear_features(model, images, n_last_blocks, avgpool).float()
+                features = linear_features(model, images, n_last_blocks, avgpool, linear_input).float()
             loss = nn.functional.cross_entropy(classifier(features), labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         scheduler.step()
-        top1, top5 = _accuracy(model, classifier, val_loader, torch_device, n_last_blocks, avgpool, autocast)
+        top1, top5 = _accuracy(
+            model, classifier, val_loader, torch_device, n_last_blocks, avgpool, linear_input, autocast
+        )
         result.history.append({"epoch": epoch, "top1": top1, "top5": top5, "loss": loss.item()})
         if top1 > result.best_top1:
             result.best_top1, result.best_epoch = top1, epoch

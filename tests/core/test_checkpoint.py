@@ -194,12 +194,29 @@ def test_release_table_matches_spec() -> None:
         RELEASES["dino_vits8"].url
         == "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"
     )
-    assert {name: (r.arch, r.patch_size) for name, r in RELEASES.items()} == {
-        "dino_vits16": ("vit_small", 16),
-        "dino_vits8": ("vit_small", 8),
-        "dino_vitb16": ("vit_base", 16),
-        "dino_vitb8": ("vit_base", 8),
+    assert {name: (r.arch, r.patch_size, r.num_register_tokens) for name, r in RELEASES.items()} == {
+        "dino_vits16": ("vit_small", 16, 0),
+        "dino_vits8": ("vit_small", 8, 0),
+        "dino_vitb16": ("vit_base", 16, 0),
+        "dino_vitb8": ("vit_base", 8, 0),
+        "dinov2_vits14": ("vit_small", 14, 0),
+        "dinov2_vitb14": ("vit_base", 14, 0),
+        "dinov2_vitl14": ("vit_large", 14, 0),
+        "dinov2_vitg14": ("vit_giant2", 14, 0),
+        "dinov2_vits14_reg": ("vit_small", 14, 4),
+        "dinov2_vitb14_reg": ("vit_base", 14, 4),
+        "dinov2_vitl14_reg": ("vit_large", 14, 4),
+        "dinov2_vitg14_reg": ("vit_giant2", 14, 4),
     }
+    # SPEC §21: <root>/dinov2/<name>/<name>_pretrain.pth and <name>_reg4_pretrain.pth
+    assert (
+        RELEASES["dinov2_vitl14"].url
+        == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
+    )
+    assert (
+        RELEASES["dinov2_vitg14_reg"].url
+        == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitg14/dinov2_vitg14_reg4_pretrain.pth"
+    )
 
 
 def test_random_source_is_seeded_and_configurable() -> None:
