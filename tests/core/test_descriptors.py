@@ -156,9 +156,11 @@ def test_state_dict_sha256_tracks_the_weights() -> None:
     identity = model_identity(model)
     assert identity == {
         "weights": "random:vit_tiny/16",
+        "provenance": "random initialisation (seed 0), no learned features",
         "checkpoint_key": "teacher",
         "arch": "vit_tiny",
         "patch_size": 16,
+        "num_register_tokens": 0,
         "embed_dim": 192,
         "sha256": state_dict_sha256(model),
     }

@@ -100,7 +100,7 @@ def _shoot(page, folder: Path, tab: str) -> Path:
 def test_page_states_the_weights_and_their_quality(browser_page) -> None:
     notice = browser_page.locator("#weights-notice").inner_text()
     assert "`default`" not in notice  # rendered as code, not as backticks
-    assert "default" in notice and "MODEL_CARD" in notice and "dino_vits8" in notice
+    assert "dinov2_vits14_imgfocus" in notice and "MODEL_CARD" in notice and "fine-tuned for saliency" in notice
 
 
 @pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")

