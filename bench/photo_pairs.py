@@ -13,7 +13,6 @@ partner's rank among the 34 other photos (1 = top hit), its similarity and the t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
