@@ -44,7 +44,7 @@ __all__ = [
 
 # The modules each tab needs; a tab is offered only when all of them import.
 TAB_MODULES: dict[str, tuple[str, ...]] = {
-    "attention": ("apps.segmentation.inference", "apps.segmentation.masks", "apps.segmentation.ncut"),
+    "attention": ("apps.segmentation.inference", "apps.segmentation.masks", "apps.segmentation.diffusion"),
     "search": ("dino.index",),
     "copy": ("dino.index", "apps.copy_detection.find"),
     "video": ("apps.video_seg.pipeline", "apps.video_seg.video"),
@@ -78,14 +78,17 @@ def available(tab: str) -> bool:
 # ---------------------------------------------------------------------------- (a) attention
 @dataclass
 class AttentionViews:
-    """Everything the Attention tab draws, at the network input's resolution (H, W).
+    """Everything the Attention tab draws: attention at the network input's resolution (H, W), the foreground
+    mask at the photo's own (H', W').
 
     Attributes:
         image: The network input, denormalised, (H, W, 3) float in [0, 1].
         head_maps: Per-head [CLS] attention, nearest-upsampled, (heads, H, W).
         head_masks: Per-head masks keeping `threshold` of the attention mass, (heads, H, W) bool.
         mean_map: Mean over heads, (H, W).
-        foreground: The normalized-cut foreground, (H, W) bool, or None when not asked for.
+        photo: The photo itself, (H', W', 3) float in [0, 1].
+        foreground: The foreground mask (attention diffusion, apps.segmentation.diffusion), (H', W') bool, or None
+            when not asked for.
         head_colors: One RGB colour in [0, 1] per head, as ``dino attention`` draws them, (heads, 3).
     """
 
@@ -93,6 +96,7 @@ class AttentionViews:
     head_maps: np.ndarray
     head_masks: np.ndarray
     mean_map: np.ndarray
+    photo: np.ndarray
     foreground: np.ndarray | None
     head_colors: np.ndarray
 
@@ -112,12 +116,12 @@ def attention_views(
         image: An RGB photo.
         threshold: Fraction of each head's attention mass the masks keep.
         size: Short side of the network input (the aspect ratio is kept so overlays fit the photo).
-        better_mask: Also compute the normalized-cut foreground.
+        better_mask: Also compute the foreground mask at the photo's size.
         device: Where the forward pass runs.
     """
     inference = _app("apps.segmentation.inference", "attention")
     masks = _app("apps.segmentation.masks", "attention")
-    ncut = _app("apps.segmentation.ncut", "attention")
+    diffusion = _app("apps.segmentation.diffusion", "attention")
     figures = _app("apps.segmentation.figures", "attention")
     from dino.data.transforms import denormalize
 
@@ -129,13 +133,14 @@ def attention_views(
     patch = model.patch_size
     foreground = None
     if better_mask:
-        grid_mask = torch.from_numpy(ncut.ncut_foreground(item.keys, item.grid))
-        foreground = masks.upsample_nearest(grid_mask, patch).numpy()
+        resized = diffusion.resized_size((image.height, image.width), size, keep_aspect=True)
+        foreground = diffusion.diffusion_foreground(item.maps, item.keys, image, patch, resized)
     return AttentionViews(
         image=denormalize(item.image).permute(1, 2, 0).clamp(0, 1).numpy(),
         head_maps=masks.upsample_nearest(item.maps, patch).numpy(),
         head_masks=masks.upsample_nearest(masks.threshold_attention(item.maps, threshold), patch).numpy(),
         mean_map=masks.upsample_nearest(masks.mean_attention(item.maps), patch).numpy(),
+        photo=np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0,
         foreground=foreground,
         head_colors=figures.head_colors(model.num_heads),
     )
@@ -147,7 +152,7 @@ def overlay_masks(image: np.ndarray, masks: np.ndarray, colors: np.ndarray) -> n
 
 
 def foreground_color() -> np.ndarray:
-    """The colour ``dino attention`` gives the normalized-cut foreground, (1, 3) in [0, 1]."""
+    """The colour ``dino attention`` gives the foreground mask, (1, 3) in [0, 1]."""
     return np.array([_app("apps.segmentation.figures", "attention").FOREGROUND_COLOR])
 
 
@@ -197,9 +202,9 @@ class CopyVerdict:
         return self.similarity >= self.threshold
 
 
-def copy_threshold() -> float:
-    """The copy-detection app's default threshold on the cosine similarity (max-F1 on its benchmark)."""
-    return float(_app("apps.copy_detection.find", "copy").DEFAULT_THRESHOLD)
+def copy_threshold(model: VisionTransformer) -> float:
+    """The copy-detection app's threshold on the cosine similarity for `model` (max-F1 on its benchmark)."""
+    return float(_app("apps.copy_detection.find", "copy").calibration_for(model).threshold)
 
 
 def build_copy_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
@@ -251,17 +256,18 @@ def compare_copies(
         min_inliers=0,
         **options,
     )[0]
-    return CopyVerdict(hit.score, threshold, hit.inliers, copy_min_matches(verify) if verify else None)
+    minimum = copy_min_matches(model, verify) if verify else None
+    return CopyVerdict(hit.score, threshold, hit.inliers, minimum)
 
 
-def copy_min_matches(verifier: str) -> int:
-    """The copy app's calibrated minimum of verified matches for a copy, for `verifier`."""
-    return int(_app("apps.copy_detection.find", "copy").DEFAULT_MIN_INLIERS[verifier])
+def copy_min_matches(model: VisionTransformer, verifier: str) -> int:
+    """The copy app's calibrated minimum of verified matches for a copy, for `model` and `verifier`."""
+    return int(_app("apps.copy_detection.find", "copy").calibrated_min_inliers(model, verifier))
 
 
-def copy_verifier() -> str:
-    """The copy app's default verifier (what ``copy-detect find --verify`` uses)."""
-    return str(_app("apps.copy_detection.find", "copy").DEFAULT_VERIFIER)
+def copy_verifier(model: VisionTransformer) -> str:
+    """The copy app's verifier for `model` (the best on its benchmark; what ``copy-detect find --verify`` uses)."""
+    return str(_app("apps.copy_detection.find", "copy").calibration_for(model).verifier)
 
 
 # ---------------------------------------------------------------------------- (d) video

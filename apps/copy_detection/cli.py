@@ -6,12 +6,13 @@ import argparse
 
 from apps.copy_detection.evaluate import evaluate_copydays, format_table, load_or_fit_whitening
 from apps.copy_detection.find import (
+    CALIBRATIONS,
     DEFAULT_CANDIDATES,
-    DEFAULT_MIN_INLIERS,
-    DEFAULT_THRESHOLD,
     DEFAULT_VERIFIER,
     CopyHit,
     build_copy_index,
+    calibrated_min_inliers,
+    calibration_for,
     find_copies,
 )
 from apps.copy_detection.generate import STRONG_PER_ORIGINAL, make_benchmark
@@ -248,9 +249,11 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=DEFAULT_THRESHOLD,
-        help="minimum cosine similarity of a copy (default: %(default)s, calibrated for the default weights, "
-        "unwhitened; for other weights run 'copy-detect eval' on a benchmark and use its max_f1 threshold)",
+        help="minimum cosine similarity of a copy (default: calibrated for the index's backbone on the project's "
+        "photo benchmark, unwhitened: "
+        + ", ".join(f"{name} {c.threshold:g}" for name, c in CALIBRATIONS.items())
+        + "; other weights get the default backbone's: run 'copy-detect eval' on a benchmark and use its max_f1 "
+        "threshold)",
     )
     parser.add_argument(
         "--candidates",
@@ -271,9 +274,13 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--min-inliers",
         type=non_negative_int,
-        help="with --verify, minimum verified matches of a copy (default: "
-        + ", ".join(f"{kind} {count}" for kind, count in DEFAULT_MIN_INLIERS.items())
-        + "; calibrated on the project's photo benchmark like --threshold, dino with the default weights)",
+        help="with --verify, minimum verified matches of a copy (default: calibrated like --threshold, per "
+        "backbone and verifier: "
+        + "; ".join(
+            f"{name} " + ", ".join(f"{kind} {count}" for kind, count in c.min_inliers.items())
+            for name, c in CALIBRATIONS.items()
+        )
+        + ")",
     )
     parser.add_argument("--out", type=output_file, metavar="FILE", help="also write the copies as JSON")
     add_weights_arguments(parser, default=None, default_means=INDEX_WEIGHTS)
@@ -285,14 +292,15 @@ def _find(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
     queries = list_images(args.images, required=True)
+    threshold = calibration_for(model).threshold if args.threshold is None else args.threshold
     min_inliers = args.min_inliers
     if args.verify and min_inliers is None:
-        min_inliers = DEFAULT_MIN_INLIERS[args.verify]
+        min_inliers = calibrated_min_inliers(model, args.verify)
     copies = find_copies(
         queries,
         index,
         model,
-        threshold=args.threshold,
+        threshold=threshold,
         candidates=args.candidates,
         verify=args.verify,
         min_inliers=min_inliers,
@@ -306,7 +314,7 @@ def _find(args: argparse.Namespace) -> int:
             print(f"  {hit.score:.4f}{verified}  {hit.path}")
         results.append({"query": str(query), "copies": [_hit_json(hit) for hit in hits]})
     if args.out:
-        decision = {"verify": args.verify, "min_inliers": min_inliers} if args.verify else {"threshold": args.threshold}
+        decision = {"verify": args.verify, "min_inliers": min_inliers} if args.verify else {"threshold": threshold}
         atomic_write_json(args.out, {"index": args.index, **decision, "results": results})
         print(f"wrote {args.out}")
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,6 +41,7 @@ from apps.copy_detection.verify import (
     count_inliers,
     make_local_extractor,
 )
+from dino.checkpoint import BUNDLED_VIT_TINY, IMGFOCUS_WEIGHTS
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
 from dino.index import ImageIndex, IndexMismatchError, build_index, search_images
@@ -47,23 +49,71 @@ from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
 
 __all__ = [
+    "CALIBRATIONS",
     "DEFAULT_CANDIDATES",
     "DEFAULT_MIN_INLIERS",
     "DEFAULT_THRESHOLD",
     "DEFAULT_VERIFIER",
+    "CopyCalibration",
     "CopyHit",
     "build_copy_index",
+    "calibrated_min_inliers",
+    "calibration_for",
     "find_copies",
 ]
 
-# The max-F1 copy/non-copy threshold of the `default` weights, unwhitened, on the real-check benchmark (0.9846:
-# precision 0.928, recall 0.707 over 420 copy and 13,440 non-copy pairs); see the module docstring.
-DEFAULT_THRESHOLD = 0.985
-# With verification, per verifier, the max-F1 number of verified matches on the same benchmark (`dino`: with the
-# `default` weights' patch tokens).
-DEFAULT_MIN_INLIERS = {"dino": 42, "sift": 50}
-# The verifier of `find --verify` without a value: the one with the best F1 on that benchmark.
-DEFAULT_VERIFIER = "dino"
+
+@dataclass(frozen=True)
+class CopyCalibration:
+    """The decision thresholds of one backbone, each the max-F1 value on the real-check benchmark.
+
+    Attributes:
+        threshold: Cosine similarity of the unwhitened copy-detection descriptor from which a pair is a copy.
+        min_inliers: Per calibrated verifier, the verified matches from which a shortlisted candidate is a copy.
+        verifier: The verifier of ``find --verify`` without a value: the calibrated one with the best F1.
+    """
+
+    threshold: float
+    min_inliers: dict[str, int]
+    verifier: str
+
+
+# Calibrated for the backbones this project offers offline (docs/copy_detection.md, "Calibrating the copy
+# threshold" and "Verified copies"; max F1 over 420 copy and 13,440 non-copy pairs, shortlist of 10):
+CALIBRATIONS: dict[str, CopyCalibration] = {
+    # threshold 0.9425: P 0.765, R 0.729; sift 58 matches: P 0.843, R 0.833. The `dino` verifier was not
+    # calibrated for this backbone: its patch tokens take 14 s a query on two CPU cores (1.6 hours for the
+    # benchmark); `copy-detect eval --verify dino` calibrates it where there is time.
+    IMGFOCUS_WEIGHTS: CopyCalibration(0.9425, {"sift": 58}, "sift"),
+    # threshold 0.9846: P 0.928, R 0.707; dino 42 matches: P 0.857, R 0.914; sift 50: P 0.851, R 0.845.
+    BUNDLED_VIT_TINY: CopyCalibration(0.985, {"dino": 42, "sift": 50}, "dino"),
+}
+# Weights without their own calibration use the default backbone's (`copy-detect eval` calibrates any other).
+DEFAULT_CALIBRATION = CALIBRATIONS[IMGFOCUS_WEIGHTS]
+DEFAULT_THRESHOLD = DEFAULT_CALIBRATION.threshold
+DEFAULT_MIN_INLIERS = DEFAULT_CALIBRATION.min_inliers
+DEFAULT_VERIFIER = DEFAULT_CALIBRATION.verifier
+
+
+def calibration_for(model: VisionTransformer) -> CopyCalibration:
+    """The thresholds calibrated for `model`'s weights, or the default backbone's when it has none."""
+    return CALIBRATIONS.get(str(getattr(model, "weights_source", "")), DEFAULT_CALIBRATION)
+
+
+def calibrated_min_inliers(model: VisionTransformer, verify: str) -> int:
+    """The calibrated minimum of verified matches for `model` and the verifier `verify`.
+
+    Raises:
+        ValueError: That verifier was not calibrated for these weights (the message says how to do it).
+    """
+    calibration = calibration_for(model)
+    if verify not in calibration.min_inliers:
+        raise ValueError(
+            f"--verify {verify} has no calibrated minimum of matches for these weights (calibrated: "
+            f"{', '.join(calibration.min_inliers)}); pass --min-inliers N, e.g. the max_f1 count that "
+            f"'copy-detect eval --verify {verify}' prints for them"
+        )
+    return calibration.min_inliers[verify]
 
 
 class CopyHit(NamedTuple):
@@ -110,7 +160,7 @@ def find_copies(
     queries: Sequence[str | os.PathLike[str] | Image.Image],
     index: ImageIndex,
     model: VisionTransformer,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     candidates: int = DEFAULT_CANDIDATES,
     include_self: bool = False,
     verify: str | None = None,
@@ -128,12 +178,13 @@ def find_copies(
         queries: Image files or PIL images.
         index: An index built with the copy-detection recipe (:func:`build_copy_index`).
         model: The backbone the index was built with (checked).
-        threshold: Minimum cosine similarity of a copy, without verification.
+        threshold: Minimum cosine similarity of a copy, without verification; the one calibrated for `model`
+            when None (:func:`calibration_for`).
         candidates: Nearest indexed images examined per query.
         include_self: Keep a hit that is the query file itself (same resolved path).
         verify: Decide by verified matches of these local features (``dino`` patch tokens or ``sift``) instead
             of the global similarity.
-        min_inliers: Minimum verified matches of a copy; :data:`DEFAULT_MIN_INLIERS` of the verifier when None.
+        min_inliers: Minimum verified matches of a copy; the one calibrated for `model` and the verifier when None.
         **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
 
     Returns:
@@ -154,8 +205,10 @@ def find_copies(
         )
     local = make_local_extractor(verify, model, **extractor_options) if verify is not None else None
     indexed = FeatureCache(_indexed_file_reader(local)) if local is not None else None
+    if threshold is None:
+        threshold = calibration_for(model).threshold
     if verify is not None and min_inliers is None:
-        min_inliers = DEFAULT_MIN_INLIERS[verify]
+        min_inliers = calibrated_min_inliers(model, verify)
     results = search_images(index, queries, model, k=min(candidates, len(index)), **extractor_options)
     copies = []
     progress = extractor_options.get("progress", True) and local is not None

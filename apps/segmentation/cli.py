@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from apps.segmentation.evaluate import evaluate_masks, write_results
+from apps.segmentation.evaluate import MASK_METHODS, evaluate_masks, write_results
 from apps.segmentation.masks import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
 from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU
 from apps.segmentation.visualize import save_attention_figures
@@ -26,16 +26,21 @@ __all__ = ["register"]
 DEFAULT_BATCH_SIZE = 8
 
 
-def _add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_preprocessing_arguments(parser: argparse.ArgumentParser, keep_aspect: bool) -> None:
     group = parser.add_argument_group("preprocessing (SPEC §10)")
     group.add_argument(
         "--size",
         type=positive_int,
         default=REFERENCE_IMAGE_SIZE,
-        help="resize to SIZE×SIZE, bilinear, then crop to a multiple of the patch size (reference: %(default)s)",
+        help="resize the short side (--keep-aspect) or both sides (--no-keep-aspect) to SIZE, bilinear, then "
+        "crop to a multiple of the patch size (reference: %(default)s)",
     )
     group.add_argument(
-        "--keep-aspect", action="store_true", help="resize the short side to SIZE instead (aspect ratio kept)"
+        "--keep-aspect",
+        action=argparse.BooleanOptionalAction,
+        default=keep_aspect,
+        help="keep the aspect ratio; --no-keep-aspect is the paper's square SIZE×SIZE input "
+        + ("(default: on, the better masks)" if keep_aspect else "(default: off, the paper's figures)"),
     )
 
 
@@ -57,6 +62,7 @@ def _attention(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         size=args.size,
         keep_aspect=args.keep_aspect,
+        foreground=args.mask,
         ncut=args.ncut,
         **extractor_options(args),
     )
@@ -89,6 +95,7 @@ def _seg_eval(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         size=args.size,
         keep_aspect=args.keep_aspect,
+        resolution=args.resolution,
         void=args.void,
         tau=args.tau,
         eps=args.eps,
@@ -108,29 +115,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="per-head [CLS] attention maps and masks of images",
         description="For each image (files or folders, searched recursively): the last layer's per-head [CLS] "
         "attention heatmaps, the masks keeping THRESHOLD of each head's attention mass (contours in distinct "
-        "colours), the mean-attention heatmap, a normalized-cut foreground mask, and one combined summary.png, "
+        "colours), the mean-attention heatmap, the foreground mask at the photo's size, and one combined summary.png, "
         "written under OUT/<image stem>/. One forward pass per image, batched over same-size images.",
     )
     attention.add_argument("images", nargs="+", help="image files or folders")
     attention.add_argument("--out", required=True, type=output_folder, help="output folder")
     _add_threshold_argument(attention)
     attention.add_argument(
-        "--ncut",
+        "--mask",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also compute the normalized-cut foreground mask (default: on)",
+        help="also write the foreground mask at the photo's size, mask.png and mask-overlay.png: the mean "
+        "attention diffused over the patch graph, refined on the photo (seg-eval --method diffusion) (default: on)",
     )
-    _add_preprocessing_arguments(attention)
+    attention.add_argument(
+        "--ncut",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also write TokenCut's normalized-cut mask, ncut-mask.png, at the photo's size (default: off; it "
+        "finds nothing with DINOv2's keys)",
+    )
+    _add_preprocessing_arguments(attention, keep_aspect=False)
     add_weights_arguments(attention)
     add_runtime_arguments(attention, batch_size=DEFAULT_BATCH_SIZE)
     attention.set_defaults(func=_attention)
 
     evaluate = subparsers.add_parser(
         "seg-eval",
-        help="Jaccard of attention or normalized-cut masks on PASCAL VOC12 (or DAVIS foreground)",
+        help="Jaccard of foreground, attention or normalized-cut masks on PASCAL VOC12 (or DAVIS foreground)",
         description="The paper's Jaccard (Fig. 4): for each ground-truth object, the best IoU over the "
         "candidate masks (each head's, for --method attention --heads best), averaged over the objects of an "
-        "image, then over images. Writes OUT/results.json (score and protocol) and OUT/per_image.csv.",
+        "image, then over images. Writes OUT/results.json (score, method settings and protocol) and "
+        "OUT/per_image.csv. The paper's protocol: --method attention --no-keep-aspect --resolution input.",
     )
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--voc", type=Path, help="VOC2012 folder (JPEGImages, SegmentationObject, …)")
@@ -153,10 +169,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--limit", type=positive_int, help="score only the first N images (quick checks)")
     evaluate.add_argument(
         "--method",
-        choices=["attention", "ncut"],
-        default="attention",
-        help="attention: thresholded [CLS] attention (paper); ncut: normalized cut of the last layer's keys, "
-        "one foreground mask (TokenCut) (default: %(default)s)",
+        choices=MASK_METHODS,
+        default="diffusion",
+        help="diffusion: one foreground mask, the mean [CLS] attention diffused over the patch graph, refined "
+        "on the photo (DAVIS-2016 dev, default DINOv2 ViT-S/14: 63.4); attention: thresholded [CLS] attention, "
+        "the paper's (best head per object: 44.7, mean map: 38.7); ncut: normalized cut of the last layer's "
+        "keys, TokenCut (0.0: DINOv2's uncentred keys are all alike) (default: %(default)s; docs/segmentation.md)",
+    )
+    evaluate.add_argument(
+        "--resolution",
+        choices=["photo", "input"],
+        default="photo",
+        help="compare masks with the labels at the photo's own size, or at the network input's like the paper "
+        "(default: %(default)s)",
     )
     evaluate.add_argument(
         "--heads",
@@ -177,7 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--eps", type=positive_float, default=NCUT_EPS, help="ncut non-edge weight (default: %(default)s)"
     )
-    _add_preprocessing_arguments(evaluate)
+    _add_preprocessing_arguments(evaluate, keep_aspect=True)
     add_weights_arguments(evaluate)
     add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE)
     evaluate.set_defaults(func=_seg_eval)

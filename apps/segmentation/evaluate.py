@@ -1,4 +1,9 @@
-"""Score attention or normalized-cut masks against ground truth with the paper's Jaccard (SPEC §10)."""
+"""Score foreground, attention or normalized-cut masks against ground truth with the paper's Jaccard (SPEC §10).
+
+Masks are compared with the ground truth at the photo's own size by default (``resolution="photo"``); the
+paper's protocol compares them at the network input's size (labels resized like the image and cropped to whole
+patches: ``resolution="input"``, with ``keep_aspect=False`` for its square 480×480 input).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from apps.segmentation.diffusion import DiffusionSettings, diffusion_foreground, grid_to_photo, resized_size
 from apps.segmentation.inference import ImageAttention, iter_attention
 from apps.segmentation.jaccard import VoidMode, best_mask_jaccard
 from apps.segmentation.masks import (
@@ -25,41 +31,69 @@ from apps.segmentation.masks import (
     HeadMerge,
     merge_heads,
     threshold_attention,
-    upsample_nearest,
 )
 from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU, ncut_foreground
 from apps.segmentation.voc import SegmentationSample, read_labels
 from dino.atomic import atomic_write, atomic_write_json
+from dino.data.io import open_image
+from dino.data.transforms import denormalize
 from dino.features import DTypeName
 from dino.models.vision_transformer import VisionTransformer
 
-__all__ = ["EvaluationResult", "MaskMethod", "evaluate_masks", "predict_masks", "write_results"]
+__all__ = [
+    "EvaluationResult",
+    "MASK_METHODS",
+    "MaskMethod",
+    "Resolution",
+    "evaluate_masks",
+    "predict_masks",
+    "write_results",
+]
 
-MaskMethod = Literal["attention", "ncut"]
+MaskMethod = Literal["diffusion", "attention", "ncut"]
+MASK_METHODS: tuple[str, ...] = ("diffusion", "attention", "ncut")
+Resolution = Literal["photo", "input"]
 CSV_FIELDS = ("name", "jaccard", "objects", "object_ids", "object_jaccards", "best_masks")
 
 
 def predict_masks(
     item: ImageAttention,
     patch_size: int,
-    method: MaskMethod = "attention",
+    method: MaskMethod = "diffusion",
     heads: HeadMerge = "best",
     threshold: float = DEFAULT_THRESHOLD,
     tau: float = NCUT_TAU,
     eps: float = NCUT_EPS,
+    photo: Image.Image | None = None,
+    resized: tuple[int, int] | None = None,
+    diffusion: DiffusionSettings = DiffusionSettings(),
 ) -> np.ndarray:
-    """Candidate masks of one image at the network-input resolution, (K, H, W) boolean.
+    """Candidate masks of one image, (K, H, W) boolean: at the photo's size when `photo` is given (with the size
+    `resized` it was resized to before the crop, :func:`apps.segmentation.diffusion.resized_size`), else at the
+    network input's.
 
-    ``attention`` gives the per-head masks (K = heads) for ``heads="best"`` and one mask otherwise
-    (see :func:`apps.segmentation.masks.merge_heads`); ``ncut`` gives one foreground mask.
+    ``diffusion`` gives one foreground mask (:mod:`apps.segmentation.diffusion`); ``attention`` the per-head
+    masks (K = heads) for ``heads="best"`` and one mask otherwise (see
+    :func:`apps.segmentation.masks.merge_heads`); ``ncut`` one foreground mask (TokenCut).
     """
+    if photo is None:
+        # The network input is its own photo: already cropped to whole patches.
+        photo = Image.fromarray((denormalize(item.image).permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
+        resized = tuple(item.image.shape[-2:])  # type: ignore[assignment]
+    if resized is None:
+        raise ValueError("predict_masks needs the resized size of the photo it is given")
+    if method == "diffusion":
+        return diffusion_foreground(item.maps, item.keys, photo, patch_size, resized, diffusion)[None]
     if method == "attention":
         grids = merge_heads(item.maps, threshold_attention(item.maps, threshold), heads, threshold)
     elif method == "ncut":
         grids = torch.from_numpy(ncut_foreground(item.keys, item.grid, tau, eps))[None]
     else:
-        raise ValueError(f"unknown mask method {method!r}; choose attention or ncut")
-    return upsample_nearest(grids, patch_size).numpy()
+        raise ValueError(f"unknown mask method {method!r}; choose one of {MASK_METHODS}")
+    photo_size = (photo.height, photo.width)
+    return np.stack(
+        [grid_to_photo(g.float().numpy(), patch_size, resized, photo_size, smooth=False) > 0.5 for g in grids]
+    )
 
 
 def labels_at_input_resolution(labels: np.ndarray, size: int, keep_aspect: bool, shape: tuple[int, int]) -> np.ndarray:
@@ -88,11 +122,12 @@ class EvaluationResult:
 def evaluate_masks(
     model: VisionTransformer,
     samples: Sequence[SegmentationSample],
-    method: MaskMethod = "attention",
+    method: MaskMethod = "diffusion",
     heads: HeadMerge = "best",
     threshold: float = DEFAULT_THRESHOLD,
     size: int = REFERENCE_IMAGE_SIZE,
-    keep_aspect: bool = False,
+    keep_aspect: bool = True,
+    resolution: Resolution = "photo",
     void: VoidMode = "count",
     tau: float = NCUT_TAU,
     eps: float = NCUT_EPS,
@@ -106,18 +141,31 @@ def evaluate_masks(
     """The paper's Jaccard of `method`'s masks on `samples`: best candidate mask per ground-truth object, mean
     over the objects of an image, then over images (images without objects are listed but not averaged).
 
-    The comparison happens at the network input's resolution: labels are resized like the image (nearest)
-    and cropped to a multiple of the patch size. `protocol` adds entries (dataset, split…) to the record.
+    ``resolution="photo"`` compares the masks, mapped back to each photo's own size, with the labels as they
+    are; ``"input"`` (the paper's) compares at the network input's resolution: labels resized like the image
+    (nearest) and cropped to a multiple of the patch size. `protocol` adds entries (dataset, split…) to the record.
     """
     if not samples:
         raise ValueError("no images to evaluate")
+    if resolution not in ("photo", "input"):
+        raise ValueError(f"resolution must be 'photo' or 'input', got {resolution!r}")
     rows: list[dict[str, Any]] = [{}] * len(samples)
     for item in iter_attention(
         model, [s.image for s in samples], size, keep_aspect, device, dtype, batch_size, num_workers, progress
     ):
         sample = samples[item.index]
-        masks = predict_masks(item, model.patch_size, method, heads, threshold, tau, eps)
-        labels = labels_at_input_resolution(read_labels(sample), size, keep_aspect, masks.shape[1:])
+        if resolution == "photo":
+            photo = open_image(sample.image)
+            resized = resized_size((photo.height, photo.width), size, keep_aspect)
+            masks = predict_masks(item, model.patch_size, method, heads, threshold, tau, eps, photo, resized)
+            labels = read_labels(sample)
+            if labels.shape != masks.shape[1:]:
+                raise ValueError(
+                    f"{sample.annotation}: labels are {labels.shape[::-1]} (w, h), the photo {masks.shape[:0:-1]}"
+                )
+        else:
+            masks = predict_masks(item, model.patch_size, method, heads, threshold, tau, eps)
+            labels = labels_at_input_resolution(read_labels(sample), size, keep_aspect, masks.shape[1:])
         score = best_mask_jaccard(masks, labels, void)
         rows[item.index] = {
             "name": sample.name,
@@ -131,6 +179,7 @@ def evaluate_masks(
     record = {
         **(protocol or {}),
         "method": method,
+        "diffusion": DiffusionSettings().as_dict() if method == "diffusion" else None,
         "heads": heads if method == "attention" else None,
         "threshold": threshold if method == "attention" else None,
         "ncut_tau": tau if method == "ncut" else None,
@@ -139,7 +188,9 @@ def evaluate_masks(
         "resize": "short-side" if keep_aspect else "square",
         "void": void,
         "aggregation": "best mask per object, mean over objects, then over images",
-        "resolution": "network input (labels resized nearest, cropped to a multiple of the patch size)",
+        "resolution": "photo (masks mapped back to each photo's size)"
+        if resolution == "photo"
+        else "network input (labels resized nearest, cropped to a multiple of the patch size)",
         "weights": str(getattr(model, "weights_source", "")),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,

@@ -95,7 +95,7 @@ def save_summary(
     foreground: np.ndarray | None = None,
     title: str = "",
 ) -> None:
-    """One figure: image, mean attention, all heads' masks, the ncut foreground (if given) on top; each head's
+    """One figure: image, mean attention, all heads' masks, the foreground mask (if given) on top; each head's
     heatmap and mask below.
 
     Args:
@@ -105,14 +105,14 @@ def save_summary(
         head_masks: (heads, H, W) thresholded masks.
         mean_map: (H, W) mean-over-heads attention.
         threshold: Kept mass, for the titles.
-        foreground: (H, W) normalized-cut foreground mask, or None.
+        foreground: (H, W) foreground mask (attention diffusion, or the normalized cut), or None.
         title: Figure title (e.g. the image name and weights).
     """
     heads = head_maps.shape[0]
     colors = head_colors(heads)
     top = ["image", "mean attention", f"all heads' masks ({threshold:.0%} of mass)"]
     if foreground is not None:
-        top.append("normalized-cut foreground")
+        top.append("foreground mask")
     columns = max(heads, len(top))
     aspect = image.shape[0] / image.shape[1]
     panel = 2.2

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
+from PIL import Image
 
+from apps.segmentation.diffusion import diffusion_foreground, grid_to_photo, resized_size
 from apps.segmentation.figures import (
     MEAN_CMAP,
     head_colors,
@@ -26,7 +27,7 @@ from apps.segmentation.masks import (
     upsample_nearest,
 )
 from apps.segmentation.ncut import ncut_foreground
-from dino.data.io import list_images
+from dino.data.io import list_images, open_image
 from dino.data.masks import write_indexed_png
 from dino.data.transforms import denormalize
 from dino.features import DTypeName
@@ -55,7 +56,8 @@ def save_attention_figures(
     threshold: float = DEFAULT_THRESHOLD,
     size: int = REFERENCE_IMAGE_SIZE,
     keep_aspect: bool = False,
-    ncut: bool = True,
+    foreground: bool = True,
+    ncut: bool = False,
     device: str = "auto",
     dtype: DTypeName = "auto",
     batch_size: int = 8,
@@ -66,8 +68,10 @@ def save_attention_figures(
 
     ``img.png`` (the network input), ``attn-head{j}.png`` (per-head heatmaps), ``attn-mean.png`` (mean over
     heads, inferno), ``mask_th{t}_head{j}.png`` (each head's mask, overlay and contour),
-    ``mask_th{t}_heads.png`` (all heads in distinct colours), with `ncut` ``ncut-mask.png`` (indexed PNG,
-    1 = foreground), and ``summary.png`` (everything in one figure).
+    ``mask_th{t}_heads.png`` (all heads in distinct colours), with `foreground` ``mask.png`` (the attention-diffusion
+    foreground, :mod:`apps.segmentation.diffusion`, an indexed PNG at the photo's own size, 1 = foreground) and
+    ``mask-overlay.png`` (on the photo), with `ncut` ``ncut-mask.png`` (TokenCut's mask, indexed PNG at the photo's
+    size), and ``summary.png`` (everything in one figure, at the network input's size).
 
     Args:
         model: The backbone.
@@ -76,7 +80,8 @@ def save_attention_figures(
         threshold: Fraction of each head's attention mass the masks keep.
         size: Square side (reference: 480), or the short side with `keep_aspect`.
         keep_aspect: Resize the short side to `size` instead of forcing a square.
-        ncut: Also compute the normalized-cut foreground from the same forward pass.
+        foreground: Also compute the foreground mask from the same forward pass.
+        ncut: Also compute the normalized-cut (TokenCut) mask from the same forward pass.
         device, dtype, batch_size, num_workers, progress: See :class:`dino.features.FeatureExtractor`.
 
     Returns:
@@ -102,11 +107,27 @@ def save_attention_figures(
             save_heatmap(folder / f"attn-head{head}.png", head_maps[head])
             save_mask_overlay(folder / f"mask_{tag}_head{head}.png", image, head_masks[head : head + 1], colors[[head]])
         save_mask_overlay(folder / f"mask_{tag}_heads.png", image, head_masks, colors)
-        foreground = None
-        if ncut:
-            grid_mask = torch.from_numpy(ncut_foreground(item.keys, item.grid))
-            foreground = upsample_nearest(grid_mask, patch).numpy()
-            write_indexed_png(folder / "ncut-mask.png", foreground.astype(np.uint8))
+        photo = open_image(paths[item.index]) if foreground or ncut else None
+        shown = None
+        if photo is not None:
+            resized = resized_size((photo.height, photo.width), size, keep_aspect)
+        if foreground and photo is not None:
+            mask = diffusion_foreground(item.maps, item.keys, photo, patch, resized)
+            write_indexed_png(folder / "mask.png", mask.astype(np.uint8))
+            photo_pixels = np.asarray(photo, dtype=np.float32) / 255.0
+            save_mask_overlay(folder / "mask-overlay.png", photo_pixels, mask[None], colors[:1])
+            shown = _at_input_size(mask, resized, image.shape[:2])
+        if ncut and photo is not None:
+            grid_mask = ncut_foreground(item.keys, item.grid).astype(np.float32)
+            ncut_mask = grid_to_photo(grid_mask, patch, resized, (photo.height, photo.width), smooth=False) > 0.5
+            write_indexed_png(folder / "ncut-mask.png", ncut_mask.astype(np.uint8))
+            shown = shown if shown is not None else _at_input_size(ncut_mask, resized, image.shape[:2])
         title = f"{paths[item.index].name} — {getattr(model, 'weights_source', '')}, {tag}"
-        save_summary(folder / "summary.png", image, head_maps, head_masks, mean_map, threshold, foreground, title)
+        save_summary(folder / "summary.png", image, head_maps, head_masks, mean_map, threshold, shown, title)
     return folders
+
+
+def _at_input_size(mask: np.ndarray, resized: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """A photo-sized mask on the network input: resized like the photo, then cropped like it (bottom/right)."""
+    small = Image.fromarray(mask.astype(np.uint8)).resize((resized[1], resized[0]), Image.Resampling.NEAREST)
+    return np.asarray(small)[: input_size[0], : input_size[1]].astype(bool)

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from apps.copy_detection.find import DEFAULT_MIN_INLIERS, DEFAULT_VERIFIER, build_copy_index, find_copies
+from apps.copy_detection.find import (
+    CALIBRATIONS,
+    DEFAULT_MIN_INLIERS,
+    DEFAULT_VERIFIER,
+    build_copy_index,
+    calibrated_min_inliers,
+    calibration_for,
+    find_copies,
+)
 from apps.copy_detection.verify import (
     PatchTokenExtractor,
     SiftFeatureExtractor,
@@ -96,7 +104,18 @@ def test_sift_features_survive_rotation_and_map_back_to_original_pixels() -> Non
     assert count_inliers(sift(Image.new("RGB", (64, 64), "grey")), features) == 0
     with pytest.raises(ValueError, match="unknown verifier 'orb'"):
         make_local_extractor("orb", load_backbone("random:vit_tiny/16"))
-    assert set(DEFAULT_MIN_INLIERS) == {"dino", "sift"}
+    assert DEFAULT_VERIFIER in DEFAULT_MIN_INLIERS
+    assert set(CALIBRATIONS["dino_vitt16_cpu"].min_inliers) == {"dino", "sift"}
+
+
+def test_thresholds_follow_the_backbone_and_uncalibrated_verifiers_are_refused() -> None:
+    tiny, imgfocus = load_backbone("random:vit_tiny/16"), load_backbone("random:vit_tiny/16")
+    tiny.weights_source, imgfocus.weights_source = "dino_vitt16_cpu", "dinov2_vits14_imgfocus"
+    assert calibration_for(tiny).threshold == 0.985 and calibrated_min_inliers(tiny, "dino") == 42
+    assert calibration_for(imgfocus) == calibration_for(load_backbone("random:vit_tiny/16"))  # the default's
+    assert calibrated_min_inliers(imgfocus, "sift") == 58
+    with pytest.raises(ValueError, match="--verify dino has no calibrated minimum.*--min-inliers"):
+        calibrated_min_inliers(imgfocus, "dino")
 
 
 @pytest.fixture

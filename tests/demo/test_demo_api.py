@@ -15,6 +15,7 @@ pytest.importorskip("gradio_client", reason="the demo's API tests need gradio_cl
 
 from demo import adapters  # noqa: E402
 from demo.gallery import sample_copy, sample_gallery, sample_video  # noqa: E402
+from dino.checkpoint import load_backbone  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,  # one demo server for the session: ~30 s of model work on 2 CPU cores
@@ -65,10 +66,11 @@ def test_attention_gives_one_heatmap_and_mask_per_head(client, demo_server, demo
     )
     assert [item["caption"] for item in heads] == [f"head {i}" for i in range(demo_server.heads)]
     assert [item["caption"] for item in masks] == [f"head {i}" for i in range(demo_server.heads)] + ["all heads"]
-    # chelsea is 451×300: short side to 224 keeps the aspect, then crops to a multiple of the patch (16).
+    # chelsea is 451×300: short side to 224 keeps the aspect, then crops to a multiple of the patch (14 or 16).
     expected = (224, 336)
-    for path in [mean_map, cut, *(item["image"] for item in heads + masks)]:
+    for path in [mean_map, *(item["image"] for item in heads + masks)]:
         assert np.asarray(Image.open(path)).shape[:2] == expected
+    assert np.asarray(Image.open(cut)).shape[:2] == (300, 451)  # the foreground mask: at the photo's own size
 
 
 @pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
@@ -142,7 +144,8 @@ def test_copy_check_of_an_image_with_itself_is_a_copy(client, demo_server, demo_
 @pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
 def test_copy_check_verdict_follows_the_verified_matches(client, demo_server, demo_cache) -> None:
     pair = sample_copy(demo_cache)
-    minimum = adapters.copy_min_matches(adapters.copy_verifier())
+    model = load_backbone("default")  # what the demo server serves (conftest.TEST_WEIGHTS)
+    minimum = adapters.copy_min_matches(model, adapters.copy_verifier(model))
     for other, expected in ((pair.copy, "**Copy.**"), (pair.other, "**Not a copy.**")):
         similarity, verdict = client.predict(_file(pair.original), _file(other), api_name="/copy_check")
         assert similarity < 1.0 - 1e-3

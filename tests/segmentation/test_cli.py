@@ -24,16 +24,21 @@ def test_attention_writes_figures_and_masks(tmp_path) -> None:
     for name, size in [("a.png", (80, 60)), ("b.jpg", (64, 64))]:
         Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(images / name)
     out = tmp_path / "out"
-    assert cli.main(["attention", str(images), "--out", str(out), "--size", "64", "--threshold", "0.5", *RUNTIME]) == 0
+    argv = ["attention", str(images), "--out", str(out), "--size", "64", "--threshold", "0.5", "--ncut"]
+    assert cli.main([*argv, *RUNTIME]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
     files = {p.name for p in (out / "a").iterdir()}
     heads = 3  # vit_tiny
-    expected = {"img.png", "attn-mean.png", "summary.png", "ncut-mask.png", "mask_th0.5_heads.png"}
+    expected = {"img.png", "attn-mean.png", "summary.png", "mask.png", "mask-overlay.png", "ncut-mask.png"}
+    expected |= {"mask_th0.5_heads.png"}
     expected |= {f"attn-head{j}.png" for j in range(heads)} | {f"mask_th0.5_head{j}.png" for j in range(heads)}
     assert files == expected
     assert Image.open(out / "a" / "attn-head0.png").size == (64, 64)  # square 64, upsampled ×16 from 4×4
     assert Image.open(out / "a" / "mask_th0.5_head1.png").size == (64, 64)
-    assert set(np.unique(read_indexed_png(out / "a" / "ncut-mask.png"))) <= {0, 1}
+    # The masks are at the photo's own size (80×60), not the network input's.
+    for name in ("mask.png", "ncut-mask.png"):
+        mask = read_indexed_png(out / "a" / name)
+        assert mask.shape == (60, 80) and set(np.unique(mask)) <= {0, 1}
 
 
 @pytest.mark.slow
@@ -41,16 +46,17 @@ def test_attention_without_ncut_and_keep_aspect(tmp_path) -> None:
     image = tmp_path / "wide.png"
     Image.new("RGB", (96, 48), (200, 10, 10)).save(image)
     out = tmp_path / "out"
-    options = ["--size", "32", "--keep-aspect", "--no-ncut"]
+    options = ["--size", "32", "--keep-aspect", "--no-mask"]
     assert cli.main(["attention", str(image), "--out", str(out), *options, *RUNTIME]) == 0
-    assert not (out / "wide" / "ncut-mask.png").exists()
+    assert not (out / "wide" / "ncut-mask.png").exists() and not (out / "wide" / "mask.png").exists()
     assert Image.open(out / "wide" / "img.png").size == (64, 32)
 
 
 @pytest.mark.slow
 def test_seg_eval_cli(voc_root, voc_size, tmp_path, capsys) -> None:
     out = tmp_path / "eval"
-    options = ["--size", str(voc_size), "--heads", "merged", "--void", "ignore", "--masks", "class"]
+    options = ["--size", str(voc_size), "--method", "attention", "--heads", "merged", "--void", "ignore"]
+    options += ["--masks", "class", "--no-keep-aspect", "--resolution", "input"]
     code = cli.main(["seg-eval", "--voc", str(voc_root), "--out", str(out), *options, *RUNTIME])
     assert code == 0
     assert "Jaccard" in capsys.readouterr().out

@@ -56,12 +56,22 @@ def test_labels_resized_like_the_image() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("void", ["count", "ignore"])
-def test_whole_masks_score_object_area_over_image_area(voc_root, voc_labels, voc_size, void) -> None:
+@pytest.mark.parametrize("resolution", ["photo", "input"])
+def test_whole_masks_score_object_area_over_image_area(voc_root, voc_labels, voc_size, void, resolution) -> None:
     # threshold 1.0 keeps every patch, so every head's mask is the whole image and each object's best IoU is
     # its area over the image area (void count) or over the non-void area (void ignore): computed by hand.
     model = load_backbone("random:vit_tiny/16")
     result = evaluate_masks(
-        model, voc_samples(voc_root), threshold=1.0, size=voc_size, void=void, device="cpu", progress=False
+        model,
+        voc_samples(voc_root),
+        method="attention",
+        threshold=1.0,
+        size=voc_size,
+        keep_aspect=False,
+        resolution=resolution,
+        void=void,
+        device="cpu",
+        progress=False,
     )
     expected_images = []
     for labels in voc_labels.values():
@@ -74,7 +84,9 @@ def test_whole_masks_score_object_area_over_image_area(voc_root, voc_labels, voc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "heads", "masks_per_image"), [("attention", "best", 3), ("ncut", "best", 1)])
+@pytest.mark.parametrize(
+    ("method", "heads", "masks_per_image"), [("attention", "best", 3), ("ncut", "best", 1), ("diffusion", "best", 1)]
+)
 def test_evaluation_end_to_end_writes_results(voc_root, voc_size, tmp_path, method, heads, masks_per_image) -> None:
     model = load_backbone("random:vit_tiny/16")
     result = evaluate_masks(
@@ -97,4 +109,4 @@ def test_evaluation_end_to_end_writes_results(voc_root, voc_size, tmp_path, meth
     assert [row["name"] for row in rows] == ["2007_000001", "2007_000002"]
     assert np.mean([float(row["jaccard"]) for row in rows]) == pytest.approx(result.jaccard)
     best = [int(i) for row in rows for i in row["best_masks"].split()]
-    assert all(0 <= i < masks_per_image for i in best) and (method == "ncut") == (not best)
+    assert all(0 <= i < masks_per_image for i in best) and (method != "attention") == (not best)
