@@ -1,6 +1,7 @@
 """Throughput of `dino attention`'s mask computation: one forward pass with attention, the reference
-threshold of every head and the nearest upsampling, batched over same-size images; plus the normalized
-cut's time per image (CPU, scipy).
+threshold of every head and the nearest upsampling, batched over same-size images; plus the time per image of
+the foreground-mask methods after the forward pass (CPU): the default attention diffusion on a 854×480 photo
+(diffusion, guided filter and Otsu at the photo's size) and the normalized cut.
 
 Random weights (speed does not depend on them) and random 480×480 inputs (the reference preprocessing's
 output size), so decoding and figure writing are not included.
@@ -17,8 +18,11 @@ import os
 import platform
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 
+from apps.segmentation.diffusion import diffusion_foreground, resized_size
 from apps.segmentation.masks import DEFAULT_THRESHOLD, cls_attention_maps, threshold_attention, upsample_nearest
 from apps.segmentation.ncut import ncut_foreground
 from dino.checkpoint import load_backbone
@@ -60,6 +64,24 @@ def time_ncut(model: torch.nn.Module, size: int, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def time_diffusion(model: torch.nn.Module, size: int, repeats: int) -> float:
+    """Seconds per 854×480 photo of the attention diffusion alone (attention and keys already computed)."""
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 854, 3), dtype=np.uint8))
+    resized = resized_size((480, 854), size, keep_aspect=True)
+    height, width = (
+        (resized[0] // model.patch_size) * model.patch_size,
+        (resized[1] // model.patch_size) * model.patch_size,
+    )
+    with torch.inference_mode():
+        out = model.forward_with_attention(torch.randn(1, 3, height, width))
+    maps = cls_attention_maps(out.attention.float(), model.grid_size(height, width))[0]
+    keys = out.keys[0].float()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        diffusion_foreground(maps, keys, photo, model.patch_size, resized)
+    return (time.perf_counter() - start) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="random:vit_small/16")
@@ -79,6 +101,8 @@ def main() -> None:
     ]
     seconds = time_ncut(model.cpu(), args.size, args.ncut_repeats)
     rows.append({"stage": "ncut (CPU, per image)", "batch": 1, "images_per_s": 1 / seconds})
+    seconds = time_diffusion(model.cpu(), args.size, args.ncut_repeats)
+    rows.append({"stage": "diffusion mask, 854×480 photo (CPU, per image)", "batch": 1, "images_per_s": 1 / seconds})
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if args.markdown:

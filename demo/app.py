@@ -186,7 +186,7 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
         "hold the chosen fraction of the attention mass (the paper's Fig. 3 rule); the *better mask*, from the "
         "same forward pass and at the photo's own size, spreads the mean attention over the graph of the patches' "
         "keys and refines it on the photo's edges (`dino seg-eval --method diffusion`: Jaccard 62.8 on DAVIS "
-        "against 44.7 for the best single head)." + ("" if ready else "\n\n" + _unavailable_notice("attention"))
+        "against 45.0 for the best single head)." + ("" if ready else "\n\n" + _unavailable_notice("attention"))
     )
     with gr.Row():
         with gr.Column(scale=1):

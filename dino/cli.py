@@ -298,6 +298,7 @@ def extract_features_to_file(
             "features": what,
             "shape": list(array.shape),
             "weights": str(getattr(model, "weights_source", "")),
+            "weights_provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
             "patch_size": model.patch_size,
             "embed_dim": model.embed_dim,
             "preprocessing": preprocessing,

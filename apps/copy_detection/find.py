@@ -4,22 +4,20 @@ The index is the core's FAISS index (:mod:`dino.index`) built with :meth:`Descri
 optionally, a whitening stored inside it; a query's likely copies are its nearest indexed images whose cosine
 similarity reaches a threshold.
 
-How :data:`DEFAULT_THRESHOLD` was calibrated (docs/copy_detection.md, "Calibrating the copy threshold"): a
-benchmark was generated from the 43 photos of the project's real check (``bench/copy_detection_real_check.py``:
-``make-benchmark --seed 0 --max-side 1024``, 20 originals, 10 whitening photos, 13 distractors), every query of
-every block but ``original`` was compared with every database image (420 copy pairs, 13,440 non-copy pairs), and
-the threshold maximising F1 between copy and non-copy pairs was taken; ``copy-detect eval`` reports the same
-``calibration`` for any backbone and benchmark. The constant is that of the shipped ``default`` weights
-(docs/MODEL_CARD.md; they never trained on that benchmark's originals or distractors), unwhitened, the setting
-``copy-detect index`` uses by default. Other weights have other similarity scales: run ``copy-detect eval`` on a
-benchmark made from photos like yours and pass its ``max_f1`` threshold as ``--threshold``.
+How the thresholds were calibrated (docs/copy_detection.md, "Calibrating the copy threshold"): a benchmark was
+generated from the 43 photos of the project's real check (``bench/copy_detection_real_check.py``: ``make-benchmark
+--seed 0 --max-side 1024``, 20 originals, 10 whitening photos, 13 distractors), every query of every block but
+``original`` was compared with every database image (420 copy pairs, 13,440 non-copy pairs), and the threshold
+maximising F1 between copy and non-copy pairs was taken, unwhitened (the setting ``copy-detect index`` uses by
+default); ``copy-detect eval`` reports the same ``calibration`` for any backbone and benchmark. Similarities have
+another scale for every backbone, so :data:`CALIBRATIONS` holds one per offline backbone, chosen by the weights the
+index was built with; for other weights run ``copy-detect eval`` on a benchmark made from photos like yours and pass
+its ``max_f1`` threshold as ``--threshold``.
 
 With verification (:mod:`apps.copy_detection.verify`) a candidate is a copy when enough of its local-feature
-matches with the query agree on one affine map. :data:`DEFAULT_MIN_INLIERS` was calibrated on the same benchmark
-the same way, with find's shortlist of 10 candidates per query (``bench/copy_detection_real_check.py
---calibrate-verify KIND``): ``dino`` patch tokens of the default weights, 42 matches, P 0.857, R 0.914; ``sift``,
-50 matches, P 0.851, R 0.845; the similarity threshold gives P 0.928, R 0.707 (docs/copy_detection.md,
-"Verified copies").
+matches with the query agree on one affine map. The minimum of matches was calibrated on the same benchmark the
+same way, with find's shortlist of 10 candidates per query (``bench/copy_detection_real_check.py
+--calibrate-verify KIND``), per backbone and verifier (:data:`CALIBRATIONS`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ features, refined at the photo's resolution and cut by a threshold that each ima
 5. Otsu's threshold (1979) on the refined map gives the mask.
 
 On DAVIS-2016 dev (every 5th frame, masks at the photo's size) with the default DINOv2 ViT-S/14 this gives a
-Jaccard of 63.4 against 44.7 for the best attention head per frame (docs/segmentation.md, "Beyond thresholded
+Jaccard of 62.8 against 45.0 for the best attention head per frame (docs/segmentation.md, "Beyond thresholded
 attention", where every variant and backbone is measured).
 """
 

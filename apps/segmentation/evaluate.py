@@ -35,6 +35,7 @@ from apps.segmentation.masks import (
 from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU, ncut_foreground
 from apps.segmentation.voc import SegmentationSample, read_labels
 from dino.atomic import atomic_write, atomic_write_json
+from dino.checkpoint import weights_provenance
 from dino.data.io import open_image
 from dino.data.transforms import denormalize
 from dino.features import DTypeName
@@ -192,6 +193,7 @@ def evaluate_masks(
         if resolution == "photo"
         else "network input (labels resized nearest, cropped to a multiple of the patch size)",
         "weights": str(getattr(model, "weights_source", "")),
+        "weights_provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
         "num_heads": model.num_heads,

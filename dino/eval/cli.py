@@ -6,6 +6,7 @@ import argparse
 import json
 
 from dino.atomic import atomic_write_json
+from dino.checkpoint import weights_provenance
 from dino.cli import (
     add_runtime_arguments,
     add_weights_arguments,
@@ -44,7 +45,9 @@ def _knn(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['k']}-NN: top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}")
     if args.out:
-        atomic_write_json(args.out, {"weights": args.weights, "temperature": args.temperature, "results": rows})
+        source = str(getattr(model, "weights_source", args.weights))
+        record = {"weights": source, "weights_provenance": weights_provenance(source), "temperature": args.temperature}
+        atomic_write_json(args.out, {**record, "results": rows})
         print(f"wrote {args.out}")
     else:
         print(json.dumps(rows))
@@ -70,7 +73,8 @@ def _linear(args: argparse.Namespace) -> int:
         atomic_write_json(
             f"{args.output_dir}/linear_results.json",
             {
-                "weights": args.weights,
+                "weights": str(getattr(model, "weights_source", args.weights)),
+                "weights_provenance": weights_provenance(str(getattr(model, "weights_source", args.weights))),
                 "linear_input": {
                     "layout": args.linear_input,
                     "n_last_blocks": args.n_last_blocks,

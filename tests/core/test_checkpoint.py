@@ -174,7 +174,11 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path) -> None:
     assert load_backbone(tmp_path / "pickle.pth", weights_only=False).embed_dim == 384
 
 
-def test_release_name_offline_says_what_to_fetch(monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("name", "filename"),
+    [("dino_vits16", "dino_deitsmall16_pretrain.pth"), ("dinov2_vitb14_reg", "dinov2_vitb14_reg4_pretrain.pth")],
+)
+def test_release_name_offline_says_what_to_fetch(monkeypatch, tmp_path, name: str, filename: str) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
     def offline(*args, **kwargs):
@@ -182,11 +186,25 @@ def test_release_name_offline_says_what_to_fetch(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(WeightsUnavailableError) as error:
-        load_backbone("dino_vits16")
+        load_backbone(name)
     message = str(error.value)
-    release = RELEASES["dino_vits16"]
+    release = RELEASES[name]
     assert release.url in message and "--weights" in message
-    assert str(tmp_path / "hub" / "checkpoints" / "dino_deitsmall16_pretrain.pth") in message
+    assert str(tmp_path / "hub" / "checkpoints" / filename) in message
+
+
+def test_a_downloaded_dinov2_release_loads_strictly_with_its_convention(monkeypatch) -> None:
+    """What the hub serves for dinov2_vits14_reg (SPEC §21 keys), as the download would return it."""
+    served = load_backbone("random:dinov2_vits14_reg").state_dict()
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *args, **kwargs: served)
+    model = load_backbone("dinov2_vits14_reg")
+    assert (model.num_register_tokens, model.pos_embed_interpolation, model.weights_source) == (
+        4,
+        "exact_antialias",
+        "dinov2_vits14_reg",
+    )
+    with pytest.raises(CheckpointError, match="do not match the release"):
+        load_backbone("dinov2_vits14")  # registers served for the plain release: refused
 
 
 def test_release_table_matches_spec() -> None:

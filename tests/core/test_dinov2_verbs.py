@@ -7,7 +7,8 @@ half of the calls name it by that string, the other half by a weights FILE writt
 ``dino.cli.main([...])`` and checks the exit code and the files a user gets:
 
 * ``features``: [CLS] (N, 384) and patch grids (N, H/14, W/14, 384), also at sizes that are not multiples of 14;
-* ``attention``: per-head figures, masks and the normalized-cut mask, all at the network input's size;
+* ``attention``: per-head figures at the network input's size, the foreground and normalized-cut masks at the
+  photo's own size;
 * ``seg-eval``: attention and ncut methods on a tiny VOC layout, attention on a tiny DAVIS layout;
 * ``search`` index / query / update / whiten / eval, and refusal (exit 2, no traceback) of an index built with
   another architecture, in both directions (no registers vs registers);
@@ -153,30 +154,34 @@ def test_attention_figures_and_masks(photos, weights_file, tmp_path, capsys) -> 
     out = tmp_path / "attention"
     code, stdout, stderr = _run(
         capsys, "attention", str(photos[0].parent), "--out", str(out), "--size", "70", "--weights", weights_file,
-        *RUNTIME,
+        "--ncut", *RUNTIME,
     )  # fmt: skip
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["img0", "img1", "img2"]
-    expected = {"img.png", "attn-mean.png", "summary.png", "ncut-mask.png", "mask_th0.6_heads.png"}
+    photo_masks = {"ncut-mask.png", "mask.png", "mask-overlay.png"}
+    expected = {"img.png", "attn-mean.png", "summary.png", "mask_th0.6_heads.png"} | photo_masks
     expected |= {f"attn-head{j}.png" for j in range(HEADS)} | {f"mask_th0.6_head{j}.png" for j in range(HEADS)}
-    for folder in out.iterdir():
+    for folder, photo in zip(sorted(out.iterdir()), photos, strict=True):
         sizes = _sizes(folder)
         assert set(sizes) == expected
-        # Every figure but the summary is at the network input's size: 70×70 (5×5 patches of 14).
-        assert {size for name, size in sizes.items() if name != "summary.png"} == {(70, 70)}
-        assert set(np.unique(read_indexed_png(folder / "ncut-mask.png"))) <= {0, 1}
+        # The figures are at the network input's size, 70×70 (5×5 patches of 14); the masks at the photo's.
+        assert {size for name, size in sizes.items() if name not in photo_masks | {"summary.png"}} == {(70, 70)}
+        assert {sizes[name] for name in photo_masks} == {Image.open(photo).size}
+        for name in ("ncut-mask.png", "mask.png"):
+            assert set(np.unique(read_indexed_png(folder / name))) <= {0, 1}
 
 
 def test_attention_keep_aspect_on_a_size_that_is_not_a_multiple_of_14(photos, tmp_path, capsys) -> None:
     out = tmp_path / "attention"
     photo = photos[1]  # 100×75
-    argv = ["attention", str(photo), "--out", str(out), "--size", "60", "--keep-aspect", "--no-ncut"]
+    argv = ["attention", str(photo), "--out", str(out), "--size", "60", "--keep-aspect"]
     code, _, stderr = _run(capsys, *argv, "--weights", REG, *RUNTIME)
     assert code == 0, stderr
     sizes = _sizes(out / "img1")
     assert "ncut-mask.png" not in sizes
-    # Short side 60: 80×60, cropped to whole patches: 70×56 (not the photo's 100×75).
-    assert {size for name, size in sizes.items() if name != "summary.png"} == {(70, 56)}
+    # Short side 60: 80×60, cropped to whole patches: 70×56; the foreground mask is at the photo's 100×75.
+    figures = {size for name, size in sizes.items() if name not in ("summary.png", "mask.png", "mask-overlay.png")}
+    assert figures == {(70, 56)} and sizes["mask.png"] == sizes["mask-overlay.png"] == (100, 75)
 
 
 # ---------------------------------------------------------------------------- seg-eval
@@ -585,7 +590,8 @@ def test_demo_adapters_with_the_reg_model(model, photos, copy_photos, copy_query
     # Short side 70, aspect kept: 93×70, cropped to whole patches: 84×70.
     assert views.image.shape == (70, 84, 3)
     assert views.head_maps.shape == views.head_masks.shape == (HEADS, 70, 84)
-    assert views.mean_map.shape == views.foreground.shape == (70, 84) and views.head_colors.shape == (HEADS, 3)
+    assert views.mean_map.shape == (70, 84) and views.head_colors.shape == (HEADS, 3)
+    assert views.foreground.shape == views.photo.shape[:2] == (75, 100)  # at the photo's own size
 
     index = adapters.build_search_index(model, photos, **options)
     hits = adapters.search_similar(index, model, Image.open(photos[2]).convert("RGB"), 2, **options)
@@ -632,7 +638,7 @@ def test_demo_verb_builds_the_page_on_a_reg_index(photos, weights_file, tmp_path
     handlers = {fn.api_name: fn.fn for fn in page.fns.values()}
     mean_map, cut, heads, masks = handlers["attention"](str(photos[1]), 0.6, 224, True)
     # 100×75, short side 224: 298×224, cropped to 294×224.
-    assert mean_map.shape == cut.shape == (224, 294, 3)
+    assert mean_map.shape == (224, 294, 3) and cut.shape == (75, 100, 3)  # the better mask at the photo's size
     assert len(heads) == HEADS and len(masks) == HEADS + 1
     results = handlers["search"](str(photos[0]), 2)
     assert results[0][1].endswith(photos[0].name) and results[0][1].startswith("1.000")

@@ -106,7 +106,7 @@ def test_page_states_the_weights_and_their_quality(browser_page) -> None:
 @pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_attention_tab_shows_heatmaps_and_masks(browser_page, demo_server, screenshots) -> None:
     page = browser_page
-    photo = next(path for path in sample_gallery(demo_server.cache_dir) if path.stem == "skimage-chelsea")
+    photo = next(path for path in sample_gallery(demo_server.cache_dir) if path.stem == "dino-butterfly")
     _run_tab(page, "Attention", {"attention-photo": photo}, "#attention-photo img", "#attention-run")
     heads = page.locator("#attention-heads img")
     heads.nth(demo_server.heads - 1).wait_for(timeout=RESULT_TIMEOUT_MS)
