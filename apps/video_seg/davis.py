@@ -23,7 +23,7 @@ from apps.video_seg.pipeline import segment_frames
 from apps.video_seg.preprocess import FramePreprocessing, read_bgr
 from apps.video_seg.propagation import PropagationConfig
 from dino.atomic import atomic_write_json
-from dino.checkpoint import state_dict_sha256
+from dino.checkpoint import state_dict_sha256, weights_provenance
 from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png, write_indexed_png
 from dino.models.vision_transformer import VisionTransformer
 
@@ -56,6 +56,7 @@ def read_bgr_frames(paths: Sequence[Path]) -> Iterator[np.ndarray]:
 def _settings(model: VisionTransformer, config: PropagationConfig, preprocessing: FramePreprocessing, autocast) -> dict:
     return {
         "weights": str(getattr(model, "weights_source", "")),
+        "weights_provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
         "backbone_sha256": state_dict_sha256(model),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
@@ -86,6 +87,8 @@ def _same_settings(stored: dict, current: dict) -> bool:
     """Whether a recorded run used these settings. The weights are compared by checksum, since one file can be
     named by different paths; runs recorded before the checksum was, by the path resolved from here."""
     stored, current = dict(stored), dict(current)
+    # How the weights are named (and so described) does not change the run; manifests before it had no provenance.
+    stored.pop("weights_provenance", None), current.pop("weights_provenance", None)
     stored_weights, current_weights = stored.pop("weights", ""), current.pop("weights")
     if "backbone_sha256" not in stored:
         current.pop("backbone_sha256")
