@@ -46,7 +46,7 @@ def main() -> None:
             photo = handle_file(str(next(p for p in sample_gallery(cache) if p.stem == "skimage-chelsea")))
             pair, clip = sample_copy(cache), sample_video(Path(cache))
             calls = {
-                "attention (480, ncut)": ((photo, 0.6, 480, True), "/attention"),
+                "attention (480, better mask)": ((photo, 0.6, 480, True), "/attention"),
                 "search (k=8)": ((photo, 8), "/search"),
                 "copy check (pair)": ((handle_file(str(pair.original)), handle_file(str(pair.copy))), "/copy_check"),
                 "copy search (index)": ((photo,), "/copy_search"),
