@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dino.cli import add_weights_arguments, backbone_from_args, positive_int
+from dino.cli import add_weights_arguments, backbone_from_args, cosine_threshold, positive_int
 
 __all__ = ["register"]
 
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     data.add_argument(
         "--copy-threshold",
-        type=float,
+        type=cosine_threshold,
         help="cosine similarity from which Copy check's index search reports a copy (the pair check decides by "
         "verified matches and shows this threshold beside the similarity; default: the copy-detection app's, "
         "calibrated for the default weights; for other weights use the max_f1 threshold of `dino copy-detect eval`)",

@@ -47,6 +47,7 @@ __all__ = [
     "add_weights_arguments",
     "backbone_for_index",
     "backbone_from_args",
+    "cosine_threshold",
     "extractor_options",
     "main",
     "non_negative_int",
@@ -94,6 +95,14 @@ def positive_float(text: str) -> float:
     value = _parsed(text, float, "a number")
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text}: must be a number above 0")
+    return value
+
+
+def cosine_threshold(text: str) -> float:
+    """argparse type: a cosine similarity, a finite number in [-1, 1] (``nan`` would silently match nothing)."""
+    value = _parsed(text, float, "a number")
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a cosine similarity must lie in [-1, 1]")
     return value
 
 

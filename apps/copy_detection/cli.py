@@ -25,6 +25,7 @@ from dino.cli import (
     add_weights_arguments,
     backbone_for_index,
     backbone_from_args,
+    cosine_threshold,
     extractor_options,
     non_negative_int,
     output_file,
@@ -248,7 +249,7 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--index", required=True, help="index folder written by 'copy-detect index'")
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=cosine_threshold,
         help="minimum cosine similarity of a copy (default: calibrated for the index's backbone on the project's "
         "photo benchmark, unwhitened: "
         + ", ".join(f"{name} {c.threshold:g}" for name, c in CALIBRATIONS.items())

@@ -84,3 +84,8 @@ def test_index_and_find_cli(photos: Path, copies: list[Path], tmp_path: Path, ca
     assert result["threshold"] == -1.0
     assert [Path(r["copies"][0]["path"]).name for r in result["results"]] == ["photo0.jpg", "photo0.jpg"]
     assert cli.main(["copy-detect", "find", str(copies[0]), "--index", str(tmp_path / "missing")] + runtime) == 2
+    capsys.readouterr()
+    for bad in ("nan", "inf", "1.5"):  # nan used to print "0 likely copies" and exit 0
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv + ["--threshold", bad] + runtime)
+        assert exit_info.value.code == 2 and "[-1, 1]" in capsys.readouterr().err
