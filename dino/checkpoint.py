@@ -456,6 +456,15 @@ def _load_strict(model: VisionTransformer, state: Mapping[str, Tensor], source: 
         raise CheckpointError(
             f"{source}: weights do not fit {_arch_name(model)}/{model.patch_size}; " + "; ".join(parts)
         )
+    # Weights holding NaN or Inf give NaN features without any error downstream: refuse them here.
+    broken = [
+        key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if broken:
+        raise CheckpointError(
+            f"{source}: weights hold NaN or Inf values in {broken[:5]}{' …' if len(broken) > 5 else ''} "
+            f"({len(broken)} tensor(s)); the training run probably diverged"
+        )
     # Every tensor in the model's own dtype (the shipped ViT-T is stored in fp16), new storage for each.
     state = {key: value.to(expected[key].dtype, copy=True) for key, value in state.items()}
     model.load_state_dict(state, strict=True, assign=True)

@@ -167,6 +167,15 @@ class Unsafe:
     """A class that weights_only loading must refuse to unpickle."""
 
 
+def test_non_finite_weights_are_refused_with_the_tensor_named(tmp_path) -> None:
+    state = official_backbone_state_dict("vit_small", 16)
+    state["blocks.3.attn.qkv.weight"][0, 0] = float("nan")
+    state["norm.bias"][1] = float("inf")
+    torch.save(state, tmp_path / "diverged.pth")
+    with pytest.raises(CheckpointError, match=r"diverged.pth: weights hold NaN or Inf values in .*blocks.3.attn.qkv"):
+        load_backbone(tmp_path / "diverged.pth")
+
+
 def test_weights_only_refuses_arbitrary_objects(tmp_path) -> None:
     torch.save({"teacher": official_backbone_state_dict("vit_small", 16), "extra": Unsafe()}, tmp_path / "pickle.pth")
     with pytest.raises(CheckpointError, match="weights_only"):
