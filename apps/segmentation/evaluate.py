@@ -31,6 +31,7 @@ from apps.segmentation.masks import (
     HeadMerge,
     merge_heads,
     threshold_attention,
+    upsample_nearest,
 )
 from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU, ncut_foreground
 from apps.segmentation.voc import SegmentationSample, read_labels
@@ -77,20 +78,21 @@ def predict_masks(
     masks (K = heads) for ``heads="best"`` and one mask otherwise (see
     :func:`apps.segmentation.masks.merge_heads`); ``ncut`` one foreground mask (TokenCut).
     """
-    if photo is None:
-        # The network input is its own photo: already cropped to whole patches.
-        photo = Image.fromarray((denormalize(item.image).permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
-        resized = tuple(item.image.shape[-2:])  # type: ignore[assignment]
-    if resized is None:
+    if photo is not None and resized is None:
         raise ValueError("predict_masks needs the resized size of the photo it is given")
     if method == "diffusion":
-        return diffusion_foreground(item.maps, item.keys, photo, patch_size, resized, diffusion)[None]
+        if photo is None:  # the network input is its own photo, already cropped to whole patches
+            pixels = denormalize(item.image).permute(1, 2, 0).clamp(0, 1).numpy()
+            photo, resized = Image.fromarray((pixels * 255).astype(np.uint8)), tuple(item.image.shape[-2:])
+        return diffusion_foreground(item.maps, item.keys, photo, patch_size, resized, diffusion)[None]  # type: ignore[arg-type]
     if method == "attention":
         grids = merge_heads(item.maps, threshold_attention(item.maps, threshold), heads, threshold)
     elif method == "ncut":
         grids = torch.from_numpy(ncut_foreground(item.keys, item.grid, tau, eps))[None]
     else:
         raise ValueError(f"unknown mask method {method!r}; choose one of {MASK_METHODS}")
+    if photo is None:
+        return upsample_nearest(grids, patch_size).numpy()
     photo_size = (photo.height, photo.width)
     return np.stack(
         [grid_to_photo(g.float().numpy(), patch_size, resized, photo_size, smooth=False) > 0.5 for g in grids]

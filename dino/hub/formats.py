@@ -48,8 +48,6 @@ HF_CONFIG = "config.json"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # `model_type` of the Hugging Face configs that are DINO-family ViTs.
 HF_MODEL_TYPES = ("vit", "dinov2", "dinov2_with_registers")
-# Prefixes that Hugging Face task models (`ViTForImageClassification`, `Dinov2ForImageClassification`) add.
-HF_PREFIXES = ("dinov2.", "vit.")
 # Hugging Face names inside `encoder.layer.<i>.` and the official names they become (q/k/v handled apart).
 HF_BLOCK_NAMES = {
     "norm1": "norm1",
