@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary file beside the target, fsync, then rename over it.
 
 A crash, a full disk or an exception leaves the previous file (or no file) in place, never a half-written one.
+Temporaries are named ``.<target name>.<pid>-<random>.tmp``: a process killed with SIGKILL cannot remove its
+own, so :func:`remove_stale_temporaries` deletes those whose process is gone when the next run starts.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -22,8 +25,17 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "check_output_dir",
+    "remove_stale_temporaries",
     "restore_interrupted_output_dir",
 ]
+
+TEMPORARY_SUFFIX = ".tmp"
+# `.<name>.<pid>-<random>.tmp`: the writer's pid tells a live writer's temporary from a dead one's.
+_TEMPORARY_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-[^.]+\.tmp$")
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-"
 
 
 @contextmanager
@@ -31,7 +43,9 @@ def atomic_output_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write to (for libraries that take a file name); rename it to `path` on success."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=_temporary_prefix(target), suffix=TEMPORARY_SUFFIX, dir=target.parent
+    )
     os.close(descriptor)
     # mkstemp creates the file private (0600); the result should be an ordinary file under the user's umask.
     os.chmod(temporary, 0o666 & ~_umask())
@@ -86,7 +100,7 @@ def atomic_output_dir(
     """
     target = check_output_dir(path, replaceable)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=TEMPORARY_SUFFIX, dir=target.parent))
     staging.chmod(0o777 & ~_umask())
     try:
         yield staging
@@ -138,7 +152,56 @@ def restore_interrupted_output_dir(
     return True
 
 
-def _umask() -> int:
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files and staging folders in `folder` left by writers that were killed.
+
+    A temporary is stale when the process that created it (the pid in its name) no longer runs; a live
+    writer's temporaries, in this process or another, are kept. Call it once when a run starts, on the
+    folders it writes into (the training output folder, an index's parent folder).
+
+    Returns:
+        The paths removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _TEMPORARY_NAME.match(entry.name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which would race with other threads' writes
+# (the demo serves several users at once).
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK

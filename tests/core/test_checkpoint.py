@@ -304,3 +304,35 @@ def test_json_outputs_write_non_finite_numbers_as_null(tmp_path) -> None:
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"mAP": None, "rows": [1.5, None, {"x": None}]}
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from dino.atomic import atomic_output_path, remove_stale_temporaries
+
+    # A writer killed with SIGKILL leaves its temporary file and staging folder behind.
+    script = (
+        "import os, signal, sys\n"
+        "from dino.atomic import atomic_output_dir, atomic_output_path\n"
+        "with atomic_output_dir(sys.argv[1] + '/index') as staging:\n"
+        "    (staging / 'part').write_text('x')\n"
+        "    with atomic_output_path(sys.argv[1] + '/checkpoint.pth') as temporary:\n"
+        "        temporary.write_text('half')\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False)
+    assert killed.returncode == -9
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert len(leftovers) == 2 and all(name.endswith(".tmp") for name in leftovers), leftovers
+    (tmp_path / "keep.txt").write_text("not a temporary")
+    (tmp_path / ".hidden.txt").write_text("not ours")
+    with atomic_output_path(tmp_path / "live.json") as live:  # this process is alive: its temporary stays
+        live.write_text("{}")
+        removed = remove_stale_temporaries(tmp_path)
+        assert sorted(p.name for p in removed) == leftovers
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".hidden.txt", "keep.txt", live.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.txt", "keep.txt", "live.json"]
+    assert os.path.isfile(tmp_path / "live.json") and remove_stale_temporaries(tmp_path / "missing") == []
