@@ -21,11 +21,20 @@ __all__ = [
     "davis_sequences",
     "mask_iou",
     "read_indexed_png",
+    "read_label_mask",
     "voc_palette",
     "write_indexed_png",
 ]
 
 DAVIS_RESOLUTION = "480p"
+# A colour mask with more distinct non-black colours than this is almost certainly a photo or a JPEG (whose
+# compression smears one flat colour into many).
+MAX_MASK_OBJECTS = 20
+# Masks are decoded whole and their colours counted: refuse, from the header alone, anything larger than an
+# 8K frame (7680x4320 = 33.2 M pixels) with room to spare, below PIL's own decompression-bomb warning (89 M).
+MAX_MASK_PIXELS = 40_000_000
+# Modes whose pixel values are the labels themselves (one channel); any other mode is compared as RGB colours.
+_SINGLE_CHANNEL_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def voc_palette(num_colors: int = 256) -> np.ndarray:
@@ -75,6 +84,76 @@ def read_indexed_png(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
     except (OSError, SyntaxError) as error:
         raise ImageLoadError(f"{path}: cannot decode the mask ({error})") from None
+
+
+def read_label_mask(
+    path: str | os.PathLike[str], max_objects: int = MAX_MASK_OBJECTS, display_name: str | None = None
+) -> np.ndarray:
+    """The object labels (H, W) uint8 of a first-frame mask file: 0 = background, 1..K = objects.
+
+    Palette ("P") images keep their indices, as DAVIS and VOC annotations. Any other image maps each distinct
+    non-black colour (grey level for single-channel images) to one object, numbered 1, 2, … in sorted order of
+    the colours (RGB compared channel by channel), black staying background: a white-on-black mask is object 1,
+    a grey map holding 0, 1, 2 keeps its labels, one holding 0, 3, 7 becomes 0, 1, 2.
+
+    Args:
+        path: The mask file (PNG is best; any format PIL reads).
+        max_objects: Most objects accepted (1..255); more distinct colours mean a photo or a JPEG.
+        display_name: How errors name the file (e.g. an upload's original name); default: `path`.
+
+    Raises:
+        FileNotFoundError: `path` is not a file.
+        ImageLoadError: Not an image, damaged, or over :data:`MAX_MASK_PIXELS` pixels (a decompression bomb).
+        ValueError: More than `max_objects` objects, or no object at all.
+    """
+    if not 1 <= max_objects <= 255:
+        raise ValueError(f"max_objects must lie in 1..255, got {max_objects}")
+    name = str(path) if display_name is None else display_name
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{name}: no such mask file")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_MASK_PIXELS:
+                raise ImageLoadError(f"{name}: {width}x{height} pixels, more than a mask may have ({MAX_MASK_PIXELS})")
+            image.load()
+            image = image.copy()
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image file (format not recognised)") from None
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{name}: too many pixels for a mask ({error})") from None
+    except ImageLoadError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{name}: cannot decode the mask ({error})") from None
+    labels = _labels_of(image, name, max_objects)
+    if not labels.any():
+        raise ValueError(f"{name}: the mask is empty (all black/0); mark the object(s) to follow")
+    return labels
+
+
+def _labels_of(image: Image.Image, name: str, max_objects: int) -> np.ndarray:
+    if image.mode == "P":
+        labels = np.asarray(image, dtype=np.uint8)
+        count = np.count_nonzero(np.bincount(labels.ravel(), minlength=256)[1:])
+        if count > max_objects:
+            raise ValueError(f"{name}: {count} palette indices in use; at most {max_objects} objects")
+        return labels
+    if image.mode in _SINGLE_CHANNEL_MODES:
+        values = np.asarray(image).ravel()
+    else:
+        # One integer per colour, ordered as the (R, G, B) triples: 1-D np.unique is far faster than axis=0.
+        rgb = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(np.uint32)
+        values = rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2]
+    colours, inverse = np.unique(values, return_inverse=True)
+    background = colours == 0
+    if len(colours) - int(background.any()) > max_objects:
+        raise ValueError(
+            f"{name}: {len(colours)} colours; a mask needs one flat colour per object on black, at most "
+            f"{max_objects} objects (save it as PNG, not JPEG)"
+        )
+    ranks = np.where(background, 0, np.cumsum(~background)).astype(np.uint8)
+    return ranks[inverse].reshape(image.height, image.width)
 
 
 def write_indexed_png(path: str | os.PathLike[str], labels: np.ndarray, palette: np.ndarray | None = None) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from dino.data import ImageFileDataset, ImageFolderDataset, ImageLoadError, list_images, open_image
-from dino.data.masks import read_indexed_png, voc_palette, write_indexed_png
+from dino.data.masks import MAX_MASK_PIXELS, read_indexed_png, read_label_mask, voc_palette, write_indexed_png
 from dino.data.transforms import CropToMultiple, Thumbnail, knn_transform, make_transform
 
 EXIF_ORIENTATION = 0x0112
@@ -125,3 +128,74 @@ def test_unreadable_masks_name_the_file(tmp_path) -> None:
     Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
     with pytest.raises(ImageLoadError, match="rgb.png: expected an indexed"):
         read_indexed_png(tmp_path / "rgb.png")
+
+
+def test_label_masks_keep_palette_indices_and_number_flat_colours(tmp_path) -> None:
+    indexed = np.array([[0, 3, 3], [0, 0, 7]], dtype=np.uint8)
+    write_indexed_png(tmp_path / "davis.png", indexed)
+    assert np.array_equal(read_label_mask(tmp_path / "davis.png"), indexed)  # palette indices are object ids
+    # Colours are numbered in sorted (R, G, B) order: (0,128,0) < (128,0,0) < (255,255,255); black is 0.
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0], rgb[0, 1], rgb[1, 2] = (255, 255, 255), (128, 0, 0), (0, 128, 0)
+    Image.fromarray(rgb).save(tmp_path / "flat.png")
+    assert read_label_mask(tmp_path / "flat.png").tolist() == [[3, 2, 0], [0, 0, 1]]
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "flat_rgba.png")
+    assert read_label_mask(tmp_path / "flat_rgba.png").tolist() == [[3, 2, 0], [0, 0, 1]]
+    # Grey masks: white on black is object 1; levels 0, 3, 7 become 0, 1, 2.
+    Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8), mode="L").save(tmp_path / "white.png")
+    assert read_label_mask(tmp_path / "white.png").tolist() == [[0, 1], [1, 0]]
+    Image.fromarray(np.array([[0, 3], [7, 3]], np.uint8), mode="L").save(tmp_path / "grey.png")
+    labels = read_label_mask(tmp_path / "grey.png")
+    assert labels.tolist() == [[0, 1], [2, 1]] and labels.dtype == np.uint8
+    Image.fromarray(np.array([[0, 1000], [0, 60000]], np.uint16)).save(tmp_path / "deep.png")
+    assert read_label_mask(tmp_path / "deep.png").tolist() == [[0, 1], [0, 2]]  # 16-bit levels are not clipped
+
+
+def test_label_masks_refuse_photos_empty_masks_and_bombs_in_one_line(tmp_path) -> None:
+    def refused(path, error=ValueError, match="", **options) -> str:
+        with pytest.raises(error, match=match) as caught:
+            read_label_mask(path, **options)
+        message = str(caught.value)
+        assert "\n" not in message and message.startswith(options.get("display_name", str(path)))
+        return message
+
+    noisy = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "photo.jpg")
+    refused(tmp_path / "photo.jpg", match="colours; a mask needs one flat colour per object")
+    # JPEG compression smears flat colours: two colour blocks become dozens of colours.
+    blocks = np.zeros((32, 32, 3), np.uint8)
+    blocks[4:14, 4:14], blocks[18:28, 18:28] = (200, 30, 30), (30, 200, 30)
+    Image.fromarray(blocks).save(tmp_path / "blocks.jpg", quality=75)
+    refused(tmp_path / "blocks.jpg", match="save it as PNG, not JPEG")
+    Image.fromarray(blocks).save(tmp_path / "blocks.png")
+    assert read_label_mask(tmp_path / "blocks.png").max() == 2
+    refused(tmp_path / "blocks.png", match="at most 1 objects", max_objects=1)
+    write_indexed_png(tmp_path / "three.png", np.array([[1, 2, 3]], np.uint8))
+    refused(tmp_path / "three.png", match="3 palette indices in use; at most 2", max_objects=2)
+    write_indexed_png(tmp_path / "empty.png", np.zeros((4, 4), np.uint8))
+    refused(tmp_path / "empty.png", match="the mask is empty")
+    Image.new("RGB", (4, 4)).save(tmp_path / "black.png")
+    refused(tmp_path / "black.png", match="the mask is empty")
+    refused(tmp_path / "none.png", FileNotFoundError, "no such mask file")
+    (tmp_path / "notes.png").write_text("not an image")
+    refused(tmp_path / "notes.png", ImageLoadError, "not an image file")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "blocks.png").read_bytes()[:-40])
+    refused(tmp_path / "cut.png", ImageLoadError, "cannot decode the mask")
+    refused(tmp_path / "notes.png", ImageLoadError, "upload.png: not an image file", display_name="upload.png")
+
+    # Headers alone: a 7000x7000 mask is over the cap; 20000x20000 is over PIL's decompression-bomb limit.
+    def png_header(width: int, height: int) -> bytes:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+    assert 7000 * 7000 > MAX_MASK_PIXELS
+    (tmp_path / "big.png").write_bytes(png_header(7000, 7000))
+    refused(tmp_path / "big.png", ImageLoadError, "7000x7000 pixels, more than a mask may have")
+    (tmp_path / "bomb.png").write_bytes(png_header(20000, 20000))
+    assert 20000 * 20000 > 2 * Image.MAX_IMAGE_PIXELS  # PIL raises DecompressionBombError when opening it
+    refused(tmp_path / "bomb.png", ImageLoadError, "too many pixels for a mask")
+    with pytest.raises(ValueError, match="max_objects must lie in 1..255"):
+        read_label_mask(tmp_path / "blocks.png", max_objects=256)
