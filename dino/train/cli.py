@@ -31,9 +31,18 @@ def _run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"dino train: error: {error}", file=sys.stderr)
         return 1
-    state = "finished" if result.completed else "stopped early (resume with the same command)"
+    if result.completed:
+        state = f"finished at step {result.global_step}"
+    elif config.run.max_steps and result.global_step >= config.run.max_steps:
+        # run.max_steps is a global step: the same command again would train nothing.
+        state = (
+            f"stopped at step {result.global_step} (run.max_steps={config.run.max_steps}: raise run.max_steps or "
+            "drop it to continue)"
+        )
+    else:
+        state = f"stopped early at step {result.global_step} (resume with the same command)"
     if result.checkpoint is not None:
-        print(f"{state} at step {result.global_step}; checkpoint: {result.checkpoint}")
+        print(f"{state}; checkpoint: {result.checkpoint}")
     return 0
 
 

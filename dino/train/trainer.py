@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dino.atomic import atomic_write, remove_stale_temporaries
 from dino.data.multicrop import DataAugmentationDINO, MultiCropDataset
 from dino.data.samplers import EpochBatchSampler
 from dino.features import autocast_context
@@ -229,16 +230,41 @@ def _non_finite_message(loss: float, epoch: int, step: int, output_dir: Path) ->
     )
 
 
+def _keep_log_rows(path: Path, key: str, below: int) -> None:
+    """Keep the JSON lines of `path` whose integer `key` is below `below`, rewriting it atomically if that drops any.
+
+    A killed run leaves the rows it logged after its last checkpoint, which the resumed run logs again, and
+    possibly a half-written last line (which the next append would run into); both go.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text(errors="replace")
+    kept = []
+    for line in text.split("\n"):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get(key), int) and row[key] < below:
+            kept.append(line + "\n")
+    if "".join(kept) != text:
+        with atomic_write(path, "w") as handle:
+            handle.writelines(kept)
+
+
 def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     """Run DINO pretraining as described by `config`, alone or as one rank under torchrun.
 
     Args:
         config: The resolved configuration (see :mod:`dino.train.config`).
-        resume: Continue from ``output_dir/checkpoint.pth`` when it exists.
+        resume: Continue from ``output_dir/checkpoint.pth`` when it exists: ``metrics.jsonl`` and ``log.txt``
+            are cut back to the checkpoint's step and completed epochs. Otherwise the run starts afresh and owns
+            the folder: the previous ``checkpoint.pth`` is deleted and both logs are emptied.
 
     Returns:
         A :class:`TrainResult`; ``completed`` is False when the run stopped early (``run.max_steps`` or a
-        SIGINT/SIGTERM), in which case a resumable checkpoint was written.
+        SIGINT/SIGTERM), in which case a resumable checkpoint was written. ``run.max_steps`` is a global step:
+        a checkpoint already at or past it trains nothing and leaves every file of the run as it was.
 
     Raises:
         NonFiniteLossError: The loss became NaN/inf; the last good checkpoint is left as it was.
@@ -251,6 +277,7 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     output_dir = Path(config.run.output_dir)
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output_dir)
 
     # Identical initialisation on every rank, then per-rank streams for drop path.
     _seed_everything(config.run.seed)
@@ -308,10 +335,11 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     momentum_schedule = cosine_scheduler(optim_cfg.momentum_teacher, 1.0, optim_cfg.epochs, niter)
     _seed_everything(config.run.seed + ctx.rank)
 
-    start_epoch, start_batch = 0, 0
+    start_epoch, start_batch, logged_step = 0, 0, 0
     epoch_stats = {"loss_sum": 0.0, "entropy_sum": 0.0, "steps": 0}
     checkpoint_path = output_dir / CHECKPOINT_NAME
-    if resume and checkpoint_path.exists():
+    resumed = resume and checkpoint_path.exists()
+    if resumed:
         checkpoint = load_training_checkpoint(checkpoint_path)
         try:
             student_module.load_state_dict(_strip_prefix(checkpoint["student"], "module."))
@@ -330,6 +358,9 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
             precision.scaler.load_state_dict(checkpoint["fp16_scaler"])
         start_epoch = int(checkpoint["epoch"])
         start_batch = int(checkpoint.get("step_in_epoch", 0))
+        saved_niter = checkpoint.get("iterations_per_epoch", niter)
+        # The step the killed run's metrics rows are numbered against (its own iterations per epoch).
+        logged_step = int(checkpoint.get("global_step", start_epoch * saved_niter + start_batch))
         epoch_stats = dict(checkpoint.get("epoch_stats", epoch_stats))
         rng_states = checkpoint.get("rng_states", [])
         if len(rng_states) == ctx.world_size:
@@ -340,24 +371,45 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
                 "the run continues but is not bit-identical to an uninterrupted one",
                 stacklevel=2,
             )
-        saved_niter = checkpoint.get("iterations_per_epoch", niter)
         if saved_niter != niter and ctx.is_main:
             warnings.warn(
                 f"{checkpoint_path}: {saved_niter} iterations per epoch when saved, {niter} now (different data, "
                 "batch size or world size); the schedules are re-indexed (SPEC §7)",
                 stacklevel=2,
             )
+    global_step = start_epoch * niter + start_batch
+    total_steps = optim_cfg.epochs * niter
+    if config.run.max_steps and config.run.max_steps <= global_step < total_steps:
         if ctx.is_main:
-            print(f"resumed from {checkpoint_path} at epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
+            print(
+                f"{checkpoint_path} is at step {global_step}, at or past run.max_steps={config.run.max_steps}: "
+                "nothing to do; raise run.max_steps or drop it to continue",
+                file=sys.stderr,
+            )
+        return TrainResult(
+            output_dir=output_dir,
+            checkpoint=checkpoint_path if ctx.is_main else None,
+            global_step=global_step,
+            completed=False,
+            teacher=teacher,
+            student=student_module,
+            center=dino_loss.center.detach().clone(),
+        )
     if ctx.is_main:
+        if resumed:
+            print(f"resumed from {checkpoint_path} at epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
+        else:
+            # A fresh run owns the folder: an old checkpoint left until this run's first save would be resumed by
+            # a plain rerun, under this run's logs.
+            checkpoint_path.unlink(missing_ok=True)
+        _keep_log_rows(output_dir / METRICS_NAME, "step", below=logged_step + 1)
+        _keep_log_rows(output_dir / EPOCH_LOG_NAME, "epoch", below=start_epoch)
         # Written once the checkpoint (if any) has loaded, so that a refused resume leaves the run's config as it was.
         save_config(config, output_dir / CONFIG_NAME)
 
     monitor = _Monitor(config, ctx, output_dir)
     stop = _StopRequest()
     history: list[dict[str, Any]] = []
-    global_step = start_epoch * niter + start_batch
-    total_steps = optim_cfg.epochs * niter
     last_checkpoint: Path | None = checkpoint_path if checkpoint_path.exists() else None
     ln_k = dino_loss.uniform_loss
 

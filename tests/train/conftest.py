@@ -28,8 +28,8 @@ def image_folder(tmp_path: Path) -> Path:
     return write_images(tmp_path / "images", 16)
 
 
-def tiny_config(data: Path, output: Path, **overrides: str) -> TrainConfig:
-    """A ViT-tiny/16 on 32-px global and 16-px local crops with a 64-prototype head: a step takes ~0.1 s."""
+def tiny_overrides(data: Path, output: Path, **overrides: str) -> list[str]:
+    """The `key=value` settings of :func:`tiny_config`, as `dino train` takes them."""
     items = {
         "model.arch": "vit_tiny",
         "model.out_dim": "64",
@@ -50,7 +50,12 @@ def tiny_config(data: Path, output: Path, **overrides: str) -> TrainConfig:
         "run.output_dir": str(output),
     }
     items.update(overrides)
-    return load_config(overrides=[f"{key}={value}" for key, value in items.items()])
+    return [f"{key}={value}" for key, value in items.items()]
+
+
+def tiny_config(data: Path, output: Path, **overrides: str) -> TrainConfig:
+    """A ViT-tiny/16 on 32-px global and 16-px local crops with a 64-prototype head: a step takes ~0.1 s."""
+    return load_config(overrides=tiny_overrides(data, output, **overrides))
 
 
 @pytest.fixture
@@ -58,7 +63,17 @@ def make_config():
     return tiny_config
 
 
-__all__ = ["TrainConfig", "tiny_config", "write_images"]
+@pytest.fixture
+def make_argv():
+    """`dino train` arguments for the run of :func:`tiny_config`."""
+
+    def argv(data: Path, output: Path, **overrides: str) -> list[str]:
+        return ["train", *tiny_overrides(data, output, **overrides)]
+
+    return argv
+
+
+__all__ = ["TrainConfig", "tiny_config", "tiny_overrides", "write_images"]
 
 
 @pytest.fixture(autouse=True)

@@ -74,7 +74,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(make_config, image_fold
 
 def test_resume_with_another_model_is_refused_and_leaves_the_run_as_it_was(make_config, image_folder, tmp_path) -> None:
     train(make_config(image_folder, tmp_path / "run", **{"run.max_steps": "1"}))
-    files = {name: (tmp_path / "run" / name).read_bytes() for name in ("checkpoint.pth", "config.yaml")}
+    names = ("checkpoint.pth", "config.yaml", "metrics.jsonl")
+    files = {name: (tmp_path / "run" / name).read_bytes() for name in names}
     with pytest.raises(ValueError, match=r"checkpoint.pth: this run cannot resume .*size mismatch.*config.yaml"):
         train(make_config(image_folder, tmp_path / "run", **{"model.out_dim": "32"}))
     assert {name: (tmp_path / "run" / name).read_bytes() for name in files} == files
