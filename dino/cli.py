@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from dino.checkpoint import (
 )
 from dino.data.io import ImageLoadError, list_images
 from dino.data.transforms import PREPROCESSING, make_transform
-from dino.features import FeatureExtractor, pick_device
+from dino.features import DEFAULT_MAX_TOKENS, FeatureExtractor, SkippedImage, pick_device
 from dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
 
 if TYPE_CHECKING:  # FAISS is an optional dependency: the core verbs run without it
@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # FAISS is an optional dependency: the core verbs run without
 
 __all__ = [
     "INDEX_WEIGHTS",
+    "add_on_error_argument",
     "add_runtime_arguments",
     "add_weights_arguments",
     "backbone_for_index",
@@ -55,9 +56,12 @@ __all__ = [
     "output_folder",
     "positive_float",
     "positive_int",
+    "report_skipped",
 ]
 
 ENTRY_POINT_GROUP = "dino.commands"
+# Skipped images whose reason a summary prints; the rest are only listed in the output.
+SKIPPED_SHOWN = 5
 # Errors a user can fix from the message alone: printed without a traceback.
 USER_ERRORS = (
     CheckpointError,
@@ -190,6 +194,35 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32)
         "--workers", type=non_negative_int, default=2, help="image-decoding worker processes (default: %(default)s)"
     )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    group.add_argument(
+        "--max-tokens",
+        type=non_negative_int,
+        default=DEFAULT_MAX_TOKENS,
+        help="refuse an image whose preprocessed size makes more patch tokens than this, before resizing it "
+        "(attention costs grow with their square; 480×854 at patch 8 is 6360); 0 = no limit (default: %(default)s)",
+    )
+
+
+def add_on_error_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--on-error for verbs that process whole folders: skip unusable images (default) or stop at the first."""
+    parser.add_argument(
+        "--on-error",
+        choices=["skip", "fail"],
+        default="skip",
+        help=f"an unreadable, too small or too large image: skip = leave it out of {what}, print a summary and "
+        "list it in the output; fail = stop with its error before writing anything (default: %(default)s)",
+    )
+
+
+def report_skipped(skipped: Sequence[SkippedImage], total: int, listed_in: str | os.PathLike[str]) -> None:
+    """Print a summary of the images a bulk verb left out (the first few, and where the full list is)."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} of {total} images, listed in {listed_in}:", file=sys.stderr)
+    for image in skipped[:SKIPPED_SHOWN]:
+        print(f"  {image.reason}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"  … and {len(skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
 def extractor_options(args: argparse.Namespace) -> dict[str, object]:
@@ -201,6 +234,7 @@ def extractor_options(args: argparse.Namespace) -> dict[str, object]:
         "batch_size": args.batch_size,
         "num_workers": args.workers,
         "progress": not args.no_progress,
+        "max_tokens": args.max_tokens or None,
     }
 
 
@@ -270,6 +304,14 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+class FeatureFile(NamedTuple):
+    """What :func:`extract_features_to_file` wrote: the .npy path, its rows, and the images left out."""
+
+    path: Path
+    rows: int
+    skipped: list[SkippedImage]
+
+
 def extract_features_to_file(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -277,12 +319,20 @@ def extract_features_to_file(
     what: str = "cls",
     preprocessing: str = "knn",
     size: int | None = None,
+    on_error: str = "skip",
     **extractor_options: object,
-) -> Path:
+) -> FeatureFile:
     """Extract [CLS] features (N, D) or patch-token grids (N, h, w, D) of images and save them as .npy.
 
-    A JSON sidecar (same name, ``.json``) lists the image paths in row order and the recipe. Both files
-    are written atomically.
+    A JSON sidecar (same name, ``.json``) lists the image paths in row order, the recipe, and the images left
+    out (``skipped``: path and reason). Both files are written atomically.
+
+    Args:
+        on_error: ``skip`` leaves unusable images out (and lists them); ``fail`` (or ``raise``) stops at the
+            first with its error, writing nothing.
+
+    Returns:
+        The .npy path, its row count and the skipped images.
     """
     if Path(out).suffix.lower() == ".json":
         raise ValueError(
@@ -290,7 +340,12 @@ def extract_features_to_file(
         )
     transform = make_transform(preprocessing, size, model.patch_size)
     paths = list_images(inputs, required=True)
-    extractor = FeatureExtractor(model, transform, **extractor_options)  # type: ignore[arg-type]
+    extractor = FeatureExtractor(
+        model,
+        transform,
+        on_error="skip" if on_error == "skip" else "raise",
+        **extractor_options,  # type: ignore[arg-type]
+    )
     features = extractor.extract(paths, patch_tokens=what == "patch")
     array = features.cls if what == "cls" else features.patch_tokens
     if isinstance(array, list):
@@ -312,24 +367,28 @@ def extract_features_to_file(
             "embed_dim": model.embed_dim,
             "preprocessing": preprocessing,
             "size": size,
-            "images": [str(p) for p in paths],
+            "images": [str(paths[i]) for i in features.indices],
+            "skipped": [{"path": image.name, "reason": image.reason} for image in extractor.skipped],
         },
     )
-    return out
+    return FeatureFile(out, len(features.indices), extractor.skipped)
 
 
 def _features(args: argparse.Namespace) -> int:
     model = backbone_from_args(args)
-    out = extract_features_to_file(
+    written = extract_features_to_file(
         args.images,
         args.out,
         model,
         what=args.what,
         preprocessing=args.preprocess,
         size=args.size,
+        on_error=args.on_error,
         **extractor_options(args),
     )
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    sidecar = written.path.with_suffix(".json")
+    print(f"wrote {written.path} ({written.rows} images) and {sidecar}")
+    report_skipped(written.skipped, written.rows + len(written.skipped), sidecar)
     return 0
 
 
@@ -375,6 +434,7 @@ def _register_core(subparsers: argparse._SubParsersAction) -> None:
         "thumbnail: fit in SIZE×SIZE (retrieval protocol) (default: %(default)s)",
     )
     features.add_argument("--size", type=positive_int, help="crop/resize size of the chosen preprocessing")
+    add_on_error_argument(features, "the array")
     add_weights_arguments(features)
     add_runtime_arguments(features)
     features.set_defaults(func=_features)

@@ -22,7 +22,7 @@ from torchvision.transforms import InterpolationMode
 
 from dino.checkpoint import model_identity
 from dino.data.transforms import ImageTransform, square_transform, thumbnail_transform
-from dino.features import FeatureExtractor
+from dino.features import FeatureExtractor, require_finite
 from dino.models.vision_transformer import VisionTransformer
 from dino.pooling import GEM_P, MULTISCALE_SCALES, gem, multiscale
 from dino.whitening import Whitening
@@ -167,23 +167,31 @@ class DescriptorExtractor:
     def iter_raw(
         self, images: Sequence[str | os.PathLike[str] | Image.Image]
     ) -> Iterator[tuple[list[int], np.ndarray]]:
-        """(positions in `images`, raw descriptors) per batch, in the order the batches are computed."""
+        """(positions in `images`, raw descriptors) per batch, in the order the batches are computed; images
+        skipped by ``on_error="skip"`` are left out (see ``self.features.skipped``)."""
         for tensors, indices in self.features.iter_images(images, desc="descriptors"):
             with self.features.autocast():
                 raw = describe(self.features.model, tensors.to(self.features.device), self.recipe)
-            yield indices, raw.float().cpu().numpy()
+            yield indices, require_finite(raw.float().cpu(), "descriptors", self.features.autocast_dtype).numpy()
 
     def finalize(self, raw: np.ndarray) -> np.ndarray:
         """Whiten (if configured) and L2-normalise raw descriptors."""
         return finalize_descriptors(raw, self.whitening)
 
     def extract_raw(self, images: Sequence[str | os.PathLike[str] | Image.Image]) -> np.ndarray:
-        """Raw descriptors of all `images`, (n, recipe.dim(D)), in input order (e.g. to fit a whitening)."""
+        """Raw descriptors of all `images`, (n, recipe.dim(D)), in input order (e.g. to fit a whitening).
+
+        Raises:
+            ValueError: An image was skipped (``on_error="skip"``): every row must belong to its image, so this
+                refuses rather than return a row of zeros; use :meth:`iter_raw` to skip.
+        """
         if not images:
             raise ValueError("no images to describe")
         out = np.zeros((len(images), self.recipe.dim(self.features.model.embed_dim)), dtype=np.float32)
         for indices, raw in self.iter_raw(images):
             out[indices] = raw
+        if self.features.skipped:
+            raise ValueError(self.features.skipped[0].reason)
         return out
 
     def extract(self, images: Sequence[str | os.PathLike[str] | Image.Image]) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -15,22 +15,93 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dino.data.io import ImageLoadError, open_image, to_rgb
-from dino.data.transforms import ImageTransform, knn_transform
+from dino.data.transforms import ImageTransform, knn_transform, planned_size
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = [
+    "DEFAULT_MAX_TOKENS",
     "TORCH_DTYPES",
     "BatchFeatures",
     "FeatureExtractor",
     "Features",
+    "NonFiniteOutputError",
+    "SkippedImage",
+    "TokenBudgetError",
     "autocast_context",
     "autocast_dtype",
+    "check_token_budget",
+    "image_name",
     "pick_device",
+    "require_finite",
     "torch_dtype",
 ]
 
 DTypeName = Literal["auto", "fp32", "bf16", "fp16"]
+OnError = Literal["raise", "skip"]
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Patch tokens one image may make. Attention costs grow with the square of the token count (the explicit
+# last block holds heads × N² weights: 1.6 GB for a ViT-S at 8192 tokens), so an input is refused above this
+# instead of running for minutes. 8192 holds every reference protocol: 480×854 frames at patch 8 are 6360.
+DEFAULT_MAX_TOKENS = 8192
+
+
+class TokenBudgetError(ImageLoadError):
+    """An image whose preprocessed size would make more patch tokens than allowed; the message names it."""
+
+
+class NonFiniteOutputError(ValueError):
+    """The backbone produced NaN or infinite values (finite weights overflowing in low precision, usually)."""
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An input left out by ``on_error="skip"``: its position, its name (path, or "image i of n") and why."""
+
+    index: int
+    name: str
+    reason: str
+
+
+def check_token_budget(
+    name: str,
+    source_size: tuple[int, int],
+    input_size: tuple[int, int],
+    patch_size: int,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+) -> None:
+    """Refuse an input whose network input would hold more than `max_tokens` patch tokens.
+
+    Args:
+        name: What the message calls the input (its path).
+        source_size: The image's (width, height) in pixels.
+        input_size: The preprocessed (height, width).
+        patch_size: The backbone's patch size.
+        max_tokens: The budget; None for no limit.
+
+    Raises:
+        TokenBudgetError: Naming the input, both sizes, the token count and the way out.
+    """
+    height, width = input_size
+    tokens = (height // patch_size) * (width // patch_size)
+    if max_tokens is not None and tokens > max_tokens:
+        raise TokenBudgetError(
+            f"{name}: {source_size[0]}×{source_size[1]} pixels become {width}×{height} after preprocessing, "
+            f"{tokens:,} patch tokens of {patch_size} pixels, more than the limit of {max_tokens:,}; use a smaller "
+            "size or a square resize, or raise the limit (--max-tokens)"
+        )
+
+
+def require_finite(values: Tensor, what: str, dtype: torch.dtype | None = None) -> Tensor:
+    """`values` unchanged if every entry is finite.
+
+    Raises:
+        NonFiniteOutputError: Saying what held NaN/Inf and, under autocast, that fp32 may avoid the overflow.
+    """
+    if not bool(torch.isfinite(values).all()):
+        precision = f"under {str(dtype).removeprefix('torch.')} autocast" if dtype is not None else "in fp32"
+        hint = "; try --dtype fp32" if dtype is not None else "; the weights or the input may be damaged"
+        raise NonFiniteOutputError(f"the backbone's {what} hold NaN or infinite values {precision}{hint}")
+    return values
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -105,50 +176,73 @@ class Features:
     """Features of a whole list of images, in input order.
 
     `patch_tokens` and `attention` are stacked tensors when every image had the same size, and lists of
-    per-image tensors otherwise.
+    per-image tensors otherwise. Rows are the images at `indices` (all of them, unless some were skipped).
     """
 
     cls: Tensor
     patch_tokens: Tensor | list[Tensor] | None = None
     attention: Tensor | list[Tensor] | None = None
+    indices: list[int] = field(default_factory=list)
+
+
+ImageInput = str | os.PathLike[str] | Image.Image
+
+
+def image_name(images: Sequence[ImageInput], index: int) -> str:
+    """What messages call input `index`: its path, or "the image" / "image i of n" for an in-memory image."""
+    image = images[index]
+    if isinstance(image, Image.Image):
+        return "the image" if len(images) == 1 else f"image {index + 1} of {len(images)}"
+    return os.fspath(image)
 
 
 class _ImageList(Dataset):
     """Preprocessed images; an image that cannot be used comes back as the error that says why.
 
     Returning the error instead of raising it keeps DataLoader workers from wrapping it in their own traceback:
-    the main process raises it as the one-line message that names the file.
+    the main process raises it (or skips the image) with the one-line message that names the file.
     """
 
     def __init__(
-        self, images: Sequence[str | os.PathLike[str] | Image.Image], transform: ImageTransform, min_side: int
+        self,
+        images: Sequence[ImageInput],
+        transform: ImageTransform,
+        min_side: int,
+        patch_size: int,
+        max_tokens: int | None,
     ) -> None:
         self.images = images
         self.transform = transform
         self.min_side = min_side
+        self.patch_size = patch_size
+        self.max_tokens = max_tokens
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor | Exception, int]:
-        image = self.images[index]
-        if isinstance(image, Image.Image):
-            name = "the image" if len(self.images) == 1 else f"image {index + 1} of {len(self.images)}"
-            image = to_rgb(image)
-        else:
-            name = os.fspath(image)
-            try:
-                image = open_image(image)
-            except (ImageLoadError, FileNotFoundError) as error:
-                return error, index
+    def __getitem__(self, index: int) -> tuple[Tensor | ImageLoadError | FileNotFoundError, int]:
+        name = image_name(self.images, index)
+        try:
+            return self._preprocess(self.images[index], name), index
+        except (ImageLoadError, FileNotFoundError) as error:
+            return error, index
+
+    def _preprocess(self, image: ImageInput, name: str) -> Tensor:
+        image = to_rgb(image) if isinstance(image, Image.Image) else open_image(image)
+        source = (image.width, image.height)
+        # Checked before resizing too: a long strip's resize alone can need gigabytes.
+        planned = planned_size(self.transform, *source)
+        if planned is not None:
+            check_token_budget(name, source, planned, self.patch_size, self.max_tokens)
         tensor = self.transform(image)
         height, width = tensor.shape[-2:]
+        check_token_budget(name, source, (height, width), self.patch_size, self.max_tokens)
         if min(height, width) < self.min_side:
-            return ImageLoadError(
+            raise ImageLoadError(
                 f"{name}: too small, {image.width}×{image.height} pixels ({width}×{height} after preprocessing); the "
                 f"backbone needs at least {self.min_side} on each side"
-            ), index
-        return tensor, index
+            )
+        return tensor
 
 
 def _collate(items: list[tuple[Tensor | Exception, int]]) -> list[tuple[Tensor | Exception, int]]:
@@ -165,9 +259,16 @@ class FeatureExtractor:
         dtype: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
         batch_size: Images per forward pass.
         num_workers: DataLoader workers that decode and preprocess images.
-        progress: Show a progress bar.
+        progress: Show a progress bar (counting images).
         min_side: Smallest preprocessed side accepted (a smaller image raises an error that names it); one
             patch by default.
+        max_tokens: Most patch tokens one preprocessed image may make (:data:`DEFAULT_MAX_TOKENS`; None for no
+            limit); a larger one is refused with a :class:`TokenBudgetError` before it is resized.
+        on_error: What an unusable image does (unreadable, too small, over the token budget): ``raise`` its
+            one-line error, or ``skip`` it, recording it in :attr:`skipped`.
+
+    Attributes:
+        skipped: The images the last pass over a list left out (``on_error="skip"``), in input order.
     """
 
     def __init__(
@@ -180,7 +281,13 @@ class FeatureExtractor:
         num_workers: int = 0,
         progress: bool = True,
         min_side: int | None = None,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        on_error: OnError = "raise",
     ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1 (or None for no limit), got {max_tokens}")
         self.device = pick_device(device)
         self.model = model.eval().to(self.device)
         self.transform = transform or knn_transform()
@@ -189,6 +296,9 @@ class FeatureExtractor:
         self.num_workers = num_workers
         self.progress = progress
         self.min_side = min_side or model.patch_size
+        self.max_tokens = max_tokens
+        self.on_error = on_error
+        self.skipped: list[SkippedImage] = []
 
     @torch.inference_mode()
     def forward(self, images: Tensor, patch_tokens: bool = False, attention: bool = False) -> BatchFeatures:
@@ -200,7 +310,7 @@ class FeatureExtractor:
                 tokens, attn, keys = out.tokens, out.attention.float().cpu(), out.keys.float().cpu()
             else:
                 tokens, attn, keys = self.model.forward_features(images), None, None
-        tokens = tokens.float().cpu()
+        tokens = require_finite(tokens.float().cpu(), "features", self.autocast_dtype)
         grid = None
         if patch_tokens:
             height, width = self.model.grid_size(images.shape[-2], images.shape[-1])
@@ -212,33 +322,49 @@ class FeatureExtractor:
         return autocast_context(self.device, self.autocast_dtype)
 
     def iter_images(
-        self, images: Sequence[str | os.PathLike[str] | Image.Image], desc: str = "features"
+        self, images: Sequence[ImageInput], desc: str = "features", progress: bool | None = None
     ) -> Iterator[tuple[Tensor, list[int]]]:
         """Preprocessed images as same-size batches (B, 3, H, W) with their positions in `images`.
 
         Decoding runs in `num_workers` processes; images of different sizes are split into same-size
-        sub-batches; the progress bar counts images.
+        sub-batches. The progress bar (`progress`, the extractor's setting by default) counts the images of
+        a sub-batch once the caller has used it. With ``on_error="skip"`` unusable images are left out and
+        listed in :attr:`skipped`.
+
+        Raises:
+            ImageLoadError / FileNotFoundError: An unusable image (``on_error="raise"``), naming it.
+            ValueError: Every image was skipped.
         """
+        self.skipped = []
         loader = DataLoader(
-            _ImageList(images, self.transform, self.min_side),
+            _ImageList(images, self.transform, self.min_side, self.model.patch_size, self.max_tokens),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
         )
-        with tqdm(total=len(images), desc=desc, unit="img", disable=not self.progress) as bar:
+        show = self.progress if progress is None else progress
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not show) as bar:
             for items in loader:
-                for item, _ in items:
-                    if isinstance(item, Exception):
+                usable = []
+                for item, index in items:
+                    if isinstance(item, Tensor):
+                        usable.append((item, index))
+                    elif self.on_error == "raise":
                         raise item
-                for shape in dict.fromkeys(tensor.shape for tensor, _ in items):
-                    group = [(tensor, index) for tensor, index in items if tensor.shape == shape]
+                    else:
+                        self.skipped.append(SkippedImage(index, image_name(images, index), str(item)))
+                        bar.update(1)
+                for shape in dict.fromkeys(tensor.shape for tensor, _ in usable):
+                    group = [(tensor, index) for tensor, index in usable if tensor.shape == shape]
                     yield torch.stack([t for t, _ in group]), [index for _, index in group]
-                bar.update(len(items))
+                    bar.update(len(group))
+        if images and len(self.skipped) == len(images):
+            raise ValueError(f"none of the {len(images)} images could be used; the first: {self.skipped[0].reason}")
 
     def iter_batches(
         self,
-        images: Sequence[str | os.PathLike[str] | Image.Image],
+        images: Sequence[ImageInput],
         patch_tokens: bool = False,
         attention: bool = False,
     ) -> Iterator[BatchFeatures]:
@@ -250,11 +376,12 @@ class FeatureExtractor:
 
     def extract(
         self,
-        images: Sequence[str | os.PathLike[str] | Image.Image],
+        images: Sequence[ImageInput],
         patch_tokens: bool = False,
         attention: bool = False,
     ) -> Features:
-        """Features of all `images` (paths or PIL images), in input order."""
+        """Features of all `images` (paths or PIL images), in input order (skipped ones left out, see
+        :attr:`Features.indices`)."""
         if not images:
             raise ValueError("no images to extract features from")
         cls: list[Any] = [None] * len(images)
@@ -267,10 +394,12 @@ class FeatureExtractor:
                     patches[index] = batch.patch_tokens[row]
                 if batch.attention is not None:
                     attns[index] = batch.attention[row]
+        kept = [index for index, vector in enumerate(cls) if vector is not None]
         return Features(
-            cls=torch.stack(cls),
-            patch_tokens=_stack_if_uniform(patches) if patch_tokens else None,
-            attention=_stack_if_uniform(attns) if attention else None,
+            cls=torch.stack([cls[i] for i in kept]),
+            patch_tokens=_stack_if_uniform([patches[i] for i in kept]) if patch_tokens else None,
+            attention=_stack_if_uniform([attns[i] for i in kept]) if attention else None,
+            indices=kept,
         )
 
 

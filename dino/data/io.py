@@ -32,7 +32,8 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ImageLoadError: The file is not an image or is truncated/corrupt.
+        ImageLoadError: The file is not an image, is truncated/corrupt, or has more pixels than PIL's
+            decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` × 2).
     """
     path = Path(path)
     if not path.is_file():
@@ -44,6 +45,9 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
             return to_rgb(image)
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
+    except Image.DecompressionBombError as error:
+        # PIL's guard against files that decode to far more pixels than they weigh; the message gives both counts.
+        raise ImageLoadError(f"{path}: too many pixels to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(f"{path}: cannot decode image ({error})") from error
 

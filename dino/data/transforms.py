@@ -25,6 +25,7 @@ __all__ = [
     "knn_transform",
     "make_transform",
     "normalize",
+    "planned_size",
     "square_transform",
     "thumbnail_transform",
 ]
@@ -128,6 +129,57 @@ def make_transform(name: str, size: int | None = None, patch_size: int = 16) -> 
     if name == "thumbnail":
         return T.Compose([thumbnail_transform(size or 224), CropToMultiple(patch_size)])
     raise ValueError(f"unknown preprocessing {name!r}; choose one of {PREPROCESSING}")
+
+
+def planned_size(transform: ImageTransform, width: int, height: int) -> tuple[int, int] | None:
+    """(height, width) of the tensor `transform` makes from a width×height image, without running it.
+
+    Known steps are this module's: ``Resize`` (short side or both sides), ``CenterCrop``, :class:`Thumbnail`,
+    :class:`CropToMultiple`, and steps that keep the size (ToTensor, Normalize). Lets a caller refuse an input
+    whose preprocessed size would be unreasonable before allocating it (a 10000×20 strip resized to a short side
+    of 224 is 112000 pixels long).
+
+    Returns:
+        The size, or None when a step's effect on the size is unknown.
+    """
+    steps = transform.transforms if isinstance(transform, T.Compose) else [transform]
+    for step in steps:
+        if isinstance(step, T.Compose):
+            planned = planned_size(step, width, height)
+            if planned is None:
+                return None
+            height, width = planned
+        elif isinstance(step, T.Resize):
+            height, width = _resized(step, width, height)
+        elif isinstance(step, T.CenterCrop):
+            height, width = step.size
+        elif isinstance(step, Thumbnail):
+            height, width = _thumbnail_size(step.size, width, height)
+        elif isinstance(step, CropToMultiple):
+            height, width = height - height % step.multiple, width - width % step.multiple
+        elif not isinstance(step, (T.ToTensor, T.Normalize)):
+            return None
+    return height, width
+
+
+def _resized(step: T.Resize, width: int, height: int) -> tuple[int, int]:
+    """torchvision's ``Resize`` rule: an int (or one-element) size sets the short side, the long one is truncated."""
+    size = [step.size] if isinstance(step.size, int) else list(step.size)
+    if len(size) == 2:
+        return size[0], size[1]
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = size[0], int(size[0] * long / short)
+    if step.max_size is not None and new_long > step.max_size:
+        new_short, new_long = int(step.max_size * new_short / new_long), step.max_size
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def _thumbnail_size(size: int, width: int, height: int) -> tuple[int, int]:
+    """(height, width) after ``thumbnail((size, size))``: never enlarged, aspect kept (rounded within a pixel)."""
+    if width <= size and height <= size:
+        return height, width
+    scale = size / max(width, height)
+    return max(round(height * scale), 1), max(round(width * scale), 1)
 
 
 def denormalize(tensor: Tensor) -> Tensor:
