@@ -33,6 +33,7 @@ from skimage.filters import threshold_otsu
 from torch import Tensor
 
 __all__ = [
+    "MAX_REFINE_PIXELS",
     "DiffusionSettings",
     "diffuse_attention",
     "diffusion_foreground",
@@ -40,6 +41,11 @@ __all__ = [
     "guided_filter",
     "resized_size",
 ]
+
+
+# The guided filter holds about 25 float64 images of the photo's size: refining a 12-megapixel photo at full size
+# would take 2.4 GB, so larger photos are refined at this many pixels and the mask is enlarged (nearest).
+MAX_REFINE_PIXELS = 2_100_000
 
 
 @dataclass(frozen=True)
@@ -172,14 +178,25 @@ def diffusion_foreground(
         patch_size: The backbone's patch size.
         resized: (height, width) the photo was resized to before the crop to whole patches (:func:`resized_size`).
         settings: The method's constants.
+
+    Photos over :data:`MAX_REFINE_PIXELS` are refined at that many pixels (aspect kept) and the mask is enlarged to
+    the photo's size with nearest interpolation.
     """
     scores = diffuse_attention(maps, keys, settings)
     scores = (scores - scores.min()) / max(scores.max() - scores.min(), 1e-12)
     photo_size = (photo.height, photo.width)
-    soft = grid_to_photo(scores, patch_size, resized, photo_size)
-    guide = np.asarray(photo.convert("RGB"), dtype=np.float64) / 255.0
-    radius = max(1, round(settings.radius_fraction * min(photo_size)))
+    scale = min(1.0, (MAX_REFINE_PIXELS / (photo.height * photo.width)) ** 0.5)
+    work_size = (max(1, round(photo.height * scale)), max(1, round(photo.width * scale)))
+    guide_photo = photo.convert("RGB")
+    if work_size != photo_size:
+        guide_photo = guide_photo.resize(work_size[::-1], Image.Resampling.BILINEAR, reducing_gap=2.0)
+    soft = grid_to_photo(scores, patch_size, resized, work_size)
+    guide = np.asarray(guide_photo, dtype=np.float64) / 255.0
+    radius = max(1, round(settings.radius_fraction * min(work_size)))
     refined = guided_filter(guide, soft, radius, settings.guided_eps)
     if np.ptp(refined) < 1e-9:  # a constant map has no threshold; nothing stands out
         return np.zeros(photo_size, dtype=bool)
-    return refined > threshold_otsu(refined)
+    mask = refined > threshold_otsu(refined)
+    if work_size != photo_size:
+        mask = np.asarray(Image.fromarray(mask).resize(photo_size[::-1], Image.Resampling.NEAREST))
+    return mask

@@ -39,7 +39,7 @@ from dino.atomic import atomic_write, atomic_write_json
 from dino.checkpoint import weights_provenance
 from dino.data.io import open_image
 from dino.data.transforms import denormalize
-from dino.features import DTypeName
+from dino.features import DEFAULT_MAX_TOKENS, DTypeName
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = [
@@ -139,6 +139,7 @@ def evaluate_masks(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
     protocol: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """The paper's Jaccard of `method`'s masks on `samples`: best candidate mask per ground-truth object, mean
@@ -154,7 +155,16 @@ def evaluate_masks(
         raise ValueError(f"resolution must be 'photo' or 'input', got {resolution!r}")
     rows: list[dict[str, Any]] = [{}] * len(samples)
     for item in iter_attention(
-        model, [s.image for s in samples], size, keep_aspect, device, dtype, batch_size, num_workers, progress
+        model,
+        [s.image for s in samples],
+        size,
+        keep_aspect,
+        device,
+        dtype,
+        batch_size,
+        num_workers,
+        progress,
+        max_tokens,
     ):
         sample = samples[item.index]
         if resolution == "photo":

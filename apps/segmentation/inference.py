@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from apps.segmentation.masks import attention_transform, cls_attention_maps
-from dino.features import DTypeName, FeatureExtractor
+from dino.features import DEFAULT_MAX_TOKENS, DTypeName, FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["ImageAttention", "iter_attention"]
@@ -48,6 +49,7 @@ def iter_attention(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
 ) -> Iterator[ImageAttention]:
     """Attention maps and keys of each image, from one forward pass per image, batched over same-size images.
 
@@ -56,16 +58,21 @@ def iter_attention(
         images: Paths or PIL images.
         size: Square side (reference: 480), or the short side with `keep_aspect`.
         keep_aspect: Resize the short side instead of forcing a square.
-        device, dtype, batch_size, num_workers, progress: See :class:`dino.features.FeatureExtractor`.
+        device, dtype, batch_size, num_workers, max_tokens: See :class:`dino.features.FeatureExtractor`.
+        progress: Show a progress bar that counts each image once the caller is done with it.
 
     Yields:
         One :class:`ImageAttention` per image, grouped by batch (use ``.index`` for the input position).
     """
     transform = attention_transform(model.patch_size, size, keep_aspect)
-    extractor = FeatureExtractor(model, transform, device, dtype, batch_size, num_workers, progress)
-    for tensors, indices in extractor.iter_images(images, desc="attention"):
-        batch = extractor.forward(tensors, attention=True)
-        assert batch.attention is not None and batch.keys is not None
-        maps = cls_attention_maps(batch.attention, model.grid_size(tensors.shape[-2], tensors.shape[-1]))
-        for row, index in enumerate(indices):
-            yield ImageAttention(index, tensors[row], maps[row], batch.keys[row])
+    extractor = FeatureExtractor(
+        model, transform, device, dtype, batch_size, num_workers, progress=False, max_tokens=max_tokens
+    )
+    with tqdm(total=len(images), desc="attention", unit="img", disable=not progress) as bar:
+        for tensors, indices in extractor.iter_images(images):
+            batch = extractor.forward(tensors, attention=True)
+            assert batch.attention is not None and batch.keys is not None
+            maps = cls_attention_maps(batch.attention, model.grid_size(tensors.shape[-2], tensors.shape[-1]))
+            for row, index in enumerate(indices):
+                yield ImageAttention(index, tensors[row], maps[row], batch.keys[row])
+                bar.update(1)

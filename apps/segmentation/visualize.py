@@ -30,7 +30,7 @@ from apps.segmentation.ncut import ncut_foreground
 from dino.data.io import list_images, open_image
 from dino.data.masks import write_indexed_png
 from dino.data.transforms import denormalize
-from dino.features import DTypeName
+from dino.features import DEFAULT_MAX_TOKENS, DTypeName
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["output_folders", "save_attention_figures"]
@@ -63,6 +63,7 @@ def save_attention_figures(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
 ) -> list[Path]:
     """Write, for each image, into ``out/<image stem>/``:
 
@@ -82,7 +83,8 @@ def save_attention_figures(
         keep_aspect: Resize the short side to `size` instead of forcing a square.
         foreground: Also compute the foreground mask from the same forward pass.
         ncut: Also compute the normalized-cut (TokenCut) mask from the same forward pass.
-        device, dtype, batch_size, num_workers, progress: See :class:`dino.features.FeatureExtractor`.
+        device, dtype, batch_size, num_workers, progress, max_tokens: See
+            :class:`dino.features.FeatureExtractor`.
 
     Returns:
         The per-image output folders, in input order.
@@ -94,7 +96,10 @@ def save_attention_figures(
     patch = model.patch_size
     tag = f"th{threshold:g}"
     colors = head_colors(model.num_heads)
-    for item in iter_attention(model, paths, size, keep_aspect, device, dtype, batch_size, num_workers, progress):
+    attention = iter_attention(
+        model, paths, size, keep_aspect, device, dtype, batch_size, num_workers, progress, max_tokens
+    )
+    for item in attention:
         folder = folders[item.index]
         folder.mkdir(parents=True, exist_ok=True)
         image = denormalize(item.image).permute(1, 2, 0).numpy()

@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from apps.segmentation.cli import register  # noqa: F401  (import error here beats a skipped verb)
+from apps.segmentation.inference import iter_attention
 from apps.segmentation.visualize import output_folders
 from dino import cli
+from dino.checkpoint import load_backbone
 from dino.data.masks import read_indexed_png
 
 RUNTIME = ["--weights", "random:vit_tiny/16", "--device", "cpu", "--workers", "0", "--no-progress"]
@@ -73,3 +75,32 @@ def test_seg_eval_missing_folder_is_a_clean_error(tmp_path, capsys) -> None:
 def test_repeated_image_stems_get_distinct_folders(tmp_path) -> None:
     paths = [tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.png", tmp_path / "y.jpg"]
     assert [f.name for f in output_folders(paths, tmp_path / "out")] == ["x", "x-1", "y"]
+
+
+def test_attention_progress_counts_each_image_when_it_is_done(tmp_path, monkeypatch) -> None:
+    import apps.segmentation.inference as inference
+
+    counts: list[int] = []
+
+    class RecordingBar:
+        def __init__(self, total: int, **kwargs) -> None:
+            self.total, self.n = total, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def update(self, count: int) -> None:
+            self.n += count
+            counts.append(self.n)
+
+    monkeypatch.setattr(inference, "tqdm", RecordingBar)
+    photos = [Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)) for i in range(3)]
+    model = load_backbone("random:vit_tiny/16")
+    seen = []
+    for item in iter_attention(model, photos, size=32, device="cpu", batch_size=3, progress=True):
+        seen.append((item.index, list(counts)))  # the bar, while the caller holds this image
+    # One batch of three, yet the bar moves image by image: each is counted once its caller is done with it.
+    assert seen == [(0, []), (1, [1]), (2, [1, 2])] and counts == [1, 2, 3]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from apps.segmentation.diffusion import (
+    MAX_REFINE_PIXELS,
     DiffusionSettings,
     diffuse_attention,
     diffusion_foreground,
@@ -89,11 +90,13 @@ def test_constant_scores_give_an_empty_mask() -> None:
     assert mask.shape == (28, 28) and not mask.any()
 
 
-def test_whole_method_finds_an_obvious_object_at_the_photo_size() -> None:
-    """A bright disc on a dark textured ground: prior on the disc's centre, keys of two clusters, photo 100×70."""
+@pytest.mark.parametrize("scale", [1, 20])
+def test_whole_method_finds_an_obvious_object_at_the_photo_size(scale: int) -> None:
+    """A bright disc on a dark textured ground: prior on the disc's centre, keys of two clusters, photo 100×70,
+    and the same photo 20 times larger (2000×1400, over MAX_REFINE_PIXELS: refined smaller, mask enlarged)."""
     grid = (5, 7)
-    photo_size = (70, 100)
-    yy, xx = np.mgrid[: photo_size[0], : photo_size[1]]
+    photo_size = (70 * scale, 100 * scale)
+    yy, xx = np.mgrid[: photo_size[0], : photo_size[1]] / scale
     disc = (yy - 35) ** 2 + (xx - 50) ** 2 < 22**2
     pixels = np.where(disc[..., None], [230, 200, 40], [30, 60, 30]).astype(np.uint8)
     pixels = np.clip(pixels + np.random.default_rng(1).integers(-8, 8, pixels.shape), 0, 255).astype(np.uint8)
@@ -107,6 +110,7 @@ def test_whole_method_finds_an_obvious_object_at_the_photo_size() -> None:
     assert mask.shape == photo_size
     iou = (mask & disc).sum() / (mask | disc).sum()
     assert iou > 0.85
+    assert (photo_size[0] * photo_size[1] > MAX_REFINE_PIXELS) == (scale > 1)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from apps.segmentation.inference import iter_attention
-from apps.segmentation.ncut import NCUT_EPS, ncut_foreground, patch_affinity
+from apps.segmentation.ncut import NCUT_EPS, NCUT_MAX_PATCHES, ncut_foreground, patch_affinity
 from dino.checkpoint import load_backbone
 
 
@@ -55,6 +55,14 @@ def test_ncut_rejects_grid_mismatch() -> None:
     keys = synthetic_keys(np.zeros((3, 3), dtype=bool))
     with pytest.raises(ValueError, match="grid"):
         ncut_foreground(keys, (2, 4))
+
+
+def test_ncut_refuses_grids_over_its_limit_before_any_work() -> None:
+    grid = (61, 60)  # 3660 patches, just over the paper's 60×60
+    assert grid[0] * grid[1] > NCUT_MAX_PATCHES >= 60 * 60
+    keys = torch.zeros(1, 1 + grid[0] * grid[1], 2)
+    with pytest.raises(ValueError, match=r"61×60 patch grid \(3,660 patches\) is over its limit of 3,600"):
+        ncut_foreground(keys, grid)
 
 
 @pytest.mark.slow
