@@ -177,8 +177,9 @@ def _add_file_loading_arguments(group: argparse._ActionsContainer) -> None:
     )
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
-    """Device, precision, batch size, workers and progress-bar options."""
+def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32, max_tokens: bool = True) -> None:
+    """Device, precision, batch size, workers and progress-bar options, and --max-tokens unless the verb's
+    preprocessing has a fixed size (`max_tokens` False)."""
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps …")
     group.add_argument(
@@ -194,6 +195,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32)
         "--workers", type=non_negative_int, default=2, help="image-decoding worker processes (default: %(default)s)"
     )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if not max_tokens:
+        return
     group.add_argument(
         "--max-tokens",
         type=non_negative_int,
@@ -228,14 +231,16 @@ def report_skipped(skipped: Sequence[SkippedImage], total: int, listed_in: str |
 def extractor_options(args: argparse.Namespace) -> dict[str, object]:
     """The options of :func:`add_runtime_arguments` as keyword arguments of the Python API
     (:class:`dino.features.FeatureExtractor` and everything that takes its options)."""
-    return {
+    options: dict[str, object] = {
         "device": args.device,
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "num_workers": args.workers,
         "progress": not args.no_progress,
-        "max_tokens": args.max_tokens or None,
     }
+    if hasattr(args, "max_tokens"):
+        options["max_tokens"] = args.max_tokens or None
+    return options
 
 
 def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:

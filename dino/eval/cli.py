@@ -148,5 +148,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output-dir", type=output_folder, help="write linear_weights.pth (released layout) and linear_results.json"
     )
     add_weights_arguments(linear)
-    add_runtime_arguments(linear, batch_size=128)
+    add_runtime_arguments(linear, batch_size=128, max_tokens=False)
     linear.set_defaults(func=_linear)
