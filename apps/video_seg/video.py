@@ -1,7 +1,12 @@
-"""Propagation through any video file OpenCV decodes, from a first-frame mask: PNG masks + overlay video."""
+"""Propagation through any video file OpenCV decodes, from a first-frame mask: PNG masks + overlay video.
+
+The results folder appears whole or not at all: it is filled beside its final place and renamed there at the end,
+so a killed run leaves no half-written folder, and re-running the same command starts over cleanly.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -13,32 +18,53 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from apps.video_seg.encoding import VideoWriter
 from apps.video_seg.pipeline import segment_frames
 from apps.video_seg.preprocess import FramePreprocessing
 from apps.video_seg.propagation import PropagationConfig
-from dino.atomic import atomic_output_path
-from dino.data.masks import read_indexed_png, voc_palette, write_indexed_png
+from dino.atomic import atomic_output_dir, remove_stale_temporaries, restore_interrupted_output_dir
+from dino.data.masks import read_label_mask, voc_palette, write_indexed_png
 from dino.models.vision_transformer import VisionTransformer
 
-__all__ = ["VideoResult", "overlay", "read_video_frames", "segment_video"]
+__all__ = ["VIDEO_OUTPUTS", "VideoResult", "overlay", "read_video_frames", "segment_video", "video_properties"]
 
 OVERLAY_ALPHA = 0.5
-OVERLAY_CODEC = "mp4v"
+OVERLAY_NAME = "overlay.mp4"
+MASKS_NAME = "masks"
+# What a --video results folder holds: --overwrite replaces such a folder, and refuses one holding anything else.
+VIDEO_OUTPUTS = (MASKS_NAME, OVERLAY_NAME)
 DEFAULT_FPS = 25.0
+# Containers without a sane frame rate (0, NaN, a 90 kHz time base) get DEFAULT_FPS.
+MAX_FPS = 240.0
 
 
 @dataclass
 class VideoResult:
-    """Where the masks and overlay went, how many frames and how fast (propagated frames per second)."""
+    """Where the masks and overlay went, the overlay's codec, how many frames and how fast (propagated frames
+    per second)."""
 
     masks: Path
     overlay: Path
+    overlay_codec: str
     frames: int
     seconds: float
 
     @property
     def frames_per_second(self) -> float:
         return (self.frames - 1) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def video_properties(path: str | os.PathLike[str]) -> tuple[float, int | None]:
+    """The frame rate (:data:`DEFAULT_FPS` when the container gives none that is sane) and frame count (None when
+    the container does not say) of a video file, as OpenCV reads them."""
+    capture = cv2.VideoCapture(os.fspath(path))
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        capture.release()
+    fps = fps if math.isfinite(fps) and 1 <= fps <= MAX_FPS else DEFAULT_FPS
+    return fps, int(count) if math.isfinite(count) and count >= 1 else None
 
 
 def read_video_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -86,23 +112,27 @@ def segment_video(
     progress: bool = True,
     max_frames: int | None = None,
 ) -> VideoResult:
-    """Write ``<out>/masks/<frame:05d>.png`` (indexed, DAVIS palette) and ``<out>/overlay.mp4``.
+    """Write ``<out>/masks/<frame:05d>.png`` (indexed, DAVIS palette) and ``<out>/overlay.mp4`` (H.264 when PyAV
+    has an encoder, see :mod:`apps.video_seg.encoding`), all at once when the last frame is done.
 
     Args:
         video: Any file OpenCV decodes.
-        first_mask: Label PNG (palette or grayscale, 0 = background) of the video's first frame, same size.
-        out: Output folder; refused when it is not empty unless `overwrite`.
+        first_mask: The first frame's mask, same size (:func:`dino.data.masks.read_label_mask`: a palette PNG
+            keeps its indices, flat colours on black are numbered).
+        out: Output folder; refused when it is not empty unless `overwrite`, which replaces an earlier output
+            of this function (never a folder holding anything else).
         max_frames: Stop after this many frames.
         Other arguments: as :func:`apps.video_seg.davis.segment_davis`.
+
+    Raises:
+        FileExistsError: `out` may not be replaced.
+        ValueError: The mask does not fit the video, or the frame size changes mid-stream (nothing is written).
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: folder is not empty; pass --overwrite to write there")
-    first_labels = read_indexed_png(first_mask)
-    masks, overlay_path = out / "masks", out / "overlay.mp4"
-    capture = cv2.VideoCapture(os.fspath(video))
-    fps = capture.get(cv2.CAP_PROP_FPS) or DEFAULT_FPS
-    capture.release()
+    out = Path(out).absolute()
+    # A run killed while replacing an earlier output left that output beside `out`: put it back first.
+    restore_interrupted_output_dir(out, is_complete=_is_video_output)
+    _check_output(out, overwrite)
+    first_labels = read_label_mask(first_mask)
     frames = read_video_frames(video, max_frames)
     first = next(frames, None)
     if first is None:
@@ -112,33 +142,63 @@ def segment_video(
             f"{first_mask}: mask is {first_labels.shape[1]}x{first_labels.shape[0]} but {video} frames are "
             f"{first.shape[1]}x{first.shape[0]}"
         )
+    fps, frame_count = video_properties(video)
+    total = None if frame_count is None else min(frame_count, max_frames or frame_count)
     height, width = first.shape[:2]
     pending: list[np.ndarray] = [first]
 
     def remembered() -> Iterator[np.ndarray]:
         # Frames are needed twice (features, then the overlay): keep each until its mask is written.
         yield first
-        for frame in frames:
+        for index, frame in enumerate(frames, 1):
+            if frame.shape != first.shape:
+                raise ValueError(
+                    f"{video}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                    f"{width}x{height}; the decoder changed the frame size mid-stream (re-encode it at one size)"
+                )
             pending.append(frame)
             yield frame
 
     start = time.perf_counter()
     count = 1
-    with atomic_output_path(overlay_path) as temporary:
-        writer = cv2.VideoWriter(
-            os.fspath(temporary.with_suffix(".mp4")), cv2.VideoWriter_fourcc(*OVERLAY_CODEC), fps, (width, height)
-        )
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write {OVERLAY_CODEC} video to {overlay_path}")
-        try:
+    remove_stale_temporaries(out.parent)  # the folders of runs killed before they were renamed into place
+    with atomic_output_dir(out, replaceable=lambda _: overwrite) as staging:
+        masks = staging / MASKS_NAME
+        with VideoWriter(staging / OVERLAY_NAME, fps, width, height) as writer:
             write_indexed_png(masks / "00000.png", first_labels)
             writer.write(overlay(pending.pop(0), first_labels))
             labels = segment_frames(remembered(), first_labels, model, config, preprocessing, device, autocast)
-            for label_map in tqdm(labels, desc=Path(video).name, unit="frame", disable=not progress):
+            bar = tqdm(labels, desc=Path(video).name, unit="frame", total=total, initial=1, disable=not progress)
+            for label_map in bar:
                 write_indexed_png(masks / f"{count:05d}.png", label_map)
                 writer.write(overlay(pending.pop(0), label_map))
                 count += 1
-        finally:
-            writer.release()
-        temporary.with_suffix(".mp4").replace(temporary)
-    return VideoResult(masks, overlay_path, count, time.perf_counter() - start)
+    return VideoResult(out / MASKS_NAME, out / OVERLAY_NAME, writer.codec, count, time.perf_counter() - start)
+
+
+def _is_video_output(folder: Path) -> bool:
+    """Whether `folder` holds nothing but what :func:`segment_video` writes (and temporaries of killed writers)."""
+    return folder.is_dir() and not _foreign_entries(folder)
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    return sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.name not in VIDEO_OUTPUTS and not (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    )
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder that is not empty unless `overwrite` may replace it."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out}: folder is not empty; pass --overwrite to replace an earlier --video output")
+    foreign = _foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"{out}: --overwrite replaces the whole folder, but it holds more than a --video output ({shown}); "
+            "choose another folder"
+        )
