@@ -94,7 +94,7 @@ def _video_seg(args: argparse.Namespace) -> int:
     if (args.davis is None) == (args.video is None):
         raise ValueError("give exactly one of --davis ROOT or --video FILE")
     if args.video is not None and args.first_mask is None:
-        raise ValueError("--video needs --first-mask (an indexed PNG of the first frame)")
+        raise ValueError("--video needs --first-mask (a mask image of the first frame)")
     model, config, preprocessing, device, autocast = _setup(args)
     common = dict(
         model=model,
@@ -120,7 +120,7 @@ def _video_seg(args: argparse.Namespace) -> int:
         written = segment_video(args.video, args.first_mask, args.out, max_frames=args.max_frames, **common)
         print(
             f"{written.frames} frames, {written.frames_per_second:.2f} frames/s: masks in {written.masks}, "
-            f"overlay {written.overlay}"
+            f"overlay {written.overlay} ({written.overlay_codec})"
         )
     return 0
 
@@ -143,17 +143,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Semi-supervised video object segmentation by label propagation of DINO patch features "
         "(the DAVIS-2017 protocol of the DINO paper). With --davis: writes <out>/<sequence>/<frame>.png "
         "indexed PNGs (DAVIS palette); re-running into the same folder skips finished sequences. With --video: "
-        "decodes any video OpenCV reads and writes <out>/masks/*.png and <out>/overlay.mp4.",
+        "decodes any video OpenCV reads and writes <out>/masks/*.png and <out>/overlay.mp4 (H.264 with PyAV), "
+        "the folder all at once when the last frame is done.",
     )
     source = seg.add_argument_group("input")
     source.add_argument("--davis", help="DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets/2017/val.txt)")
     source.add_argument("--sequences", nargs="+", help="sequence names (default: ImageSets/2017/val.txt)")
     source.add_argument("--video", help="a video file (mp4, avi, … anything OpenCV decodes)")
-    source.add_argument("--first-mask", help="with --video: label PNG of the first frame (0 = background)")
+    source.add_argument(
+        "--first-mask",
+        help="with --video: mask of the first frame, same size: a palette PNG (indices = objects) or flat "
+        "colours on black (one object per colour)",
+    )
     source.add_argument("--max-frames", type=positive_int, help="with --video: stop after this many frames")
     seg.add_argument("--out", required=True, type=output_folder, help="results folder")
     seg.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty folder that is not a matching earlier run"
+        "--overwrite",
+        action="store_true",
+        help="--davis: write into a non-empty folder that is not a matching earlier run; --video: replace an "
+        "earlier --video output",
     )
     add_weights_arguments(seg)
     _add_propagation_arguments(seg)
@@ -168,6 +176,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluation.add_argument("--davis", required=True, help="DAVIS root with Annotations/480p and ImageSets/2017")
     evaluation.add_argument("--results", required=True, help="folder with <sequence>/<frame>.png results")
-    evaluation.add_argument("--sequences", nargs="+", help="sequence names (default: ImageSets/2017/<set>.txt)")
+    evaluation.add_argument(
+        "--sequences",
+        nargs="+",
+        help="sequence names (default: those the video-seg run into --results was asked for, from its "
+        "video_seg.json; without one, ImageSets/2017/<set>.txt)",
+    )
     evaluation.add_argument("--set", default="val", help="ImageSets split and CSV suffix (default: %(default)s)")
     evaluation.set_defaults(func=_video_eval)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from apps.video_seg.davis import recorded_sequences
 from apps.video_seg.metrics import Statistics, boundary_f_measure, statistics
 from dino.atomic import atomic_write
 from dino.data.masks import davis_annotations, davis_sequences, mask_iou, read_indexed_png
@@ -132,11 +133,28 @@ def evaluate_davis(
     split: str = "val",
     progress: bool = True,
 ) -> Evaluation:
-    """Evaluate ``<results>/<sequence>/<frame>.png`` on the DAVIS sequences of ``ImageSets/2017/<split>.txt``."""
-    names = list(sequences) if sequences else davis_sequences(root, split)
+    """Evaluate ``<results>/<sequence>/<frame>.png`` on DAVIS sequences: `sequences`; by default those the
+    ``video-seg --davis`` run into `results` was asked for (its ``video_seg.json``), else those of
+    ``ImageSets/2017/<split>.txt``.
+
+    Raises:
+        ValueError: The run did not finish some of its sequences, or nothing to evaluate.
+        FileNotFoundError: A sequence has no results folder, or a result PNG is missing (the message names it).
+    """
+    results = Path(results)
+    listing = None  # where the names came from, when that was the split's list rather than the user or the run
+    if sequences:
+        names = list(sequences)
+    elif (names := recorded_sequences(results)) is None:
+        listing = f"ImageSets/2017/{split}.txt"
+        names = davis_sequences(root, split)
+    for name in names:
+        if not (results / name).is_dir():
+            hint = f" (listed in {listing}; pass --sequences to evaluate only the sequences you ran)" if listing else ""
+            raise FileNotFoundError(f"{results / name}: no results for sequence {name}{hint}")
     objects: list[ObjectScores] = []
     for name in tqdm(names, desc="J&F", unit="sequence", disable=not progress):
-        objects.extend(evaluate_sequence(davis_annotations(root, name), Path(results) / name, name))
+        objects.extend(evaluate_sequence(davis_annotations(root, name), results / name, name))
     if not objects:
         raise ValueError(f"{root}: the evaluated sequences hold no annotated objects")
     return Evaluation(objects)

@@ -1,59 +1,57 @@
-"""The CLI on a synthetic mp4 clip and on a DAVIS-layout folder: outputs, refusal to overwrite, resuming."""
+"""The CLI on a synthetic mp4 clip and on a DAVIS-layout folder: outputs, refusal to overwrite, resuming,
+frames of another size, and which sequences video-eval evaluates."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
+from apps.video_seg.encoding import h264_encoder
 from dino.cli import main
 from dino.data.masks import read_indexed_png, write_indexed_png
 
 WEIGHTS = ["--weights", "random:vit_tiny/16", "--device", "cpu", "--no-progress"]
 
 
-def _write_clip(path, frames: int = 3, size=(96, 128)) -> np.ndarray:
-    """A grey clip with a bright square moving right; returns the first frame's mask."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (size[1], size[0]))
-    assert writer.isOpened(), "OpenCV cannot write mp4v here"
-    for t in range(frames):
-        frame = np.full((*size, 3), 90, np.uint8)
-        frame[30:60, 20 + 8 * t : 50 + 8 * t] = (40, 200, 240)
-        writer.write(frame)
-    writer.release()
-    mask = np.zeros(size, np.uint8)
-    mask[30:60, 20:50] = 1
-    return mask
-
-
 @pytest.mark.slow
-def test_video_cli_writes_masks_and_an_overlay_video(tmp_path) -> None:
+def test_video_cli_writes_masks_and_an_overlay_video(tmp_path, make_clip, capsys) -> None:
     clip = tmp_path / "clip.mp4"
-    write_indexed_png(tmp_path / "first.png", _write_clip(clip))
+    # A flat-colour RGB mask (as the demo accepts), not only palette PNGs: red on black is object 1.
+    first = make_clip(clip)
+    Image.fromarray(np.stack([first * 255, first * 0, first * 0], axis=-1)).save(tmp_path / "first.png")
     out = tmp_path / "out"
     args = ["video-seg", "--video", str(clip), "--first-mask", str(tmp_path / "first.png"), "--out", str(out)]
     assert main(args + WEIGHTS) == 0
     masks = sorted((out / "masks").glob("*.png"))
     assert [m.name for m in masks] == ["00000.png", "00001.png", "00002.png"]
+    assert np.array_equal(read_indexed_png(masks[0]), first)
     assert read_indexed_png(masks[1]).shape == (96, 128)
     overlay = cv2.VideoCapture(str(out / "overlay.mp4"))
     assert int(overlay.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     ok, frame = overlay.read()
     assert ok and frame.shape == (96, 128, 3)
-    # A non-empty output folder is refused without --overwrite.
+    codec = "h264" if h264_encoder() else "mp4v"
+    assert capsys.readouterr().out.rstrip().endswith(f"overlay {out / 'overlay.mp4'} ({codec})")
+    # A non-empty output folder is refused without --overwrite; with it, an earlier output is replaced.
     assert main(args + WEIGHTS) == 2
+    assert "folder is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(args + WEIGHTS + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
 def test_video_cli_errors_are_clear(tmp_path, capsys) -> None:
     assert main(["video-seg", "--out", str(tmp_path / "o")] + WEIGHTS) == 2
     assert "exactly one of --davis" in capsys.readouterr().err
-    write_indexed_png(tmp_path / "first.png", np.zeros((4, 4), np.uint8))
+    write_indexed_png(tmp_path / "first.png", np.eye(4, dtype=np.uint8))
     args = ["video-seg", "--video", str(tmp_path / "none.mp4"), "--first-mask", str(tmp_path / "first.png")]
     assert main(args + ["--out", str(tmp_path / "o")] + WEIGHTS) == 2
     assert "none.mp4: no such video file" in capsys.readouterr().err
 
 
-def test_davis_inputs_are_checked_before_anything_is_written(tmp_path, capsys) -> None:
+def test_davis_inputs_are_checked_before_anything_is_written(tmp_path, capsys, make_clip) -> None:
     root = tmp_path / "davis"
     (root / "JPEGImages" / "480p" / "seq").mkdir(parents=True)
     cv2.imwrite(str(root / "JPEGImages" / "480p" / "seq" / "00000.jpg"), np.zeros((32, 32, 3), np.uint8))
@@ -64,7 +62,7 @@ def test_davis_inputs_are_checked_before_anything_is_written(tmp_path, capsys) -
     assert not (tmp_path / "o").exists()
     (tmp_path / "weights.txt").write_text("not a mask")
     args = ["video-seg", "--video", str(tmp_path / "clip.mp4"), "--first-mask", str(tmp_path / "weights.txt")]
-    _write_clip(tmp_path / "clip.mp4")
+    make_clip(tmp_path / "clip.mp4")
     assert main(args + ["--out", str(tmp_path / "v")] + WEIGHTS) == 2
     assert "weights.txt: not an image file" in capsys.readouterr().err
 
@@ -108,3 +106,101 @@ def test_davis_cli_resumes_and_refuses_foreign_folders(shared_data, tmp_path, ca
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     assert main(["video-seg", "--davis", str(root), "--out", str(foreign)] + WEIGHTS) == 2
+
+
+@pytest.mark.parametrize("odd", ["b/00000", "b/00002"])
+def test_a_frame_of_another_size_is_refused_up_front_naming_it(tmp_path, capsys, make_davis, odd: str) -> None:
+    # A landscape sequence with one 96x48 frame: its patch grid differs (it crashed with a tensor size mismatch
+    # after writing the frames before it); sequence a, listed first, is fine but nothing is written for it either.
+    root = make_davis(tmp_path / "davis", {"a": 3, "b": 4}, odd={odd: (48, 96)})
+    out = tmp_path / "o"
+    assert main(["video-seg", "--davis", str(root), "--out", str(out)] + WEIGHTS) == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # one line
+    assert error.startswith("dino video-seg: error: ")
+    if odd == "b/00002":
+        assert error.endswith(
+            "b/00002.jpg: frame is 96x48 but 00000.jpg, the sequence's first frame, is 64x48; every "
+            "frame of a sequence must have one size"
+        )
+    else:  # The odd first frame is the reference: the next frame differs from it.
+        assert "b/00001.jpg: frame is 64x48 but 00000.jpg, the sequence's first frame, is 96x48" in error
+    assert not out.exists()
+
+
+def test_a_first_annotation_of_another_size_is_refused(tmp_path, capsys, make_davis) -> None:
+    root = make_davis(tmp_path / "davis", {"a": 3})
+    write_indexed_png(root / "Annotations" / "480p" / "a" / "00000.png", np.ones((48, 60), np.uint8))
+    assert main(["video-seg", "--davis", str(root), "--out", str(tmp_path / "o")] + WEIGHTS) == 2
+    assert "a/00000.png: mask is 60x48 but the first frame 00000.jpg is 64x48" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_decoded_frames_of_another_size_name_the_file(tmp_path, make_davis) -> None:
+    from apps.video_seg.davis import read_bgr_frames
+
+    # The check while decoding backs up the one on the headers (which OpenCV's decoding could disagree with).
+    root = make_davis(tmp_path / "davis", {"a": 3}, odd={"a/00001": (40, 64)})
+    frames = read_bgr_frames(sorted((root / "JPEGImages" / "480p" / "a").glob("*.jpg")))
+    assert next(frames).shape == (48, 64, 3)
+    with pytest.raises(
+        ValueError,
+        match=r"a/00001.jpg: frame is 64x40 but 00000.jpg, the sequence's first frame, "
+        r"is 64x48",
+    ):
+        next(frames)
+
+
+def test_video_eval_evaluates_the_sequences_the_run_was_asked_for(tmp_path, make_davis, capsys, monkeypatch) -> None:
+    import apps.video_seg.davis as davis
+    from apps.video_seg.preprocess import FramePreprocessing
+    from dino.checkpoint import load_backbone
+
+    root = make_davis(tmp_path / "davis", {"a": 3, "b": 3, "c": 3})
+    out = tmp_path / "o"
+    model = load_backbone("random:vit_tiny/16")
+    small = FramePreprocessing(short_side=32, multiple=16)  # a 2x2 patch grid keeps this fast
+    davis.segment_davis(root, out, model, sequences=["c", "a"], preprocessing=small, progress=False)
+    # Not all of val.txt (a, b, c): the run's record (c, a), in its order.
+    assert main(["video-eval", "--davis", str(root), "--results", str(out)]) == 0
+    rows = (out / "per-sequence_results-val.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["c_1", "a_1"]
+
+    # A sequence that fails half-way leaves no folder behind, and the run's record says it is unfinished.
+    def fails_after_one_frame(*args, **kwargs):
+        labels = original(*args, **kwargs)
+        yield next(labels)
+        raise RuntimeError("stopped")
+
+    original = davis.segment_frames
+    monkeypatch.setattr(davis, "segment_frames", fails_after_one_frame)
+    with pytest.raises(RuntimeError, match="stopped"):
+        davis.segment_davis(root, out, model, sequences=["b"], preprocessing=small, progress=False)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["a", "c"]  # no b, no staging folder
+    capsys.readouterr()
+    assert main(["video-eval", "--davis", str(root), "--results", str(out)]) == 2
+    assert "video_seg.json: the run did not finish b; re-run the same dino video-seg command" in capsys.readouterr().err
+    assert main(["video-eval", "--davis", str(root), "--results", str(out), "--sequences", "a"]) == 0
+    monkeypatch.setattr(davis, "segment_frames", original)
+    done = davis.segment_davis(root, out, model, sequences=["b"], preprocessing=small, progress=False)
+    assert [(r.name, r.skipped, r.frames) for r in done] == [("b", False, 3)]
+    assert main(["video-eval", "--davis", str(root), "--results", str(out)]) == 0
+    rows = (out / "per-sequence_results-val.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["c_1", "a_1", "b_1"]
+
+    # A finished sequence with a frame gone is still an error naming the file.
+    (out / "a" / "00001.png").unlink()
+    capsys.readouterr()
+    assert main(["video-eval", "--davis", str(root), "--results", str(out)]) == 2
+    assert "a/00001.png: missing result for a frame 00001" in capsys.readouterr().err
+    # Without a run record, val.txt is evaluated; a sequence never run is named with the way out.
+    (out / "video_seg.json").unlink()
+    for name in ("b", "a"):
+        for path in (out / name).iterdir():
+            path.unlink()
+        (out / name).rmdir()
+    assert main(["video-eval", "--davis", str(root), "--results", str(out)]) == 2
+    assert (
+        f"{out / 'a'}: no results for sequence a (listed in ImageSets/2017/val.txt; pass --sequences to evaluate "
+        "only the sequences you ran)" in capsys.readouterr().err
+    )
+    assert main(["video-eval", "--davis", str(root), "--results", str(out), "--sequences", "c"]) == 0
