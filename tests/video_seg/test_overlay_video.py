@@ -1,9 +1,12 @@
-"""``video-seg --video`` outputs: the H.264 overlay (and its mp4v fallback), the progress total, frames that
-change size mid-stream and what --overwrite may replace. The propagation is stubbed where it is not the point."""
+"""``video-seg --video`` outputs: the H.264 overlay (and its mp4v fallback) and a browser playing it, the progress
+total, frames that change size mid-stream and what --overwrite may replace. The propagation is stubbed where it
+is not the point."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -166,3 +169,50 @@ def test_overwrite_replaces_an_earlier_output_but_not_a_folder_holding_more(
     with pytest.raises(FileExistsError, match=r"holds more than a --video output \(notes.txt\); choose another"):
         video.segment_video(clip, tmp_path / "first.png", out, None, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+CHROMIUM = Path(os.environ.get("DINO_CHROMIUM", "/usr/bin/chromium"))
+# Resolves to [event, width, height, seconds played] once the browser has loaded (or refused) the video.
+_PLAY = """async (source) => {
+    const video = document.createElement("video");
+    video.muted = true;
+    video.src = source;
+    const event = await new Promise((done) => {
+        video.onloadeddata = () => done("loaded");
+        video.onerror = () => done("error");
+        setTimeout(() => done("timeout"), 20000);
+    });
+    if (event !== "loaded") return [event, 0, 0, 0];
+    await video.play();
+    await new Promise((done) => setTimeout(done, 500));
+    return [event, video.videoWidth, video.videoHeight, video.currentTime];
+}"""
+
+
+@pytest.mark.skipif(h264_encoder() is None, reason="PyAV with an H.264 encoder (libx264/libopenh264) is not installed")
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (set DINO_CHROMIUM)")
+def test_a_browser_plays_the_h264_overlay_and_not_the_mp4v_fallback(tmp_path, monkeypatch) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
+    import apps.video_seg.encoding as encoding
+
+    frames = _overlays((96, 128), 10)
+    for name in ("h264.mp4", "mp4v.mp4"):
+        if name == "mp4v.mp4":
+            monkeypatch.setattr(encoding, "h264_encoder", lambda: None)
+        with VideoWriter(tmp_path / name, 10, 128, 96) as writer:
+            for frame in frames:
+                writer.write(frame)
+    (tmp_path / "index.html").write_text("<!doctype html><title>overlay</title>")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "index.html").as_uri())
+            played = page.evaluate(_PLAY, "h264.mp4")
+            refused = page.evaluate(_PLAY, "mp4v.mp4")
+        finally:
+            browser.close()
+    assert played[:3] == ["loaded", 128, 96] and played[3] > 0
+    assert refused[0] == "error"  # why the overlay is H.264: browsers do not decode MPEG-4 Part 2
