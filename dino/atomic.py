@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "check_output_dir",
+    "remove_replaced_backups",
     "remove_stale_temporaries",
     "restore_interrupted_output_dir",
 ]
@@ -93,7 +94,8 @@ def atomic_output_dir(
     An existing `path` is replaced only if it is an empty folder or ``replaceable(path)`` is true (e.g. it is
     an earlier output of the same kind); this is checked before the caller does any work. The previous folder
     is renamed aside, the new one renamed in, and the old one deleted last, so that a crash between the two
-    renames leaves a complete copy that :func:`restore_interrupted_output_dir` puts back.
+    renames leaves a complete copy that :func:`restore_interrupted_output_dir` puts back, and one after them a
+    copy that :func:`remove_replaced_backups` deletes.
 
     Raises:
         FileExistsError: `path` exists and may not be replaced.
@@ -105,7 +107,7 @@ def atomic_output_dir(
     try:
         yield staging
         if target.exists():
-            backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            backup = target.with_name(f"{_backup_prefix(target)}{uuid.uuid4().hex[:8]}")
             os.replace(target, backup)
             os.replace(staging, target)
             shutil.rmtree(backup, ignore_errors=True)
@@ -145,11 +147,49 @@ def restore_interrupted_output_dir(
     target = Path(path).absolute()
     if target.exists():
         return False
-    backups = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    backups = sorted(_backups(target), key=lambda p: p.stat().st_mtime)
     if not backups or (is_complete is not None and not is_complete(backups[-1])):
         return False
     os.replace(backups[-1], target)
     return True
+
+
+def remove_replaced_backups(
+    path: str | os.PathLike[str], is_complete: Callable[[Path], bool] | None = None
+) -> list[Path]:
+    """Delete the previous folders that :func:`atomic_output_dir` swaps set aside and were killed before deleting.
+
+    A swap that got past its second rename leaves the new folder in place and the old one as
+    ``.<name>.old-<random>`` beside it (whole, or half deleted). They are removed only while `path` exists and
+    ``is_complete(path)`` accepts it: a swap killed between its renames leaves no `path`, and then the set-aside
+    copy is the one :func:`restore_interrupted_output_dir` puts back.
+
+    Returns:
+        The paths removed.
+    """
+    target = Path(path).absolute()
+    if not target.is_dir() or (is_complete is not None and not is_complete(target)):
+        return []
+    removed = []
+    for backup in _backups(target):
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink(missing_ok=True)
+        removed.append(backup)
+    return removed
+
+
+def _backup_prefix(target: Path) -> str:
+    return f".{target.name}.old-"
+
+
+def _backups(target: Path) -> list[Path]:
+    """The set-aside copies of `target` (glob would read a name holding ``[`` or ``*`` as a pattern)."""
+    prefix = _backup_prefix(target)
+    if not target.parent.is_dir():
+        return []
+    return [entry for entry in target.parent.iterdir() if entry.name.startswith(prefix)]
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:

@@ -6,10 +6,12 @@ for IVF, HNSW and PQ). An index on disk is a folder::
 
     INDEX/
       index.faiss      # readable by plain ``faiss.read_index``; id i is ``manifest["files"]`` entry with "id" i
-      manifest.json    # backbone identity, descriptor recipe, whitening checksum, dim, factory, files + sha256
+      manifest.json    # backbone identity, descriptor recipe, whitening checksum, dim, factory, files + sha256,
+                       # the images left out as unusable, and the sha256 of the two other files
       whitening.npz    # only when the descriptors are whitened; queries are whitened with the same one
 
-written to a temporary sibling folder and swapped in, so a crash never leaves a half-written index.
+written to a temporary sibling folder and swapped in, so a crash never leaves a half-written index; the next
+build, save or load deletes what a killed one left beside it (staging folders, the set-aside previous index).
 
 Building streams: descriptors are computed batch by batch into one preallocated array (memory grows only
 with the stored vectors) and, when the index has an output folder, flushed every few batches into chunk files
@@ -40,10 +42,13 @@ from dino.atomic import (
     atomic_write,
     atomic_write_json,
     check_output_dir,
+    remove_replaced_backups,
+    remove_stale_temporaries,
     restore_interrupted_output_dir,
 )
 from dino.checkpoint import file_sha256, load_backbone, model_identity
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.features import OnError
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
 
@@ -76,6 +81,8 @@ DEFAULT_CHECKPOINT_EVERY = 20
 IDENTITY_FIELDS = ("arch", "patch_size", "num_register_tokens", "embed_dim", "sha256")
 # What an identity field means when a manifest written before it existed lacks it.
 IDENTITY_DEFAULTS = {"num_register_tokens": 0}
+# The backbone fields a manifest must hold to reload the backbone and compare it (the others have defaults).
+REQUIRED_BACKBONE_FIELDS = ("weights", "arch", "patch_size", "embed_dim", "sha256")
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_STATE = "state.json"
 
@@ -91,12 +98,15 @@ class Hit(NamedTuple):
 
 
 class UpdateReport(NamedTuple):
-    """What :func:`update_index` did, in images."""
+    """What :func:`update_index` did, in images: ``added + updated + unchanged + skipped`` is the number of images
+    given; `removed` counts indexed files no longer among them; `skipped` the new or changed ones left out as
+    unusable (a changed one leaves the index, since its stored descriptor is of the old content)."""
 
     added: int
     updated: int
     removed: int
     unchanged: int
+    skipped: int = 0
 
 
 class IndexMismatchError(ValueError):
@@ -223,8 +233,17 @@ class ImageIndex:
     def manifest(self) -> dict[str, Any]:
         """``format_version``, ``created``, ``updated``, ``backbone`` (:func:`dino.checkpoint.model_identity`),
         ``recipe`` (:meth:`DescriptorRecipe.as_dict`), ``whitening`` (sha256 or None), ``dim``, ``factory``,
-        ``metric`` (``inner_product``) and ``files`` ({absolute path: {"sha256", "id"}})."""
+        ``metric`` (``inner_product``), ``files`` ({absolute path: {"sha256", "id"}}), ``skipped`` (see
+        :attr:`skipped`) and, once saved, ``checksums`` ({file name: sha256} of ``index.faiss`` and
+        ``whitening.npz``, verified by :meth:`load`)."""
         return self._manifest
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """The images left out of the index as unusable (unreadable, too small, over the token budget) by a build
+        or update with ``on_error="skip"``: {absolute path: the one-line reason, which names the file}. Empty for
+        indexes written before they were recorded; :func:`update_index` tries them again."""
+        return dict(self._manifest.get("skipped", {}))
 
     @property
     def recipe(self) -> DescriptorRecipe:
@@ -357,14 +376,19 @@ class ImageIndex:
     # -------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index folder at `path`: built beside it, then swapped in (an interrupted save keeps the
-        previous index)."""
-        with atomic_output_dir(path, replaceable=_is_index) as staging:
+        previous index). The manifest records the sha256 of the files it is saved with."""
+        target = Path(path).absolute()
+        _clean_up_interrupted_saves(target)
+        with atomic_output_dir(target, replaceable=_is_index) as staging:
             with atomic_output_path(staging / INDEX_FILE) as temporary:
                 faiss.write_index(self._index, str(temporary))
+            checksums = {INDEX_FILE: file_sha256(staging / INDEX_FILE)}
             if self._whitening is not None:
                 self._whitening.save(staging / WHITENING_FILE)
-            atomic_write_json(staging / MANIFEST_FILE, self._manifest)
-        target = Path(path).absolute()
+                checksums[WHITENING_FILE] = file_sha256(staging / WHITENING_FILE)
+            manifest = {**self._manifest, "checksums": checksums}
+            atomic_write_json(staging / MANIFEST_FILE, manifest)
+        self._manifest = manifest
         self.path = target
         return target
 
@@ -377,15 +401,19 @@ class ImageIndex:
             gpu: Search on the GPUs (``None``: when FAISS-GPU and a GPU are present).
 
         Raises:
-            ValueError: Naming `path`, when it is missing, not a dino index, damaged or inconsistent.
+            ValueError: Naming `path`, when it is missing, not a dino index, damaged or inconsistent, or a file
+                whose sha256 differs from the one its manifest recorded (it was replaced or damaged since).
         """
         path = Path(path).absolute()
         restore_interrupted_output_dir(path, is_complete=_is_index)
+        remove_replaced_backups(path, is_complete=_is_index)
         if not path.is_dir():
             raise IndexNotFoundError(
                 f"{path}: no such index folder (build one with `dino search index` or `dino copy-detect index`)"
             )
         manifest = _read_manifest(path)
+        # Checked before FAISS parses the file: a same-sized index of other images would load and answer wrongly.
+        _verify_checksum(path, INDEX_FILE, manifest)
         try:
             faiss_index = faiss.read_index(str(path / INDEX_FILE))
         except RuntimeError as error:
@@ -394,6 +422,7 @@ class ImageIndex:
         if manifest["whitening"] is not None:
             if not (path / WHITENING_FILE).is_file():
                 raise ValueError(f"{path}: {MANIFEST_FILE} names a whitening but {WHITENING_FILE} is missing")
+            _verify_checksum(path, WHITENING_FILE, manifest)
             whitening = Whitening.load(path / WHITENING_FILE)
             if _whitening_sha256(whitening) != manifest["whitening"]:
                 raise ValueError(f"{path}: {WHITENING_FILE} does not match the checksum in {MANIFEST_FILE}")
@@ -425,10 +454,73 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{file}: index format version {manifest['format_version']} is not supported")
     if manifest["metric"] != METRIC:
         raise ValueError(f"{file}: metric {manifest['metric']!r} is not supported")
-    ids = sorted(entry.get("id", -1) for entry in manifest["files"].values())
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ValueError(f"{file}: damaged manifest ({problem}); rebuild the index")
+    ids = sorted(entry["id"] for entry in manifest["files"].values())
     if ids != list(range(len(ids))):
         raise ValueError(f"{file}: file ids are not 0..{len(ids) - 1}; the manifest is damaged")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a parsed manifest unusable (a field of the wrong type or shape), or None."""
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_str_map(value: Any) -> bool:
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and is_int(entry.get("id"))
+        for entry in files.values()
+    ):
+        return 'files must map each path to {"sha256": text, "id": integer}'
+    backbone = manifest["backbone"]
+    if not isinstance(backbone, dict) or any(key not in backbone for key in REQUIRED_BACKBONE_FIELDS):
+        return f"backbone must hold {', '.join(REQUIRED_BACKBONE_FIELDS)}"
+    if not is_int(manifest["dim"]) or manifest["dim"] < 1:
+        return f"dim must be a positive integer, not {manifest['dim']!r}"
+    if not isinstance(manifest["factory"], str):
+        return "factory must be a FAISS factory string"
+    if manifest["whitening"] is not None and not isinstance(manifest["whitening"], str):
+        return "whitening must be a sha256 or null"
+    if not is_str_map(manifest.get("skipped", {})) or not is_str_map(manifest.get("checksums", {})):
+        return "skipped and checksums must map names to text"
+    if not isinstance(manifest["recipe"], dict):
+        return "recipe must be an object"
+    try:
+        DescriptorRecipe.from_dict(manifest["recipe"])
+    except (TypeError, ValueError) as error:
+        return f"recipe: {error}"
+    return None
+
+
+def _verify_checksum(folder: Path, name: str, manifest: dict[str, Any]) -> None:
+    """Refuse `folder`/`name` when its sha256 differs from the manifest's (manifests before checksums: accepted)."""
+    expected = manifest.get("checksums", {}).get(name)
+    file = folder / name
+    if expected is None:
+        return
+    if not file.is_file():
+        raise ValueError(f"{file}: missing from the index folder; rebuild the index")
+    if file_sha256(file) != expected:
+        raise ValueError(
+            f"{file}: its sha256 differs from the one {MANIFEST_FILE} recorded when the index was saved (the file "
+            "was replaced or damaged since); rebuild the index"
+        )
+
+
+def _clean_up_interrupted_saves(target: Path) -> None:
+    """Finish what killed saves of the index at `target` left: put back an index set aside by a save killed between
+    its renames, delete one set aside by a save killed after them, and the staging folders and temporaries of
+    killed writers beside it (the partial-results sidecar is kept: it is how a build resumes)."""
+    restore_interrupted_output_dir(target, is_complete=_is_index)
+    remove_replaced_backups(target, is_complete=_is_index)
+    remove_stale_temporaries(target.parent)
+    remove_stale_temporaries(partial_results_path(target))
 
 
 def _is_index(folder: Path) -> bool:
@@ -472,7 +564,13 @@ class _PartialResults:
         """Check that an existing sidecar was computed the same way (it is created by the first write, so a build
         that fails before describing anything leaves none behind)."""
         state_file = self.folder / PARTIAL_STATE
-        if state_file.is_file() and json.loads(state_file.read_text()) != self.state:
+        if not state_file.is_file():
+            return
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{state_file}: damaged ({error}); delete {self.folder} to start over") from None
+        if state != self.state:
             raise ValueError(
                 f"{self.folder}: partial descriptors from an interrupted build with another backbone, recipe "
                 "or whitening; delete this folder to start over"
@@ -513,38 +611,74 @@ def _partial_state(identity: dict[str, Any], recipe: DescriptorRecipe, whitening
     }
 
 
+class _Descriptions(NamedTuple):
+    """What :func:`_describe` made of a list of paths: the described ones in input order, their final descriptors
+    and content sha256, and the unusable ones left out ({path: reason})."""
+
+    paths: list[str]
+    vectors: np.ndarray
+    hashes: list[str]
+    skipped: dict[str, str]
+
+
+def _current_sha256(path: str) -> str | None:
+    """The file's sha256 now, or None when it cannot be read (the extractor then says why, or skips it)."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
 def _describe(
     paths: Sequence[str],
     extractor: DescriptorExtractor,
     partial: _PartialResults | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     tag: str = "0",
-) -> tuple[np.ndarray, list[str]]:
-    """Final descriptors (n, dim) and content sha256 of `paths`, reusing and extending `partial`."""
+) -> _Descriptions:
+    """Final descriptors and content sha256 of `paths`, reusing and extending `partial`.
+
+    A partial descriptor is reused only if its file still has the sha256 it was described with (a file may change
+    between an interrupted run and its rerun). Images the extractor skips (``on_error="skip"``) are left out.
+    """
     vectors = np.zeros((len(paths), extractor.dim), dtype=np.float32)
     hashes = [""] * len(paths)
-    done = partial.load(paths) if partial is not None else {}
     position = {path: i for i, path in enumerate(paths)}
+    done = partial.load(paths) if partial is not None else {}
     for path, (sha, vector) in done.items():
-        vectors[position[path]], hashes[position[path]] = vector, sha
-    todo = [path for path in paths if path not in done]
-    if not todo:
-        return vectors, hashes
-    pending: list[int] = []
-    batches = 0
-    for indices, raw in extractor.iter_raw(todo):
-        rows = [position[todo[i]] for i in indices]
-        vectors[rows] = extractor.finalize(raw)
-        for row in rows:
-            hashes[row] = file_sha256(paths[row])
-        pending.extend(rows)
-        batches += 1
-        if partial is not None and batches % checkpoint_every == 0:
+        if _current_sha256(path) == sha:
+            vectors[position[path]], hashes[position[path]] = vector, sha
+    todo = [path for path, sha in zip(paths, hashes, strict=True) if not sha]
+    skipped: dict[str, str] = {}
+    if todo:
+        pending: list[int] = []
+        batches = 0
+        try:
+            for indices, raw in extractor.iter_raw(todo):
+                rows = [position[todo[i]] for i in indices]
+                vectors[rows] = extractor.finalize(raw)
+                for row in rows:
+                    hashes[row] = file_sha256(paths[row])
+                pending.extend(rows)
+                batches += 1
+                if partial is not None and batches % checkpoint_every == 0:
+                    partial.write([paths[r] for r in pending], [hashes[r] for r in pending], vectors[pending], tag)
+                    pending = []
+        except ValueError:
+            # The extractor refuses a list of which it could use nothing; here that list may be only what is left
+            # to describe (the rest reused), so the caller decides whether anything at all was usable.
+            if not (extractor.features.on_error == "skip" and len(extractor.features.skipped) == len(todo)):
+                raise
+        if partial is not None and pending:
             partial.write([paths[r] for r in pending], [hashes[r] for r in pending], vectors[pending], tag)
-            pending = []
-    if partial is not None and pending:
-        partial.write([paths[r] for r in pending], [hashes[r] for r in pending], vectors[pending], tag)
-    return vectors, hashes
+        skipped = {todo[image.index]: image.reason for image in extractor.features.skipped}
+    kept = [row for row, sha in enumerate(hashes) if sha]
+    return _Descriptions([paths[row] for row in kept], vectors[kept], [hashes[row] for row in kept], skipped)
+
+
+def _nothing_usable(skipped: dict[str, str]) -> ValueError:
+    first = next(iter(skipped.values()))
+    return ValueError(f"none of the {len(skipped)} images could be used; the first: {first}")
 
 
 # ---------------------------------------------------------------------------- public functions
@@ -556,6 +690,7 @@ def build_index(
     factory: str = DEFAULT_FACTORY,
     out: str | os.PathLike[str] | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    on_error: OnError = "raise",
     **extractor_options: Any,
 ) -> ImageIndex:
     """Describe `images` and index them.
@@ -569,22 +704,28 @@ def build_index(
         out: Save the index there (atomically). Descriptors are also flushed every `checkpoint_every`
             batches to :func:`partial_results_path` so that a rerun after an interruption resumes.
         checkpoint_every: Batches between flushes of partial descriptors.
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        on_error: An unusable image (unreadable, too small, over the token budget): ``raise`` its one-line
+            error, indexing nothing, or ``skip`` it: it is left out of the index and listed in
+            :attr:`ImageIndex.skipped` (and the manifest's ``skipped``) with the reason.
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``, ``max_tokens``.
 
     Raises:
-        ValueError: No images, or a factory that cannot be built or trained on them.
+        ValueError: No images, none usable, or a factory that cannot be built or trained on them.
     """
     paths = _unique_paths(images)
     if not paths:
         raise ValueError("no images to index")
-    extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
+    extractor = DescriptorExtractor(model, recipe, whitening, on_error=on_error, **extractor_options)
     identity = model_identity(model)
     partial = None
     if out is not None:
+        _clean_up_interrupted_saves(Path(out).absolute())
         check_output_dir(out, replaceable=_is_index)
         partial = _PartialResults(out, _partial_state(identity, recipe, whitening))
         partial.open()
-    vectors, hashes = _describe(paths, extractor, partial, checkpoint_every)
+    described = _describe(paths, extractor, partial, checkpoint_every)
+    if not described.paths:
+        raise _nothing_usable(described.skipped)
     created = _now()
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -596,9 +737,13 @@ def build_index(
         "dim": extractor.dim,
         "factory": factory,
         "metric": METRIC,
-        "files": {path: {"sha256": sha, "id": i} for i, (path, sha) in enumerate(zip(paths, hashes, strict=True))},
+        "files": {
+            path: {"sha256": sha, "id": i}
+            for i, (path, sha) in enumerate(zip(described.paths, described.hashes, strict=True))
+        },
+        "skipped": described.skipped,
     }
-    index = ImageIndex(create_faiss_index(vectors, factory), manifest, whitening)
+    index = ImageIndex(create_faiss_index(described.vectors, factory), manifest, whitening)
     if out is not None:
         index.save(out)
         partial.remove()
@@ -614,13 +759,15 @@ def describe_shard(
     world_size: int,
     whitening: Whitening | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    on_error: OnError = "raise",
     **extractor_options: Any,
 ) -> int:
     """Describe this process's share of `images` into the partial-results sidecar of `out`.
 
     For sharded builds (one process per GPU or machine, e.g. under ``torchrun``, with `out` on a filesystem
     they share): every rank calls this with the same arguments, then, once all are done, one rank calls
-    :func:`build_index` with the same images and `out`, which finds every descriptor already computed.
+    :func:`build_index` with the same images and `out`, which finds every descriptor already computed (and
+    tries the images a shard skipped again, listing them in the index when they fail there too).
 
     Returns:
         The number of images in this rank's shard.
@@ -632,7 +779,7 @@ def describe_shard(
     partial = _PartialResults(out, _partial_state(model_identity(model), recipe, whitening))
     partial.open()
     if shard:
-        extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
+        extractor = DescriptorExtractor(model, recipe, whitening, on_error=on_error, **extractor_options)
         _describe(shard, extractor, partial, checkpoint_every, tag=f"r{rank}")
     return len(shard)
 
@@ -656,7 +803,11 @@ def search_images(
         model: The backbone.
         k: Results per query.
         params: FAISS search parameters (see :meth:`ImageIndex.search`).
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``, ``max_tokens``.
+
+    Raises:
+        ImageLoadError / FileNotFoundError / ValueError: A query that cannot be used, named (every query gets an
+            answer or the search fails).
     """
     index.check_compatible(model)
     if not queries:
@@ -674,49 +825,63 @@ def update_index(
     index: ImageIndex,
     images: Sequence[ImageInput],
     model: VisionTransformer,
+    on_error: OnError = "raise",
     **extractor_options: Any,
 ) -> UpdateReport:
     """Make `index` hold exactly `images`, describing only new and changed files (by content sha256).
 
     Unchanged descriptors are read back from the FAISS index (exactly for Flat, HNSW-Flat and IVF-Flat);
-    the index keeps its trained structure (IVF centroids) and is refilled in place. Save it afterwards.
+    the index keeps its trained structure (IVF centroids) and is refilled in place. Images an earlier build or
+    update skipped are new to it, so they are tried again. Save it afterwards.
+
+    Args:
+        on_error: An unusable new or changed image: ``raise`` its error (the index is left as it was) or
+            ``skip`` it (it is left out and listed in :attr:`ImageIndex.skipped`).
 
     Returns:
-        Counts of added, updated (content changed), removed and unchanged images.
+        Counts of added, updated (content changed), removed, unchanged and skipped images.
 
     Raises:
         IndexMismatchError: `model` is not the backbone the index was built with.
-        ValueError: `images` is empty.
+        ValueError: `images` is empty, or none of them is usable.
     """
     index.check_compatible(model)
     paths = _unique_paths(images)
     if not paths:
         raise ValueError("no images to index; an index cannot be empty (delete its folder instead)")
     files = index.manifest["files"]
-    current = {path: file_sha256(path) for path in paths}
+    current = {path: _current_sha256(path) for path in paths}
     unchanged = [path for path in paths if path in files and files[path]["sha256"] == current[path]]
-    changed = [path for path in paths if path in files and files[path]["sha256"] != current[path]]
-    added = [path for path in paths if path not in files]
+    unchanged_set = set(unchanged)
+    fresh = [path for path in paths if path not in unchanged_set]
     wanted = set(paths)
     removed = [path for path in files if path not in wanted]
-    report = UpdateReport(len(added), len(changed), len(removed), len(unchanged))
-    if not (changed or added or removed):
+    if fresh:
+        extractor = DescriptorExtractor(model, index.recipe, index.whitening, on_error=on_error, **extractor_options)
+        described = _describe(fresh, extractor)
+    else:
+        described = _Descriptions([], np.zeros((0, index.dim), dtype=np.float32), [], {})
+    if not (unchanged or described.paths):
+        raise _nothing_usable(described.skipped)
+    report = UpdateReport(
+        added=sum(path not in files for path in described.paths),
+        updated=sum(path in files for path in described.paths),
+        removed=len(removed),
+        unchanged=len(unchanged),
+        skipped=len(described.skipped),
+    )
+    # An indexed file whose new content is unusable is new to `skipped`, so it is not missed here.
+    if not (described.paths or removed) and described.skipped == index.skipped:
         return report
-
     kept = sorted(unchanged, key=lambda path: files[path]["id"])
     kept_vectors = index.vectors()[[files[path]["id"] for path in kept]]
-    fresh = changed + added
-    if fresh:
-        extractor = DescriptorExtractor(model, index.recipe, index.whitening, **extractor_options)
-        fresh_vectors = extractor.extract(fresh)
-    else:
-        fresh_vectors = np.zeros((0, index.dim), dtype=np.float32)
-    order = kept + fresh
     faiss_index = faiss.clone_index(index.faiss_index)
     faiss_index.reset()
-    faiss_index.add(np.concatenate([kept_vectors, fresh_vectors]))
-    manifest = dict(index.manifest)
+    faiss_index.add(np.concatenate([kept_vectors, described.vectors]))
+    manifest = {key: value for key, value in index.manifest.items() if key != "checksums"}  # of the saved files
     manifest["updated"] = _now()
-    manifest["files"] = {path: {"sha256": current[path], "id": i} for i, path in enumerate(order)}
+    hashes = {path: files[path]["sha256"] for path in kept} | dict(zip(described.paths, described.hashes, strict=True))
+    manifest["files"] = {path: {"sha256": sha, "id": i} for i, (path, sha) in enumerate(hashes.items())}
+    manifest["skipped"] = described.skipped
     index._replace_contents(faiss_index, manifest)
     return report

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -13,6 +18,7 @@ from PIL import Image
 
 import dino.index as index_module
 from dino.checkpoint import CheckpointError, load_backbone
+from dino.data.io import ImageLoadError
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.index import (
     Hit,
@@ -27,6 +33,7 @@ from dino.index import (
     update_index,
 )
 from dino.whitening import Whitening
+from tests.core.test_bad_inputs import bomb_png
 
 QUIET = {"progress": False, "batch_size": 4}
 
@@ -42,6 +49,27 @@ def model():
 @pytest.fixture
 def images(tmp_path: Path, make_images) -> list[Path]:
     return make_images(tmp_path / "images", 6)
+
+
+def write_bad_images(folder: Path) -> dict[Path, str]:
+    """Files the retrieval descriptor cannot use, each with what its skip reason says."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "empty.jpg").write_bytes(b"")
+    bomb_png(folder / "bomb.png")
+    Image.new("RGB", (10000, 20), "white").save(folder / "strip.png")  # a 224×1 thumbnail: under one patch
+    return {
+        folder / "corrupt.jpg": "cannot decode image",
+        folder / "empty.jpg": "not an image file",
+        folder / "bomb.png": "too many pixels to decode safely",
+        folder / "strip.png": "too small, 10000×20 pixels",
+    }
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)
 
 
 def _exact_ranking(model, recipe, database, queries, whitening=None) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +139,12 @@ def test_save_load_round_trip_with_whitening(make_images, model, images, tmp_pat
     np.testing.assert_allclose([[h.score for h in row] for row in hits], sims, atol=1e-4)
 
     Whitening.fit(raw[:20], dim=32).save(tmp_path / "idx" / "whitening.npz")  # another whitening swapped in
+    with pytest.raises(ValueError, match="idx/whitening.npz: its sha256 differs from the one manifest.json recorded"):
+        ImageIndex.load(tmp_path / "idx")
+    # A manifest written before file checksums: the whitening's own checksum still catches it.
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del manifest["checksums"]
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="whitening.npz does not match the checksum"):
         ImageIndex.load(tmp_path / "idx")
     (tmp_path / "idx" / "whitening.npz").unlink()
@@ -169,8 +203,64 @@ def test_corrupt_and_foreign_indexes_give_clear_errors(model, images, tmp_path) 
     (out / "manifest.json").write_text(json.dumps(manifest))
     data = (out / "index.faiss").read_bytes()
     (out / "index.faiss").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"idx/index.faiss: its sha256 differs"):
+        ImageIndex.load(out)
+    del manifest["checksums"]  # as written before checksums: FAISS finds the damage
+    (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"idx: index.faiss is missing or damaged"):
         ImageIndex.load(out)
+
+
+def _damage(manifest: dict, field: str, value) -> dict:
+    return {**manifest, field: value}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: _damage(m, "files", []), "files must map each path"),
+        (lambda m: _damage(m, "files", {path: 5 for path in m["files"]}), "files must map each path"),
+        (lambda m: _damage(m, "files", {path: {"id": e["id"]} for path, e in m["files"].items()}), "files must map"),
+        (lambda m: _damage(m, "backbone", None), "backbone must hold weights, arch"),
+        (lambda m: _damage(m, "dim", "192"), "dim must be a positive integer, not '192'"),
+        (lambda m: _damage(m, "recipe", [1]), "recipe must be an object"),
+        (lambda m: _damage(m, "recipe", {**m["recipe"], "pooling": "max"}), "recipe: unknown pooling 'max'"),
+        (lambda m: _damage(m, "recipe", {**m["recipe"], "size": "big"}), "recipe: "),
+        (lambda m: _damage(m, "checksums", 5), "skipped and checksums must map names to text"),
+        (lambda m: _damage(m, "whitening", 7), "whitening must be a sha256 or null"),
+    ],
+)
+def test_a_damaged_manifest_is_one_error_naming_it(model, images, tmp_path, damage, message) -> None:
+    """Fields of the wrong type used to escape as AttributeError/TypeError tracebacks at load or first use."""
+    out = tmp_path / "idx"
+    build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    manifest_file = out / "manifest.json"
+    manifest_file.write_text(json.dumps(damage(json.loads(manifest_file.read_text()))))
+    with pytest.raises(ValueError, match=r"idx/manifest.json: damaged manifest \(") as error:
+        ImageIndex.load(out)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_index_file_swapped_for_another_of_the_same_shape_is_refused(model, images, tmp_path) -> None:
+    out = tmp_path / "idx"
+    index = build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["checksums"] == {"index.faiss": hashlib.sha256((out / "index.faiss").read_bytes()).hexdigest()}
+    assert ImageIndex.load(out).manifest == index.manifest  # the checksums are part of the saved index's manifest
+    # Another index of as many vectors of the same dimension: FAISS reads it, the ids point to other images.
+    other = faiss.IndexFlatIP(index.dim)
+    other.add(np.roll(index.vectors(), 1, axis=0))
+    faiss.write_index(other, str(out / "index.faiss"))
+    with pytest.raises(ValueError, match=r"idx/index.faiss: its sha256 differs .* was replaced or damaged since"):
+        ImageIndex.load(out)
+    (out / "index.faiss").unlink()
+    with pytest.raises(ValueError, match=r"idx/index.faiss: missing from the index folder"):
+        ImageIndex.load(out)
+    # Indexes saved before checksums existed still load (and are not verified).
+    faiss.write_index(other, str(out / "index.faiss"))
+    del manifest["checksums"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    np.testing.assert_array_equal(ImageIndex.load(out).vectors(), other.reconstruct_n(0, other.ntotal))
 
 
 def test_other_backbone_or_recipe_is_refused(model, images, tmp_path) -> None:
@@ -205,13 +295,13 @@ def test_update_adds_changes_and_removes_without_reextracting(
     current = sorted(images[0].parent.iterdir())
 
     described: list[str] = []
-    original = DescriptorExtractor.extract_raw
+    original = DescriptorExtractor.iter_raw
 
     def spy(self, batch):
         described.extend(map(str, batch))
         return original(self, batch)
 
-    monkeypatch.setattr(DescriptorExtractor, "extract_raw", spy)
+    monkeypatch.setattr(DescriptorExtractor, "iter_raw", spy)
     report = update_index(index, current, model, **QUIET)
     assert report == UpdateReport(added=2, updated=1, removed=1, unchanged=4)
     assert sorted(described) == sorted(map(str, [images[2], *new]))
@@ -391,3 +481,111 @@ def test_gpu_search_falls_back_to_cpu_for_types_without_gpu_version(model, image
     with pytest.warns(UserWarning, match="searching on the CPU"):
         fallback = ImageIndex(index.faiss_index, index.manifest, gpu=True)
     assert fallback.search(index.vectors()[:1], 1)[1] == [[index.paths[0]]]
+
+
+# ---------------------------------------------------------------------------- unusable images (#19)
+def test_skipped_images_are_left_out_and_listed(model, images, tmp_path) -> None:
+    bad = write_bad_images(images[0].parent)
+    everything = sorted(images[0].parent.iterdir())
+    recipe = DescriptorRecipe.retrieval()
+    out = tmp_path / "idx"
+    with pytest.raises(ImageLoadError, match="bomb.png: too many pixels"):  # on_error="raise" by default
+        build_index(everything, model, recipe, out=out, **QUIET)
+    assert not out.exists()
+
+    index = build_index(everything, model, recipe, out=out, on_error="skip", **QUIET)
+    # No row for an unusable image (a zero vector would silently rank as "similar"): exactly the good ones' index.
+    assert index.paths == [str(p) for p in images] and len(index) == 6
+    np.testing.assert_allclose(index.vectors(), build_index(images, model, recipe, **QUIET).vectors(), atol=1e-6)
+    assert sorted(index.skipped) == sorted(map(str, bad))
+    for path, reason in index.skipped.items():
+        assert reason.startswith(f"{path}: ") and bad[Path(path)] in reason and "\n" not in reason
+    reloaded = ImageIndex.load(out)
+    assert reloaded.skipped == index.skipped == json.loads((out / "manifest.json").read_text())["skipped"]
+    assert build_index(images, model, recipe, **QUIET).skipped == {}
+
+
+def test_update_retries_skipped_images(model, images, tmp_path) -> None:
+    bad = write_bad_images(images[0].parent)
+    index = build_index(
+        sorted(images[0].parent.iterdir()), model, DescriptorRecipe.retrieval(), on_error="skip", **QUIET
+    )
+    corrupt, strip = images[0].parent / "corrupt.jpg", images[0].parent / "strip.png"
+    Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(corrupt, format="JPEG")  # repaired
+    strip.unlink()
+    images[1].write_bytes(b"")  # an indexed image, now unusable: its old descriptor must not stay
+    current = sorted(images[0].parent.iterdir())
+    report = update_index(index, current, model, on_error="skip", **QUIET)
+    assert report == UpdateReport(added=1, updated=0, removed=0, unchanged=5, skipped=3)  # the strip was not indexed
+    assert str(corrupt) in index.paths and str(images[1]) not in index.paths and len(index) == 6
+    assert sorted(index.skipped) == sorted([str(images[1]), *(str(p) for p in bad if p.exists() and p != corrupt)])
+    with pytest.raises(ImageLoadError, match="001.png: not an image file"):
+        update_index(index, current, model, **QUIET)  # on_error="raise": the index is left as it was
+    assert len(index) == 6
+
+    # Nothing new: the index is kept as it is; the same images are still reported skipped.
+    manifest = index.manifest
+    assert update_index(index, current, model, on_error="skip", **QUIET) == UpdateReport(0, 0, 0, 6, 3)
+    assert index.manifest is manifest
+
+
+def test_a_resume_where_only_unusable_images_remain(model, images, tmp_path, monkeypatch) -> None:
+    """The extractor refuses a list of which nothing is usable; after an interruption that list may be the rest."""
+    recipe = DescriptorRecipe.retrieval()
+    out = tmp_path / "idx"
+    describe_shard(images, model, recipe, out, rank=0, world_size=1, **QUIET)  # every good image described
+    bad = write_bad_images(images[0].parent)
+    index = build_index(sorted(images[0].parent.iterdir()), model, recipe, out=out, on_error="skip", **QUIET)
+    assert index.paths == [str(p) for p in images] and sorted(index.skipped) == sorted(map(str, bad))
+    # With nothing usable at all the build fails, naming the first reason.
+    with pytest.raises(ValueError, match=r"none of the 4 images could be used; the first: .*bomb.png: too many"):
+        build_index(sorted(bad), model, recipe, out=tmp_path / "none", on_error="skip", **QUIET)
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_resume_redescribes_files_changed_since_the_interruption(model, images, tmp_path, monkeypatch) -> None:
+    recipe = DescriptorRecipe.retrieval()
+    out = tmp_path / "idx"
+    describe_shard(images, model, recipe, out, rank=0, world_size=1, **QUIET)  # as if killed before building
+    Image.fromarray(np.full((40, 48, 3), 17, dtype=np.uint8)).save(images[2])  # edited before the rerun
+    described: list[str] = []
+    original = DescriptorExtractor.iter_raw
+
+    def spy(self, todo):
+        described.extend(map(str, todo))
+        return original(self, todo)
+
+    monkeypatch.setattr(DescriptorExtractor, "iter_raw", spy)
+    resumed = build_index(images, model, recipe, out=out, **QUIET)
+    assert described == [str(images[2])]
+    expected = hashlib.sha256(images[2].read_bytes()).hexdigest()
+    assert resumed.manifest["files"][str(images[2])]["sha256"] == expected
+    fresh = DescriptorExtractor(model, recipe, **QUIET).extract([images[2]])[0]
+    np.testing.assert_allclose(resumed.vectors()[2], fresh, atol=1e-6)
+
+
+def test_leftovers_of_killed_saves_are_cleaned_up(model, images, tmp_path) -> None:
+    out = tmp_path / "idx"
+    build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    pid = dead_pid()
+    staging = tmp_path / f".idx.{pid}-abcd1234.tmp"  # a save killed while filling its staging folder
+    staging.mkdir()
+    (staging / "index.faiss").write_bytes(b"half")
+    chunk = partial_results_path(out) / f".chunk-0-1.npz.{pid}-x.tmp"  # a partial-results flush killed midway
+    chunk.parent.mkdir()
+    chunk.write_bytes(b"half")
+    live = tmp_path / f".idx.{os.getpid()}-live.tmp"  # a writer still running (here: this process)
+    live.mkdir()
+    # A save killed after its second rename: the replaced index, set aside whole or half deleted.
+    backup = tmp_path / ".idx.old-deadbeef"
+    shutil.copytree(out, backup)
+    (backup / "index.faiss").unlink()
+
+    assert len(ImageIndex.load(out)) == 6  # loading removes the set-aside copy, only
+    assert not backup.exists() and staging.exists()
+    build_index(images[:4], model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    assert not staging.exists() and not chunk.parent.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", "images", live.name])
+    # Killed between the renames (no index in place): the set-aside copy is the index, restored, never deleted.
+    out.rename(backup)
+    assert len(ImageIndex.load(out)) == 4 and not backup.exists()
