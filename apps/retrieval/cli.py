@@ -15,6 +15,7 @@ from apps.retrieval.sheet import save_contact_sheet
 from dino.atomic import atomic_write_json
 from dino.cli import (
     INDEX_WEIGHTS,
+    add_on_error_argument,
     add_runtime_arguments,
     add_weights_arguments,
     backbone_for_index,
@@ -22,10 +23,12 @@ from dino.cli import (
     extractor_options,
     output_file,
     positive_int,
+    report_skipped,
 )
 from dino.data.io import list_images
 from dino.descriptors import POOLINGS, RETRIEVAL_SIZE, DescriptorRecipe, load_descriptor_whitening
-from dino.index import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, ImageIndex, search_images
+from dino.features import SkippedImage
+from dino.index import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, MANIFEST_FILE, ImageIndex, search_images
 
 __all__ = ["register"]
 
@@ -89,6 +92,16 @@ def _add_index_weights(parser: argparse.ArgumentParser) -> None:
     add_weights_arguments(parser, default=None, default_means=INDEX_WEIGHTS)
 
 
+def _on_error(args: argparse.Namespace) -> str:
+    """--on-error as the Python API's `on_error`."""
+    return "skip" if args.on_error == "skip" else "raise"
+
+
+def _report_skipped(index: ImageIndex, total: int) -> None:
+    skipped = [SkippedImage(i, path, reason) for i, (path, reason) in enumerate(index.skipped.items())]
+    report_skipped(skipped, total, index.path / MANIFEST_FILE if index.path is not None else "the index")
+
+
 # ---------------------------------------------------------------------------- index
 def _register_index(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
@@ -116,6 +129,7 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
         metavar="N",
         help="save partial descriptors every N batches so an interrupted run can resume (default: %(default)s)",
     )
+    add_on_error_argument(parser, "the index")
     _add_descriptor_arguments(parser)
     add_weights_arguments(parser)
     add_runtime_arguments(parser)
@@ -135,10 +149,12 @@ def _index(args: argparse.Namespace) -> int:
         factory=args.factory,
         recursive=not args.no_recursive,
         checkpoint_every=args.checkpoint_every,
+        on_error=_on_error(args),
         **extractor_options(args),
     )
     if index is not None:
         print(f"indexed {len(index)} images ({index.dim}-d, {index.factory}) into {index.path}")
+        _report_skipped(index, len(index) + len(index.skipped))
     return 0
 
 
@@ -200,10 +216,12 @@ def _register_update(verbs: argparse._SubParsersAction) -> None:
         help="bring an index in line with its folders (add new, re-describe changed, drop deleted images)",
         description="Compare the images now under PATH with the index by content (sha256): new files are "
         "described and added, changed ones re-described, missing ones removed, unchanged ones kept without "
-        "re-extraction. The index is rewritten atomically. --weights defaults to those recorded in the index.",
+        "re-extraction; images skipped before as unusable are tried again. The index is rewritten atomically. "
+        "--weights defaults to those recorded in the index.",
     )
     _add_inputs(parser, "the indexed folders as they are now")
     parser.add_argument("--index", required=True, metavar="INDEX", help="index folder from 'dino search index'")
+    add_on_error_argument(parser, "the index")
     _add_index_weights(parser)
     add_runtime_arguments(parser)
     parser.set_defaults(func=_update)
@@ -212,11 +230,14 @@ def _register_update(verbs: argparse._SubParsersAction) -> None:
 def _update(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
-    report = update_folders(index, args.inputs, model, recursive=not args.no_recursive, **extractor_options(args))
+    report = update_folders(
+        index, args.inputs, model, recursive=not args.no_recursive, on_error=_on_error(args), **extractor_options(args)
+    )
     print(
         f"{args.index}: {report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged"
+        f"{report.unchanged} unchanged" + (f", {report.skipped} skipped" if report.skipped else "")
     )
+    _report_skipped(index, report.added + report.updated + report.unchanged + report.skipped)
     return 0
 
 

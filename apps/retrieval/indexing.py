@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from dino.data.io import list_images
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe, fit_descriptor_whitening
+from dino.features import OnError
 from dino.index import ImageIndex, UpdateReport, build_index, describe_shard, update_index
 from dino.models.vision_transformer import VisionTransformer
 from dino.train.distributed import init_distributed
@@ -32,13 +33,15 @@ def index_folders(
     factory: str = "Flat",
     recursive: bool = True,
     checkpoint_every: int = 20,
+    on_error: OnError = "raise",
     **extractor_options: Any,
 ) -> ImageIndex | None:
     """Index every image under `inputs` into the folder `out`.
 
     Interrupted runs resume from the descriptors already computed. Under ``torchrun`` with several processes
     each rank describes a contiguous shard (on GPU ``LOCAL_RANK`` when CUDA is available), then rank 0 merges
-    the shards into one index; `out` must then be on a filesystem all ranks share.
+    the shards into one index; `out` must then be on a filesystem all ranks share. With ``on_error="skip"``
+    unusable images are left out and listed in :attr:`ImageIndex.skipped`.
 
     Returns:
         The index (None on ranks other than 0).
@@ -46,18 +49,22 @@ def index_folders(
     recipe = recipe or DescriptorRecipe.retrieval()
     images = list_images(inputs, recursive, required=True)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return build_index(images, model, recipe, whitening, factory, out, checkpoint_every, **extractor_options)
+        return build_index(
+            images, model, recipe, whitening, factory, out, checkpoint_every, on_error, **extractor_options
+        )
     context = init_distributed(str(extractor_options.get("device", "auto")))
     extractor_options["device"] = str(context.device)
     try:
         describe_shard(
-            images, model, recipe, out, context.rank, context.world_size, whitening, checkpoint_every,
+            images, model, recipe, out, context.rank, context.world_size, whitening, checkpoint_every, on_error,
             **extractor_options,
         )  # fmt: skip
         dist.barrier()
         index = None
         if context.is_main:
-            index = build_index(images, model, recipe, whitening, factory, out, checkpoint_every, **extractor_options)
+            index = build_index(
+                images, model, recipe, whitening, factory, out, checkpoint_every, on_error, **extractor_options
+            )
         dist.barrier()
         return index
     finally:
@@ -69,14 +76,18 @@ def update_folders(
     inputs: Sequence[PathInput],
     model: VisionTransformer,
     recursive: bool = True,
+    on_error: OnError = "raise",
     **extractor_options: Any,
 ) -> UpdateReport:
     """Bring a saved index (an :class:`ImageIndex` or its folder) in line with the images now under `inputs`,
-    and save it where it was loaded from when anything changed."""
+    and save it where it was loaded from when what it lists changed (its files, or the ones it skipped)."""
     if not isinstance(index, ImageIndex):
         index = ImageIndex.load(index)
-    report = update_index(index, list_images(inputs, recursive, required=True), model, **extractor_options)
-    if report.added or report.updated or report.removed:
+    listed = (index.manifest["files"], index.skipped)
+    report = update_index(
+        index, list_images(inputs, recursive, required=True), model, on_error=on_error, **extractor_options
+    )
+    if (index.manifest["files"], index.skipped) != listed:
         index.save(index.path)
     return report
 

@@ -85,9 +85,49 @@ def test_mismatched_and_corrupt_indexes_fail_cleanly(tmp_path, capsys, make_imag
 
     (out / "index.faiss").write_bytes(b"garbage")
     code, _, stderr = _run(capsys, "search", "query", str(images[0]), "--index", str(out), *TINY)
-    assert code == 2 and f"{out}: index.faiss is missing or damaged" in stderr
+    assert code == 2 and f"{out}/index.faiss: its sha256 differs from the one manifest.json recorded" in stderr
+    assert len(stderr.strip().splitlines()) == 1
     code, _, stderr = _run(capsys, "search", "query", str(images[0]), "--index", str(tmp_path / "photos"), *TINY)
     assert code == 2 and "not a dino image index" in stderr
+
+
+def test_unusable_images_are_skipped_listed_and_retried(tmp_path, capsys, make_images) -> None:
+    """One bad file used to abort the whole 'search index' / 'search update' run."""
+    folder = tmp_path / "photos"
+    images = make_images(folder, 3)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    out = tmp_path / "idx"
+    code, stdout, stderr = _run(capsys, "search", "index", str(folder), "--out", str(out), *TINY)
+    assert code == 0 and "indexed 3 images" in stdout
+    assert f"skipped 2 of 5 images, listed in {out}/manifest.json:" in stderr
+    assert f"  {folder}/broken.jpg: cannot decode image" in stderr and "Traceback" not in stderr
+    assert sorted(ImageIndex.load(out).skipped) == [str(folder / "broken.jpg"), str(folder / "empty.png")]
+
+    code, _, stderr = _run(capsys, "search", "index", str(folder), "--out", str(tmp_path / "strict"), "--on-error",
+                           "fail", *TINY)  # fmt: skip
+    assert code == 2 and stderr.strip().splitlines()[-1].startswith("dino search: error: ")
+    assert "broken.jpg: cannot decode image" in stderr and not (tmp_path / "strict").exists()
+
+    shutil.copy(images[0], folder / "broken.jpg")  # repaired: the next update tries it again
+    code, stdout, stderr = _run(capsys, "search", "update", str(folder), "--index", str(out), *TINY)
+    assert code == 0 and "1 added, 0 updated, 0 removed, 3 unchanged, 1 skipped" in stdout
+    assert f"skipped 1 of 5 images, listed in {out}/manifest.json:" in stderr
+    assert ImageIndex.load(out).skipped.keys() == {str(folder / "empty.png")}
+    (folder / "empty.png").unlink()  # gone: no longer listed, and the index is rewritten to say so
+    code, stdout, stderr = _run(capsys, "search", "update", str(folder), "--index", str(out), *TINY)
+    assert code == 0 and stdout.strip().endswith("0 added, 0 updated, 0 removed, 4 unchanged")
+    assert "skipped" not in stderr
+    assert ImageIndex.load(out).skipped == {}
+
+
+@pytest.mark.parametrize("verb", ["index", "query", "update", "whiten", "eval"])
+def test_help_renders(verb, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", verb, "--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and text.startswith(f"usage: dino search {verb}")
+    assert "%" not in text.replace("% of", "")  # no unexpanded %(default)s or doubled %%
 
 
 def test_whiten_then_index_with_whitening(tmp_path, capsys, make_images) -> None:
