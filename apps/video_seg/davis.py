@@ -29,6 +29,7 @@ from apps.video_seg.propagation import PropagationConfig
 from dino.atomic import (
     atomic_output_dir,
     atomic_write_json,
+    remove_replaced_backups,
     remove_stale_temporaries,
     restore_interrupted_output_dir,
 )
@@ -230,7 +231,9 @@ def segment_davis(
     results = []
     for index, name in enumerate(names, 1):
         frames, first_annotation = inputs[name]
+        # A run killed while replacing this sequence's folder left the old one aside: put it back, or delete it.
         restore_interrupted_output_dir(out / name)
+        remove_replaced_backups(out / name)
         if _finished(out, name, frames, manifest):
             done = manifest["sequences"][name]
             results.append(SequenceResult(name, done["frames"], done["seconds"], skipped=True))

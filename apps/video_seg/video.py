@@ -22,7 +22,12 @@ from apps.video_seg.encoding import VideoWriter
 from apps.video_seg.pipeline import segment_frames
 from apps.video_seg.preprocess import FramePreprocessing
 from apps.video_seg.propagation import PropagationConfig
-from dino.atomic import atomic_output_dir, remove_stale_temporaries, restore_interrupted_output_dir
+from dino.atomic import (
+    atomic_output_dir,
+    remove_replaced_backups,
+    remove_stale_temporaries,
+    restore_interrupted_output_dir,
+)
 from dino.data.masks import read_label_mask, voc_palette, write_indexed_png
 from dino.models.vision_transformer import VisionTransformer
 
@@ -129,8 +134,10 @@ def segment_video(
         ValueError: The mask does not fit the video, or the frame size changes mid-stream (nothing is written).
     """
     out = Path(out).absolute()
-    # A run killed while replacing an earlier output left that output beside `out`: put it back first.
+    # A run killed while replacing an earlier output left that output beside `out`: put it back, or delete it
+    # when the new one made it into place.
     restore_interrupted_output_dir(out, is_complete=_is_video_output)
+    remove_replaced_backups(out, is_complete=_is_video_output)
     _check_output(out, overwrite)
     first_labels = read_label_mask(first_mask)
     frames = read_video_frames(video, max_frames)

@@ -216,3 +216,21 @@ def test_a_browser_plays_the_h264_overlay_and_not_the_mp4v_fallback(tmp_path, mo
             browser.close()
     assert played[:3] == ["loaded", 128, 96] and played[3] > 0
     assert refused[0] == "error"  # why the overlay is H.264: browsers do not decode MPEG-4 Part 2
+
+
+def test_an_earlier_output_set_aside_by_a_killed_overwrite_is_restored_or_removed(
+    tmp_path, make_clip, stub_propagation
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    write_indexed_png(tmp_path / "first.png", make_clip(clip))
+    out = tmp_path / "out"
+    video.segment_video(clip, tmp_path / "first.png", out, None)
+    # Killed between atomic_output_dir's two renames: the earlier output is aside and `out` is gone.
+    out.rename(tmp_path / ".out.old-1234abcd")
+    with pytest.raises(FileExistsError, match="folder is not empty; pass --overwrite"):
+        video.segment_video(clip, tmp_path / "first.png", out, None)
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4"]  # put back, not lost
+    # Killed after them, while deleting the set-aside copy: it is removed once the new output is in place.
+    (tmp_path / ".out.old-5678abcd" / "masks").mkdir(parents=True)
+    video.segment_video(clip, tmp_path / "first.png", out, None, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "first.png", "out"]
