@@ -21,6 +21,7 @@ from apps.copy_detection.verify import VERIFIERS
 from dino.atomic import atomic_write_json
 from dino.cli import (
     INDEX_WEIGHTS,
+    add_on_error_argument,
     add_runtime_arguments,
     add_weights_arguments,
     backbone_for_index,
@@ -30,10 +31,12 @@ from dino.cli import (
     non_negative_int,
     output_file,
     positive_int,
+    report_skipped,
 )
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
-from dino.index import ImageIndex
+from dino.features import SkippedImage
+from dino.index import MANIFEST_FILE, ImageIndex
 
 __all__ = ["register"]
 
@@ -152,7 +155,7 @@ def _register_make_benchmark(verbs: argparse._SubParsersAction) -> None:
         "make-benchmark",
         help="build a Copydays-layout benchmark from your own photos",
         description="Attack each original photo the Copydays way and write ROOT/original, ROOT/jpegqual/<q> "
-        "(q = 3 … 75), ROOT/crops/<c> (c = 10 … 80 %% of the area removed), ROOT/strong (rotation, blur, colour "
+        "(q = 3 … 75), ROOT/crops/<c> (c = 10 … 80 % of the area removed), ROOT/strong (rotation, blur, colour "
         "change, overlaid text and patches, noise, print-and-scan) and ROOT/benchmark.json (sources and edits). "
         "The same photos and seed give byte-identical files.",
     )
@@ -216,6 +219,7 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
         default=COPY_DETECTION_SIZE,
         help="square resize side in pixels (default: %(default)s)",
     )
+    add_on_error_argument(parser, "the index")
     add_weights_arguments(parser)
     add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
     parser.set_defaults(func=_index)
@@ -230,9 +234,12 @@ def _index(args: argparse.Namespace) -> int:
         centered_whitening=args.centered_whitening,
         factory=args.factory,
         size=args.size,
+        on_error="skip" if args.on_error == "skip" else "raise",
         **extractor_options(args),
     )
     print(f"wrote {args.out}: {len(index)} images")
+    skipped = [SkippedImage(i, path, reason) for i, (path, reason) in enumerate(index.skipped.items())]
+    report_skipped(skipped, len(index) + len(skipped), index.path / MANIFEST_FILE)
     return 0
 
 

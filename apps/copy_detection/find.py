@@ -42,6 +42,7 @@ from apps.copy_detection.verify import (
 from dino.checkpoint import BUNDLED_VIT_TINY, IMGFOCUS_WEIGHTS
 from dino.data.io import list_images
 from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
+from dino.features import OnError
 from dino.index import ImageIndex, IndexMismatchError, build_index, search_images
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
@@ -132,6 +133,7 @@ def build_copy_index(
     centered_whitening: bool = False,
     factory: str = "Flat",
     size: int = COPY_DETECTION_SIZE,
+    on_error: OnError = "raise",
     **extractor_options: Any,
 ) -> ImageIndex:
     """Index image files and folders (searched recursively) with the copy-detection descriptor.
@@ -140,18 +142,23 @@ def build_copy_index(
         images: Files and folders to index.
         model: The backbone.
         out: Where to save the index (atomically); not saved when None.
-        whitening: A folder of images to fit a whitening on, a saved whitening file, or a fitted one.
+        whitening: A folder of images to fit a whitening on, a saved whitening file, or a fitted one. Fitting
+            stops at an unusable image of that folder whatever `on_error` says: the whitening set is chosen.
         centered_whitening: Fit a centred PCA-whitening instead of the reference's uncentred one.
         factory: The FAISS index_factory string (``Flat`` is exact).
         size: Side of the square the images are resized to.
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        on_error: An unusable image of the collection: ``raise`` its error, or ``skip`` it, leaving it out of the
+            index and listing it in :attr:`ImageIndex.skipped` (see :func:`dino.index.build_index`).
+        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``, ``max_tokens``.
     """
     paths = list_images(images, required=True)
     recipe = DescriptorRecipe.copy_detection(size)
     if isinstance(whitening, (str, os.PathLike)):
         extractor = DescriptorExtractor(model, recipe, **extractor_options)
         whitening = load_or_fit_whitening(whitening, extractor, centered=centered_whitening)
-    return build_index(paths, model, recipe, whitening=whitening, factory=factory, out=out, **extractor_options)
+    return build_index(
+        paths, model, recipe, whitening=whitening, factory=factory, out=out, on_error=on_error, **extractor_options
+    )
 
 
 def find_copies(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,7 +241,8 @@ def make_benchmark(
 
     The photos are shuffled with the seed and split into originals, then (if `whitening_out`) `whitening_count`
     whitening photos, then the rest as distractors (written only if `distractors_out`). Each output folder is
-    built beside its destination and renamed into place when complete, so an interrupted run leaves nothing.
+    built beside its destination, and all are renamed into place once all are complete, so an interrupted or
+    failed run (an unreadable photo, say) leaves none of them.
 
     Args:
         images: Photo files or folders (searched recursively).
@@ -285,7 +287,13 @@ def make_benchmark(
         "originals": {},
         "strong": {},
     }
-    with atomic_output_dir(out) as root:
+    with ExitStack() as outputs:
+        root = outputs.enter_context(atomic_output_dir(out))
+        distractor_folder = whitening_folder = None
+        if distractors_out is not None:
+            distractor_folder = outputs.enter_context(atomic_output_dir(distractors_out))
+        if whitening_out is not None:
+            whitening_folder = outputs.enter_context(atomic_output_dir(whitening_out))
         for number, source in enumerate(
             tqdm(chosen, desc="attacking originals", unit="img", disable=not progress), start=1
         ):
@@ -300,10 +308,10 @@ def make_benchmark(
         if whitening_out is not None:
             manifest["whitening"] = _plain_set_names(whitening_photos)
         atomic_write_json(root / MANIFEST_NAME, manifest)
-        if distractors_out is not None:
-            _write_plain_set(distractor_photos, distractors_out, max_side)
-        if whitening_out is not None:
-            _write_plain_set(whitening_photos, whitening_out, max_side)
+        if distractor_folder is not None:
+            _write_plain_set(distractor_photos, distractor_folder, max_side)
+        if whitening_folder is not None:
+            _write_plain_set(whitening_photos, whitening_folder, max_side)
     return BenchmarkSummary(
         root=Path(out),
         originals=len(chosen),
@@ -348,11 +356,10 @@ def _plain_set_names(photos: Sequence[Path]) -> dict[str, str]:
     return {f"{number:04d}_{source.stem}.jpg": str(source) for number, source in enumerate(photos, start=1)}
 
 
-def _write_plain_set(photos: Sequence[Path], out: str | os.PathLike[str], max_side: int | None) -> None:
-    """Distractor or whitening photos, re-encoded as JPEG."""
-    with atomic_output_dir(out) as folder:
-        for name, source in zip(_plain_set_names(photos), photos, strict=True):
-            _save_jpeg(_limit_side(open_image(source), max_side), folder / name)
+def _write_plain_set(photos: Sequence[Path], folder: Path, max_side: int | None) -> None:
+    """Distractor or whitening photos, re-encoded as JPEG into `folder`."""
+    for name, source in zip(_plain_set_names(photos), photos, strict=True):
+        _save_jpeg(_limit_side(open_image(source), max_side), folder / name)
 
 
 def _level_name(level: float) -> str:

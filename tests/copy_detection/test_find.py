@@ -11,7 +11,7 @@ from PIL import Image
 from apps.copy_detection.find import build_copy_index, find_copies
 from dino import cli
 from dino.checkpoint import load_backbone
-from dino.data.io import list_images
+from dino.data.io import ImageLoadError, list_images
 from dino.descriptors import DescriptorRecipe
 from dino.index import ImageIndex, IndexMismatchError, build_index
 
@@ -89,3 +89,35 @@ def test_index_and_find_cli(photos: Path, copies: list[Path], tmp_path: Path, ca
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv + ["--threshold", bad] + runtime)
         assert exit_info.value.code == 2 and "[-1, 1]" in capsys.readouterr().err
+
+
+def test_index_skips_unusable_images(photos: Path, tmp_path: Path, capsys) -> None:
+    """One bad file used to abort 'copy-detect index'; skipped images must not stay in the index as zero rows."""
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "empty.png").write_bytes(b"")
+    model = load_backbone("random:vit_tiny/16")
+    index = build_copy_index([photos], model, size=32, on_error="skip", **OPTIONS)
+    assert sorted(Path(p).name for p in index.paths) == [f"photo{i}{'.png' if i % 2 else '.jpg'}" for i in range(5)]
+    assert sorted(Path(p).name for p in index.skipped) == ["broken.jpg", "empty.png"]
+    with pytest.raises(ImageLoadError, match=r"broken\.jpg: cannot decode image"):
+        build_copy_index([photos], model, size=32, **OPTIONS)  # on_error="raise" by default
+
+    out = tmp_path / "index"
+    argv = ["copy-detect", "index", str(photos), "--out", str(out), "--size", "32", "--weights", "random:vit_tiny/16"]
+    argv += ["--device", "cpu", "--workers", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "5 images" in captured.out
+    assert f"skipped 2 of 7 images, listed in {out}/manifest.json:" in captured.err
+    assert ImageIndex.load(out).skipped == index.skipped
+    assert cli.main([*argv[:4], str(tmp_path / "strict"), *argv[5:], "--on-error", "fail"]) == 2
+    assert "broken.jpg: cannot decode image" in capsys.readouterr().err and not (tmp_path / "strict").exists()
+
+
+@pytest.mark.parametrize("verb", ["eval", "make-benchmark", "index", "find"])
+def test_help_renders(verb: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["copy-detect", verb, "--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and text.startswith(f"usage: dino copy-detect {verb}")
+    assert "%%" not in text and "%(" not in text

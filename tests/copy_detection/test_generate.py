@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from apps.copy_detection.generate import STRONG_EDITS, crop_area, make_benchmark, strong_copy
-from dino.data.io import list_images
+from dino.cli import main
+from dino.data.io import ImageLoadError, list_images
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
@@ -105,3 +106,25 @@ def test_refuses_to_overwrite(photos: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="originals"):
         make_benchmark([photos], tmp_path / "other", seed=0, originals=9)
     assert not (tmp_path / "other").exists()
+
+
+def test_an_unreadable_photo_leaves_no_output_folder(photos: Path, tmp_path: Path) -> None:
+    """The distractor folder used to be renamed into place before the whitening photos were read: a bad one among
+    them left it behind, and the rerun refused it as an existing folder."""
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    outputs = {"out": tmp_path / "bench", "distractors_out": tmp_path / "dist", "whitening_out": tmp_path / "white"}
+    for seed in range(6):  # the broken photo lands among the originals, the whitening photos or the distractors
+        with pytest.raises(ImageLoadError, match=r"broken\.jpg: cannot decode image"):
+            make_benchmark([photos], seed=seed, originals=1, whitening_count=1, strong_per_original=1, **outputs)
+        assert sorted(tmp_path.iterdir()) == [photos], seed
+    (photos / "broken.jpg").unlink()
+    summary = make_benchmark([photos], seed=0, originals=1, whitening_count=1, strong_per_original=1, **outputs)
+    assert summary.originals == 1 and len(list_images(tmp_path / "dist")) == 3
+
+
+def test_help_renders_percent_signs(capsys) -> None:
+    """`--help` printed "80 %%": the description is not %-formatted, so it must hold a single %."""
+    with pytest.raises(SystemExit):
+        main(["copy-detect", "make-benchmark", "--help"])
+    text = capsys.readouterr().out
+    assert "80 % of the area" in " ".join(text.split()) and "%%" not in text
