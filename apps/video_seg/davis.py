@@ -245,7 +245,14 @@ def segment_davis(
         with atomic_output_dir(out / name, replaceable=lambda _: True) as staging:
             write_indexed_png(staging / f"{frames[0].stem}.png", first_labels)
             labels = segment_frames(
-                read_bgr_frames(frames), first_labels, model, config, preprocessing, device, autocast
+                read_bgr_frames(frames),
+                first_labels,
+                model,
+                config,
+                preprocessing,
+                device,
+                autocast,
+                name=str(frames[0].parent),
             )
             bar = tqdm(frames[1:], desc=f"[{index}/{len(names)}] {name}", unit="frame", disable=not progress)
             for frame, label_map in zip(bar, labels, strict=True):

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, downscale_mask, one_hot
+from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, downscale_mask, one_hot, target_size
 from apps.video_seg.propagation import LabelPropagator, PropagationConfig, labels_from_soft_mask
-from dino.features import autocast_context
+from dino.features import DEFAULT_MAX_TOKENS, autocast_context, check_token_budget, require_finite
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["patch_features", "segment_frames"]
@@ -25,7 +25,7 @@ def patch_features(model: VisionTransformer, frame: Tensor, autocast: torch.dtyp
     device = frame.device
     with autocast_context(device, autocast):
         tokens = model.get_intermediate_layers(frame[None], n=1)[0]
-    return tokens[0, 1:].float()
+    return require_finite(tokens[0, 1:].float(), "features", autocast)
 
 
 @torch.inference_mode()
@@ -37,6 +37,8 @@ def segment_frames(
     preprocessing: FramePreprocessing = FramePreprocessing(),
     device: torch.device | str = "cpu",
     autocast: torch.dtype | None = None,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    name: str = "the video",
 ) -> Iterator[np.ndarray]:
     """Propagate `first_labels` through a video and yield one label map per frame after the first.
 
@@ -49,9 +51,15 @@ def segment_frames(
             :meth:`FramePreprocessing.for_patch`).
         device: Where features and affinities are computed.
         autocast: Backbone autocast dtype, or None for fp32 (the reference).
+        max_tokens: Most patch tokens a resized frame may make (None: no limit); a video whose frames would make
+            more is refused before the first is resized (a 10000×20 strip would become 240000×480).
+        name: How errors name the video (its path).
 
     Yields:
         Label maps (H, W) uint8 at each frame's original size, frames 1, 2, … in order.
+
+    Raises:
+        TokenBudgetError: The frames are over `max_tokens`.
     """
     device = torch.device(device)
     preprocessing = preprocessing.for_patch(model.patch_size)
@@ -61,6 +69,9 @@ def segment_frames(
         raise ValueError("the video has no frames")
     if first.shape[:2] != first_labels.shape:
         raise ValueError(f"first-frame mask is {first_labels.shape[::-1]} (w, h) but frames are {first.shape[1::-1]}")
+    height, width = first.shape[:2]
+    resized = target_size(height, width, preprocessing.short_side, preprocessing.multiple)
+    check_token_budget(name, (width, height), resized, model.patch_size, max_tokens)
     features = patch_features(model, bgr_to_tensor(first, preprocessing).to(device), autocast)
     small = downscale_mask(first_labels, model.patch_size, preprocessing)
     propagator = LabelPropagator(features, one_hot(small).to(device), config)

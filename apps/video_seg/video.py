@@ -174,7 +174,9 @@ def segment_video(
         with VideoWriter(staging / OVERLAY_NAME, fps, width, height) as writer:
             write_indexed_png(masks / "00000.png", first_labels)
             writer.write(overlay(pending.pop(0), first_labels))
-            labels = segment_frames(remembered(), first_labels, model, config, preprocessing, device, autocast)
+            labels = segment_frames(
+                remembered(), first_labels, model, config, preprocessing, device, autocast, name=str(video)
+            )
             bar = tqdm(labels, desc=Path(video).name, unit="frame", total=total, initial=1, disable=not progress)
             for label_map in bar:
                 write_indexed_png(masks / f"{count:05d}.png", label_map)
