@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -81,6 +82,8 @@ DEFAULT_CHECKPOINT_EVERY = 20
 IDENTITY_FIELDS = ("arch", "patch_size", "num_register_tokens", "embed_dim", "sha256")
 # What an identity field means when a manifest written before it existed lacks it.
 IDENTITY_DEFAULTS = {"num_register_tokens": 0}
+# FAISS prefixes its messages with the C++ function and source line, and failed checks with the condition.
+FAISS_MESSAGE_PREFIX = re.compile(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?")
 # The backbone fields a manifest must hold to reload the backbone and compare it (the others have defaults).
 REQUIRED_BACKBONE_FIELDS = ("weights", "arch", "patch_size", "embed_dim", "sha256")
 PARTIAL_SUFFIX = ".partial"
@@ -154,9 +157,9 @@ def _as_matrix(vectors: np.ndarray) -> np.ndarray:
 
 
 def _faiss_message(error: RuntimeError) -> str:
-    """The useful last line of a FAISS C++ exception."""
+    """The useful part of a FAISS C++ exception: its last line, without the C++ function and source location."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return FAISS_MESSAGE_PREFIX.sub("", lines[-1]) if lines else type(error).__name__
 
 
 def _gpu_available() -> bool:

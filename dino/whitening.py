@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,23 +119,42 @@ class Whitening:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such whitening file")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+            raise ValueError(f"{path}: not a whitening file written by dino (not a NumPy .npz archive)") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a plain .npy array
+            raise ValueError(f"{path}: not a whitening file written by dino (a single array, not an .npz archive)")
+        try:
+            with archive as data:
                 header = json.loads(str(data["header"]))
-                whitening = cls(
-                    mean=data["mean"],
-                    projection=data["projection"],
-                    eigenvalues=data["eigenvalues"],
-                    energy_kept=float(header["energy_kept"]),
-                    metadata=header.get("metadata", {}),
-                )
-        except (OSError, ValueError, KeyError) as error:
+                arrays = {name: data[name] for name in ("mean", "projection", "eigenvalues")}
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise ValueError(
                 f"{path}: not a whitening file written by dino ({type(error).__name__}: {error})"
             ) from None
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: whitening format version {header.get('format_version')} is not supported")
-        if whitening.projection.shape[1] != whitening.mean.shape[0]:
-            raise ValueError(
-                f"{path}: inconsistent whitening arrays {whitening.projection.shape} / {whitening.mean.shape}"
-            )
-        return whitening
+        if not isinstance(header, dict) or header.get("format_version") != FORMAT_VERSION:
+            version = header.get("format_version") if isinstance(header, dict) else None
+            raise ValueError(f"{path}: whitening format version {version} is not supported")
+        problem = _arrays_problem(**arrays, energy_kept=header.get("energy_kept"))
+        if problem is not None:
+            raise ValueError(f"{path}: damaged whitening file ({problem})")
+        return cls(
+            **arrays,
+            energy_kept=float(header["energy_kept"]),
+            metadata=header.get("metadata") if isinstance(header.get("metadata"), dict) else {},
+        )
+
+
+def _arrays_problem(mean: np.ndarray, projection: np.ndarray, eigenvalues: np.ndarray, energy_kept: Any) -> str | None:
+    """What makes loaded whitening arrays unusable (shapes, types, non-finite values), or None."""
+    if not all(np.issubdtype(array.dtype, np.floating) for array in (mean, projection, eigenvalues)):
+        return "its arrays must hold floating-point numbers"
+    if mean.ndim != 1 or projection.ndim != 2 or eigenvalues.shape != (projection.shape[0],):
+        return f"inconsistent arrays: mean {mean.shape}, projection {projection.shape}, eigenvalues {eigenvalues.shape}"
+    if projection.shape[1] != mean.shape[0]:
+        return f"inconsistent whitening arrays {projection.shape} / {mean.shape}"
+    if not all(np.isfinite(array).all() for array in (mean, projection, eigenvalues)):
+        return "its arrays hold NaN or infinite values"
+    if not isinstance(energy_kept, (int, float)) or isinstance(energy_kept, bool):
+        return "its header lacks the kept energy"
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -350,8 +351,13 @@ def test_factories_and_their_errors() -> None:
     )
     with pytest.raises(ValueError, match="invalid FAISS factory string 'Bogus'"):
         create_faiss_index(vectors, "Bogus")
-    with pytest.raises(ValueError, match="cannot train FAISS index 'IVF1024,Flat' on 300 vectors"):
+    with pytest.raises(ValueError, match="cannot train FAISS index 'IVF1024,Flat' on 300 vectors") as error:
         create_faiss_index(vectors, "IVF1024,Flat")
+    # FAISS's own words, without its C++ function signature and source line.
+    assert "Number of training points (300) should be at least as large as number of clusters (1024)" in str(
+        error.value
+    )
+    assert "Error in" not in str(error.value) and ".cpp" not in str(error.value)
 
 
 def test_interrupted_build_resumes_from_partial_results(model, images, tmp_path, monkeypatch) -> None:
@@ -589,3 +595,28 @@ def test_leftovers_of_killed_saves_are_cleaned_up(model, images, tmp_path) -> No
     # Killed between the renames (no index in place): the set-aside copy is the index, restored, never deleted.
     out.rename(backup)
     assert len(ImageIndex.load(out)) == 4 and not backup.exists()
+
+
+def test_damaged_whitening_files_are_one_line_errors(tmp_path) -> None:
+    """An empty or truncated file escaped as EOFError / BadZipFile tracebacks, wrong shapes as IndexError."""
+    good = tmp_path / "w.npz"
+    Whitening.fit(np.random.default_rng(0).normal(size=(10, 8))).save(good)
+    data = good.read_bytes()
+    header = np.array(json.dumps({"format_version": 1, "energy_kept": 1.0}))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    np.savez(tmp_path / "flat.npz", mean=np.zeros(3), projection=np.zeros(3), eigenvalues=np.zeros(3), header=header)
+    np.savez(tmp_path / "nan.npz", mean=np.zeros(2), projection=np.full((2, 2), np.nan), eigenvalues=np.ones(2),
+             header=header)  # fmt: skip
+    cases = {
+        "empty.npz": "not a NumPy .npz archive",
+        "truncated.npz": "not a NumPy .npz archive",
+        "array.npy": "a single array, not an .npz archive",
+        "flat.npz": "damaged whitening file (inconsistent arrays",
+        "nan.npz": "damaged whitening file (its arrays hold NaN",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=rf"{name}: .*{re.escape(message)}"):
+            Whitening.load(tmp_path / name)
+    assert Whitening.load(good).in_dim == 8
