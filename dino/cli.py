@@ -186,7 +186,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32,
         "--dtype",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto = bf16 autocast on CUDA, fp32 elsewhere",
+        help="auto = bf16 autocast where the hardware computes it natively (CUDA; CPUs with AVX512-BF16, AMX or "
+        "Arm BF16), fp32 elsewhere; fp32 = the reference's precision",
     )
     group.add_argument(
         "--batch-size", type=positive_int, default=batch_size, help="images per forward pass (default: %(default)s)"

@@ -49,7 +49,7 @@ from dino.atomic import (
 )
 from dino.checkpoint import file_sha256, load_backbone, model_identity
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
-from dino.features import OnError
+from dino.features import NothingUsableError, OnError
 from dino.models.vision_transformer import VisionTransformer
 from dino.whitening import Whitening
 
@@ -667,11 +667,10 @@ def _describe(
                 if partial is not None and batches % checkpoint_every == 0:
                     partial.write([paths[r] for r in pending], [hashes[r] for r in pending], vectors[pending], tag)
                     pending = []
-        except ValueError:
-            # The extractor refuses a list of which it could use nothing; here that list may be only what is left
-            # to describe (the rest reused), so the caller decides whether anything at all was usable.
-            if not (extractor.features.on_error == "skip" and len(extractor.features.skipped) == len(todo)):
-                raise
+        except NothingUsableError:
+            # Here the list may be only what is left to describe (the rest reused), so the caller decides whether
+            # anything at all was usable.
+            pass
         if partial is not None and pending:
             partial.write([paths[r] for r in pending], [hashes[r] for r in pending], vectors[pending], tag)
         skipped = {todo[image.index]: image.reason for image in extractor.features.skipped}
@@ -679,9 +678,9 @@ def _describe(
     return _Descriptions([paths[row] for row in kept], vectors[kept], [hashes[row] for row in kept], skipped)
 
 
-def _nothing_usable(skipped: dict[str, str]) -> ValueError:
+def _nothing_usable(skipped: dict[str, str]) -> NothingUsableError:
     first = next(iter(skipped.values()))
-    return ValueError(f"none of the {len(skipped)} images could be used; the first: {first}")
+    return NothingUsableError(f"none of the {len(skipped)} images could be used; the first: {first}")
 
 
 # ---------------------------------------------------------------------------- public functions

@@ -162,3 +162,31 @@ def test_non_finite_outputs_are_refused(folder) -> None:
     descriptors = DescriptorExtractor(model, DescriptorRecipe.copy_detection(64), device="cpu", progress=False)
     with pytest.raises(NonFiniteOutputError, match="descriptors"):
         descriptors.extract([folder / "a.png"])
+
+
+X86_AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+X86_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+X86_AMX = "processor\t: 0\nflags\t\t: avx512f amx_bf16 amx_tile amx_int8\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"), [(X86_AVX2, False), (X86_BF16, True), (X86_AMX, True), (ARM_BF16, True), ("", False)]
+)
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> None:
+    from dino.features import cpuinfo_has_native_bf16
+
+    assert cpuinfo_has_native_bf16(cpuinfo) is native
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch) -> None:
+    from dino.features import autocast_dtype, cpu_has_native_bf16
+
+    cpu = torch.device("cpu")
+    for forced, expected in (("1", torch.bfloat16), ("0", None)):
+        monkeypatch.setenv("DINO_CPU_BF16", forced)
+        cpu_has_native_bf16.cache_clear()
+        assert autocast_dtype(cpu, "auto") is expected
+        assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16
+    cpu_has_native_bf16.cache_clear()
+    assert autocast_dtype(torch.device("mps"), "auto") is None
