@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dino.features import DEFAULT_MAX_TOKENS
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "AttentionViews",
     "CopyVerdict",
     "NotAvailableYet",
+    "attention_max_photo_pixels",
     "attention_views",
     "available",
     "build_copy_index",
@@ -108,6 +110,7 @@ def attention_views(
     size: int,
     better_mask: bool = True,
     device: str = "auto",
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
 ) -> AttentionViews:
     """The `dino attention` outputs of one photo (apps.segmentation), kept in memory.
 
@@ -118,6 +121,11 @@ def attention_views(
         size: Short side of the network input (the aspect ratio is kept so overlays fit the photo).
         better_mask: Also compute the foreground mask at the photo's size.
         device: Where the forward pass runs.
+        max_tokens: Most patch tokens the network input may make (a larger one raises
+            :class:`dino.features.TokenBudgetError` before any resizing); None for no limit.
+
+    Raises:
+        TokenBudgetError: The photo at `size` makes more than `max_tokens` patch tokens.
     """
     inference = _app("apps.segmentation.inference", "attention")
     masks = _app("apps.segmentation.masks", "attention")
@@ -127,7 +135,15 @@ def attention_views(
 
     item = next(
         inference.iter_attention(
-            model, [image], size=size, keep_aspect=True, device=device, batch_size=1, num_workers=0, progress=False
+            model,
+            [image],
+            size=size,
+            keep_aspect=True,
+            device=device,
+            batch_size=1,
+            num_workers=0,
+            progress=False,
+            max_tokens=max_tokens,
         )
     )
     patch = model.patch_size
@@ -144,6 +160,12 @@ def attention_views(
         foreground=foreground,
         head_colors=figures.head_colors(model.num_heads),
     )
+
+
+def attention_max_photo_pixels() -> int:
+    """The most pixels at which the segmentation app refines the foreground mask (larger photos are refined at this
+    size and the mask enlarged)."""
+    return int(_app("apps.segmentation.diffusion", "attention").MAX_REFINE_PIXELS)
 
 
 def overlay_masks(image: np.ndarray, masks: np.ndarray, colors: np.ndarray) -> np.ndarray:
@@ -277,6 +299,8 @@ def propagate_mask(
     first_labels: np.ndarray,
     device: torch.device | str = "cpu",
     on_frame: Callable[[int], None] | None = None,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    name: str = "the video",
 ) -> Iterator[np.ndarray]:
     """Label maps of frames 1, 2, … propagated from `first_labels` (apps.video_seg, reference options).
 
@@ -286,9 +310,15 @@ def propagate_mask(
         first_labels: (H, W) labels of the first frame, 0 = background.
         device: Where features and affinities are computed.
         on_frame: Called with the number of frames done after each one, for a progress bar.
+        max_tokens: Most patch tokens a frame resized for propagation may make (None: no limit).
+        name: What a refusal calls the video.
+
+    Raises:
+        TokenBudgetError: The resized frames would make more than `max_tokens` patch tokens (checked on the first).
     """
     pipeline = _app("apps.video_seg.pipeline", "video")
-    for done, labels in enumerate(pipeline.segment_frames(frames_bgr, first_labels, model, device=device), start=1):
+    frames = pipeline.segment_frames(frames_bgr, first_labels, model, device=device, max_tokens=max_tokens, name=name)
+    for done, labels in enumerate(frames, start=1):
         if on_frame is not None:
             on_frame(done)
         yield labels

@@ -7,10 +7,13 @@ upload limit, queue and offline theme the demo needs. Every tab calls one adapte
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import os
 import re
-import tempfile
+import socket
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,26 +23,31 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage 
 import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from demo import adapters  # noqa: E402
 from demo.config import (  # noqa: E402
+    ANY_FREE_PORT,
     ATTENTION_SIZE,
     ATTENTION_THRESHOLD,
+    CONCURRENCY_GROUPS,
     DEFAULT_CONCURRENCY,
     DEFAULT_HOST,
     DEFAULT_MAX_VIDEO_FRAMES,
     DEFAULT_PORT,
-    MAX_MASK_OBJECTS,
+    DEMO_MAX_TOKENS,
+    MAX_PHOTO_PIXELS,
     MAX_UPLOAD_SIZE,
     MAX_VIDEO_FPS,
     OUTPUT_VIDEO_FPS_FALLBACK,
     QUEUE_MAX_SIZE,
+    SAMPLE_THUMBNAIL_SIDE,
     SEARCH_RESULTS,
     VIDEO_SHORT_SIDE,
     DemoSettings,
 )
 from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gallery, sample_video  # noqa: E402
+from demo.outputs import ResponseFiles  # noqa: E402
 from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
 from dino.checkpoint import (  # noqa: E402
     BUNDLED_VIT_TINY,
@@ -50,15 +58,19 @@ from dino.checkpoint import (  # noqa: E402
     weights_provenance,
 )
 from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
-from dino.features import pick_device  # noqa: E402
+from dino.data.masks import MAX_MASK_OBJECTS, read_label_mask  # noqa: E402
+from dino.features import TokenBudgetError, pick_device  # noqa: E402
 from dino.models.vision_transformer import VisionTransformer  # noqa: E402
 
-__all__ = ["build_demo", "launch_demo", "weights_notice"]
+__all__ = ["build_demo", "check_port", "launch_demo", "weights_notice"]
 
 # Every hour, uploads and results older than a day are deleted from Gradio's cache (seconds).
 CACHE_CLEANUP = (3600, 24 * 3600)
 # Gradio galleries keep a fixed height whatever their content; this fits two rows of heads.
 GALLERY_HEIGHT = 280
+# Unreadable gallery images listed on the console at start-up; the rest are counted.
+SKIPPED_SHOWN = 5
+PIXEL_LIMIT = f"this demo takes images of up to {MAX_PHOTO_PIXELS // 10**6} megapixels."
 # Fonts the browser already has: the default theme's Google fonts cannot load offline.
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")
 MONO_FONTS = ("ui-monospace", "Consolas", "monospace")
@@ -122,6 +134,12 @@ def _user_message(error: BaseException) -> str:
     return _ABSOLUTE_PATH.sub("", str(error))
 
 
+def _user_error(message: str, title: str = "Error") -> gr.Error:
+    """A message about the user's input, shown on the page; the server console prints no traceback for it (it
+    still does for every other exception, which is a bug)."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
 def _friendly(handler: Handler) -> Handler:
     """Turn errors a user can act on into a message on the page instead of a stack trace."""
 
@@ -132,11 +150,13 @@ def _friendly(handler: Handler) -> Handler:
         except gr.Error:
             raise
         except adapters.NotAvailableYet as error:
-            raise gr.Error(str(error), title="Not available yet") from None
+            raise _user_error(str(error), title="Not available yet") from None
         except Image.DecompressionBombError:
-            raise gr.Error("This image has too many pixels to process safely; please upload a smaller one.") from None
+            raise _user_error(
+                "This image has too many pixels to process safely; please upload a smaller one."
+            ) from None
         except (ImageLoadError, FileNotFoundError, ValueError) as error:
-            raise gr.Error(_user_message(error)) from None
+            raise _user_error(_user_message(error)) from None
 
     return wrapped  # type: ignore[return-value]
 
@@ -153,16 +173,29 @@ def photo_input(label: str, **kwargs: Any) -> gr.Image:
     preprocess = component.preprocess
 
     def checked_preprocess(payload: Any) -> str | None:
+        name = getattr(payload, "orig_name", None) or "the uploaded file"
         try:
-            return preprocess(payload)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(
+            path = preprocess(payload)
+        except Image.DecompressionBombError:
+            raise _user_error(f"{name} has too many pixels to open safely; {PIXEL_LIMIT}") from None
+        except (OSError, SyntaxError, ValueError):
+            raise _user_error(
                 f"{name} is not an image this demo can read; please upload a JPEG, PNG or WebP photo."
             ) from None
+        if path is not None:
+            _check_pixel_count(path, name)
+        return path
 
     component.preprocess = checked_preprocess  # type: ignore[method-assign]
     return component
+
+
+def _check_pixel_count(path: str, name: str) -> None:
+    """Refuse an upload over MAX_PHOTO_PIXELS from its header, before anything decodes it."""
+    with Image.open(path) as image:
+        width, height = image.size
+    if width * height > MAX_PHOTO_PIXELS:
+        raise _user_error(f"{name} is {width}×{height} pixels, too large: {PIXEL_LIMIT}")
 
 
 def _result_gallery(label: str, elem_id: str, columns: int = 4, height: int | str = "auto") -> gr.Gallery:
@@ -174,8 +207,62 @@ def _result_gallery(label: str, elem_id: str, columns: int = 4, height: int | st
 
 def _open_photo(path: str | None, role: str) -> Image.Image:
     if not path:
-        raise gr.Error(f"Please upload {role} first (or pick a sample below).")
+        raise _user_error(f"Please upload {role} first (or pick a sample below).")
     return open_image(path)
+
+
+# ---------------------------------------------------------------------------- samples
+def _inline_thumbnail(picture: Image.Image, name: str) -> str:
+    """An <img> holding a small square JPEG of `picture` (centre-cropped) in its data: URL, so that the page names
+    no file on the server."""
+    side = SAMPLE_THUMBNAIL_SIDE
+    square = ImageOps.fit(picture.convert("RGB"), (side, side), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    square.save(buffer, format="JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img src="data:image/jpeg;base64,{data}" alt="{name}" title="{name}" width="{side}" height="{side}">'
+
+
+def _sample_preview(path: Path) -> str:
+    """A thumbnail of a sample photo or of a sample video's first frame."""
+    if path.suffix.lower() in (".webm", ".mp4", ".avi", ".mov", ".mkv"):
+        first = next(iter(adapters.read_video(path, 1)))
+        return _inline_thumbnail(Image.fromarray(np.ascontiguousarray(first[..., ::-1])), path.name)
+    return _inline_thumbnail(open_image(path), path.name)
+
+
+def _samples(
+    label: str, rows: Sequence[Sequence[Path]], inputs: Sequence[gr.components.Component], elem_id: str
+) -> gr.Dataset:
+    """Clickable sample files for `inputs` (one row per sample, one file per input).
+
+    Gradio's gr.Examples would put each file's absolute server path in the page and in /config; these samples are
+    shown as inline thumbnails with their bare names, and a click puts the row's files into the inputs, on the
+    server.
+    """
+    row_style = "display:flex;gap:4px"  # a pair side by side, as Gradio's examples table shows it
+    previews = [
+        [f'<div style="{row_style}">' + "".join(_sample_preview(path) for path in row) + "</div>"] for row in rows
+    ]
+    dataset = gr.Dataset(
+        components=["html"],
+        samples=previews,
+        type="index",
+        label=label,
+        samples_per_page=len(rows),
+        elem_id=elem_id,
+    )
+
+    def pick(index: int | None) -> Any:
+        if index is None:
+            return [gr.update() for _ in inputs] if len(inputs) > 1 else gr.update()
+        files = [str(path) for path in rows[index]]
+        return files if len(inputs) > 1 else files[0]
+
+    dataset.click(
+        pick, inputs=[dataset], outputs=list(inputs), queue=False, show_progress="hidden", api_visibility="undocumented"
+    )
+    return dataset
 
 
 # ---------------------------------------------------------------------------- (a) attention
@@ -195,7 +282,7 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
             size = gr.Slider(224, 640, value=ATTENTION_SIZE, step=16, label="Input short side (pixels)")
             better = gr.Checkbox(value=True, label="Better mask (attention diffusion)")
             run = gr.Button("Show attention", variant="primary", interactive=ready, elem_id="attention-run")
-            gr.Examples([[str(path)] for path in settings.gallery], inputs=[photo], label="Sample photos")
+            _samples("Sample photos", [[path] for path in settings.gallery], [photo], "attention-samples")
         with gr.Column(scale=2):
             with gr.Row():
                 mean_map = gr.Image(label="Mean attention over heads", interactive=False, elem_id="attention-mean")
@@ -208,31 +295,64 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
     @_friendly
     def show_attention(path: str | None, mass: float, short_side: float, use_ncut: bool):
         image = _open_photo(path, "a photo")
-        views = adapters.attention_views(model, image, float(mass), int(short_side), bool(use_ncut), settings.device)
+        try:
+            views = adapters.attention_views(
+                model,
+                _bounded_photo(image, adapters.attention_max_photo_pixels()),
+                float(mass),
+                int(short_side),
+                bool(use_ncut),
+                settings.device,
+                max_tokens=DEMO_MAX_TOKENS,
+            )
+        except TokenBudgetError:
+            raise _user_error(
+                f"{Path(path).name} is {image.width}×{image.height} pixels: at input short side {int(short_side)} "
+                f"that makes more patch tokens than this demo's limit ({DEMO_MAX_TOKENS:,}); choose a smaller input "
+                "size, or crop the photo closer to a square."
+            ) from None
         heat_cmap, mean_cmap = adapters.attention_colormaps()
-        per_head = [(colorize(view, heat_cmap), f"head {i}") for i, view in enumerate(views.head_maps)]
+        files = ResponseFiles()
+        per_head = [
+            (files.image(colorize(view, heat_cmap), f"head-{i}"), f"head {i}") for i, view in enumerate(views.head_maps)
+        ]
         overlays = [
             (
-                to_uint8(adapters.overlay_masks(views.image, views.head_masks[i : i + 1], views.head_colors[[i]])),
+                files.image(
+                    to_uint8(adapters.overlay_masks(views.image, views.head_masks[i : i + 1], views.head_colors[[i]])),
+                    f"head-{i}-mask",
+                ),
                 f"head {i}",
             )
             for i in range(views.head_maps.shape[0])
         ]
-        overlays.append(
-            (to_uint8(adapters.overlay_masks(views.image, views.head_masks, views.head_colors)), "all heads")
-        )
+        every_head = to_uint8(adapters.overlay_masks(views.image, views.head_masks, views.head_colors))
+        overlays.append((files.image(every_head, "all-heads-mask"), "all heads"))
         cut = None
         if views.foreground is not None:
-            cut = to_uint8(adapters.overlay_masks(views.photo, views.foreground[None], adapters.foreground_color()))
-        return colorize(views.mean_map, mean_cmap), cut, per_head, overlays
+            foreground_overlay = adapters.overlay_masks(
+                views.photo, views.foreground[None], adapters.foreground_color()
+            )
+            cut = files.image(to_uint8(foreground_overlay), "better-mask")
+        return files.image(colorize(views.mean_map, mean_cmap), "mean"), cut, per_head, overlays
 
     run.click(
         show_attention,
         inputs=[photo, threshold, size, better],
         outputs=[mean_map, foreground, heads, head_masks],
         api_name="attention",
-        concurrency_id="model",
+        concurrency_id=CONCURRENCY_GROUPS["attention"],
     )
+
+
+def _bounded_photo(image: Image.Image, max_pixels: int) -> Image.Image:
+    """`image`, or a copy shrunk (aspect kept) to at most `max_pixels`: the better mask is refined at no more than
+    that many pixels anyway, and the overlay of a 48 MP photo would cost gigabytes and seconds for nothing."""
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    if scale >= 1:
+        return image
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
 # ---------------------------------------------------------------------------- (b) search
@@ -246,7 +366,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
     intro = "Find the indexed images whose DINO descriptor ([CLS] of a 224-pixel thumbnail, the paper's "
     intro += "retrieval recipe) is closest to your photo's; scores are cosine similarities."
     if ready:
-        intro += f"\n\nIndex: {settings.index_source} ({len(index)} images)."
+        intro += f"\n\nIndex: {settings.index_source} ({len(index)} images{_skipped_note(settings)})."
     else:
         intro += "\n\n" + _unavailable_notice("search")
     gr.Markdown(intro)
@@ -255,7 +375,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
             query = photo_input("Query photo", elem_id="search-query")
             count = gr.Slider(1, 2 * SEARCH_RESULTS, value=SEARCH_RESULTS, step=1, label="Results")
             run = gr.Button("Search", variant="primary", interactive=ready, elem_id="search-run")
-            gr.Examples([[str(path)] for path in settings.gallery], inputs=[query], label="Sample photos")
+            _samples("Sample photos", [[path] for path in settings.gallery], [query], "search-samples")
         with gr.Column(scale=2):
             results = _result_gallery("Most similar", "search-results")
 
@@ -265,11 +385,29 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
             raise adapters.NotAvailableYet(_unavailable_notice("search"))
         image = _open_photo(path, "a query photo")
         hits = adapters.search_similar(
-            index, model, image, min(int(k), len(index)), device=settings.device, num_workers=0, progress=False
+            index,
+            model,
+            image,
+            min(int(k), len(index)),
+            device=settings.device,
+            num_workers=0,
+            progress=False,
+            max_tokens=DEMO_MAX_TOKENS,
         )
-        return [(thumbnail(open_image(hit.path)), _caption(hit)) for hit in hits]
+        return _hit_thumbnails(hits)
 
-    run.click(search, inputs=[query, count], outputs=[results], api_name="search", concurrency_id="model")
+    run.click(
+        search, inputs=[query, count], outputs=[results], api_name="search", concurrency_id=CONCURRENCY_GROUPS["search"]
+    )
+
+
+def _hit_thumbnails(hits: Sequence[Any]) -> list[tuple[str, str]]:
+    """(thumbnail file of this response, caption) per hit, best first."""
+    files = ResponseFiles()
+    return [
+        (files.image(thumbnail(open_image(hit.path)), f"{rank}-{Path(hit.path).stem}"), _caption(hit))
+        for rank, hit in enumerate(hits)
+    ]
 
 
 # ---------------------------------------------------------------------------- (c) copy check
@@ -316,10 +454,11 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
             similarity = gr.Number(label="Cosine similarity", precision=4, interactive=False)
             verdict = gr.Markdown(elem_id="copy-verdict")
     examples = sample_copy(settings.cache_dir)
-    gr.Examples(
-        [[str(examples.original), str(examples.copy)], [str(examples.original), str(examples.other)]],
-        inputs=[first, second],
-        label="Sample pairs: an edited copy, and a different photo",
+    _samples(
+        "Sample pairs: an edited copy, and a different photo",
+        [[examples.original, examples.copy], [examples.original, examples.other]],
+        [first, second],
+        "copy-samples",
     )
     gr.Markdown(
         f"### One image against the index\nThe likely copies of it among {settings.index_source}, by cosine "
@@ -348,6 +487,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
             device=settings.device,
             num_workers=0,
             progress=False,
+            max_tokens=DEMO_MAX_TOKENS,
         )
         return result.similarity, _verdict_text(result)
 
@@ -357,21 +497,32 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
             raise adapters.NotAvailableYet(_unavailable_notice("copy"))
         _open_photo(path, "an image to check")  # a readable image, or a clear message before any model work
         hits = adapters.find_copies(
-            copy_index, model, path, settings.copy_threshold, device=settings.device, num_workers=0, progress=False
+            copy_index,
+            model,
+            path,
+            settings.copy_threshold,
+            device=settings.device,
+            num_workers=0,
+            progress=False,
+            max_tokens=DEMO_MAX_TOKENS,
         )
         summary = f"**{len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}** at threshold "
         summary += f"{settings.copy_threshold:.3f}."
-        return summary, [(thumbnail(open_image(hit.path)), _caption(hit)) for hit in hits]
+        return summary, _hit_thumbnails(hits)
 
     compare.click(
         compare_pair,
         inputs=[first, second],
         outputs=[similarity, verdict],
         api_name="copy_check",
-        concurrency_id="model",
+        concurrency_id=CONCURRENCY_GROUPS["copy_check"],
     )
     check.click(
-        find_in_index, inputs=[suspect], outputs=[found, matches], api_name="copy_search", concurrency_id="model"
+        find_in_index,
+        inputs=[suspect],
+        outputs=[found, matches],
+        api_name="copy_search",
+        concurrency_id=CONCURRENCY_GROUPS["copy_search"],
     )
 
 
@@ -399,32 +550,9 @@ def _shrink(frame: np.ndarray) -> np.ndarray:
 
 
 def _labels_from_mask_file(path: str, size: tuple[int, int]) -> np.ndarray:
-    """Labels (H, W) of a mask upload: palette PNGs keep their indices (DAVIS); other images map each
-    distinct non-black colour to one object."""
-    try:
-        with Image.open(path) as mask:
-            mask.load()
-            if mask.mode == "P":
-                labels = np.asarray(mask)
-            else:
-                rgb = np.asarray(mask.convert("RGB")).reshape(-1, 3)
-                colours, labels = np.unique(rgb, axis=0, return_inverse=True)
-                if len(colours) - int((colours == 0).all(axis=1).any()) > MAX_MASK_OBJECTS:
-                    raise ValueError(
-                        f"{Path(path).name}: {len(colours)} colours; a mask needs one flat colour per object on "
-                        "black (save it as PNG, not JPEG)"
-                    )
-                labels = _rank_colours(colours)[labels].reshape(mask.height, mask.width)
-    except (OSError, SyntaxError) as error:
-        raise ImageLoadError(f"{Path(path).name}: not a readable mask image ({error})") from None
-    return _fit_labels(labels, size)
-
-
-def _rank_colours(colours: np.ndarray) -> np.ndarray:
-    """Label of each colour: black is 0, the others 1, 2, … in sorted order."""
-    black = (colours == 0).all(axis=1)
-    ranks = np.cumsum(~black)
-    return np.where(black, 0, ranks).astype(np.uint8)
+    """Labels (H, W) of a mask upload, read by the core's mask reader (palette indices kept, flat colours numbered),
+    resized to the frames."""
+    return _fit_labels(read_label_mask(path, max_objects=MAX_MASK_OBJECTS, display_name=Path(path).name), size)
 
 
 def _labels_from_drawing(editor_value: dict[str, Any] | None, size: tuple[int, int]) -> np.ndarray | None:
@@ -490,7 +618,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
                 brush=gr.Brush(colors=["#ff3366"], default_size=24, color_mode="fixed"),
             )
             run = gr.Button("Propagate", variant="primary", interactive=ready, elem_id="video-run")
-            gr.Examples([[str(sample.video), str(sample.first_mask)]], inputs=[video, mask], label="Sample clip")
+            _samples("Sample clip", [[sample.video, sample.first_mask]], [video, mask], "video-samples")
         with gr.Column():
             result = gr.Video(label="Propagated masks", interactive=False, elem_id="video-result")
             notice = gr.Markdown(elem_id="video-notice")
@@ -498,20 +626,20 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
     @_friendly
     def first_frame(path: str | None):
         if not path:
-            raise gr.Error("Please upload a video first.")
+            raise _user_error("Please upload a video first.")
         frames, _, _ = _read_frames(path, 1)
-        rgb = frames[0][..., ::-1].copy()
-        return {"background": rgb, "layers": [], "composite": rgb}
+        picture = ResponseFiles().image(frames[0][..., ::-1].copy(), f"{Path(path).stem}-first-frame")
+        return {"background": picture, "layers": [], "composite": picture}
 
     @_friendly
     def propagate(path: str | None, mask_path: str | None, drawn: dict[str, Any] | None, progress=gr.Progress()):
         if not path:
-            raise gr.Error("Please upload a video first.")
+            raise _user_error("Please upload a video first.")
         frames, fps, cut = _read_frames(path, settings.max_video_frames)
         size = frames[0].shape[:2]
         labels = _labels_from_mask_file(mask_path, size) if mask_path else _labels_from_drawing(drawn, size)
         if labels is None:
-            raise gr.Error("Upload a first-frame mask or draw the object on the first frame.")
+            raise _user_error("Upload a first-frame mask or draw the object on the first frame.")
         total = len(frames)
         progress((1, total), desc="Propagating", unit="frames")
         overlays = [adapters.overlay_labels(frames[0], labels)]
@@ -519,14 +647,19 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
         def advance(done: int) -> None:
             progress((done + 1, total), desc="Propagating", unit="frames")
 
-        for frame, frame_labels in zip(
-            frames[1:], adapters.propagate_mask(model, frames, labels, settings.device, advance), strict=True
-        ):
-            overlays.append(adapters.overlay_labels(frame, frame_labels))
-        # One folder per request, inside Gradio's cache (which delete_cache empties): users never share files.
-        cache = Path(gr.utils.get_upload_folder())
-        cache.mkdir(parents=True, exist_ok=True)
-        out = Path(tempfile.mkdtemp(prefix="dino-demo-", dir=cache)) / f"{Path(path).stem}-propagated.webm"
+        propagated = adapters.propagate_mask(
+            model, frames, labels, settings.device, advance, max_tokens=DEMO_MAX_TOKENS, name=Path(path).name
+        )
+        try:
+            for frame, frame_labels in zip(frames[1:], propagated, strict=True):
+                overlays.append(adapters.overlay_labels(frame, frame_labels))
+        except TokenBudgetError:
+            height, width = size
+            raise _user_error(
+                f"{Path(path).name}: frames of {width}×{height} pixels make more patch tokens than this demo's limit "
+                f"({DEMO_MAX_TOKENS:,}) once resized for propagation; crop the video closer to a 4:3 frame."
+            ) from None
+        out = ResponseFiles().path(f"{Path(path).stem}-propagated.webm")
         _write_webm(overlays, fps, out)
         message = f"{total} frames propagated, {len(np.unique(labels[labels > 0]))} object(s)."
         if cut:
@@ -536,7 +669,11 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
 
     load_frame.click(first_frame, inputs=[video], outputs=[drawing], api_name="first_frame")
     run.click(
-        propagate, inputs=[video, mask, drawing], outputs=[result, notice], api_name="video", concurrency_id="model"
+        propagate,
+        inputs=[video, mask, drawing],
+        outputs=[result, notice],
+        api_name="video",
+        concurrency_id=CONCURRENCY_GROUPS["video"],
     )
 
 
@@ -544,20 +681,58 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
 def _search_indexes(
     model: VisionTransformer, settings: DemoSettings, gallery_folder: str | None, index_path: str | None
 ) -> tuple[Any, Any]:
-    """(retrieval index, copy-detection index) over the gallery; None where the app is missing."""
-    options = {"device": settings.device, "num_workers": 0, "progress": False}
+    """(retrieval index, copy-detection index) over the gallery; None where the app is missing.
+
+    Gallery images that cannot be used (unreadable, too small, too large) are left out of both indexes and listed
+    in ``settings.skipped``. The page names the gallery folder by its name only: server paths mean nothing to users.
+    """
+    options = {"device": settings.device, "num_workers": 0, "progress": False, "max_tokens": DEMO_MAX_TOKENS}
+    built = []
     if index_path is not None:
         search_index = adapters.open_search_index(index_path, model)
-        settings.index_source = f"`{Path(index_path).name}` (opened)"
+        settings.index_source = f"`{_bare_name(index_path)}` (opened)"
         images = search_index.paths
     else:
         images = list_images([gallery_folder]) if gallery_folder else settings.gallery
         if not images:
             raise ValueError(f"{gallery_folder}: no images found")
-        search_index = adapters.build_search_index(model, images, **options) if adapters.available("search") else None
-        settings.index_source = f"`{gallery_folder}`" if gallery_folder else "the sample gallery"
-    copy_index = adapters.build_copy_index(model, images, **options) if adapters.available("copy") else None
+        search_index = None
+        if adapters.available("search"):
+            search_index = adapters.build_search_index(model, images, on_error="skip", **options)
+            built.append(search_index)
+        settings.index_source = f"`{_bare_name(gallery_folder)}`" if gallery_folder else "the sample gallery"
+    copy_index = None
+    if adapters.available("copy"):
+        copy_index = adapters.build_copy_index(model, images, on_error="skip", **options)
+        built.append(copy_index)
+    for index in built:
+        settings.skipped.update(index.skipped)
     return search_index, copy_index
+
+
+def _bare_name(path: str | os.PathLike[str]) -> str:
+    """A folder's own name (``photos`` for ``/home/me/photos/``), for the page."""
+    return Path(path).resolve().name or "/"
+
+
+def _skipped_note(settings: DemoSettings) -> str:
+    """What the page says about gallery images left out of the index ("" when none were)."""
+    count = len(settings.skipped)
+    if not count:
+        return ""
+    images = "image" if count == 1 else "images"
+    return f"; {count} gallery {images} could not be used and {'was' if count == 1 else 'were'} skipped"
+
+
+def _report_skipped(settings: DemoSettings) -> None:
+    """List the skipped gallery images on the server console (the first few, then a count)."""
+    if not settings.skipped:
+        return
+    print(f"dino demo: skipped {len(settings.skipped)} gallery image(s) that cannot be used:", file=sys.stderr)
+    for reason in list(settings.skipped.values())[:SKIPPED_SHOWN]:
+        print(f"  {reason}", file=sys.stderr)
+    if len(settings.skipped) > SKIPPED_SHOWN:
+        print(f"  … and {len(settings.skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
 def build_demo(
@@ -582,7 +757,7 @@ def build_demo(
         cache_dir: Where the sample photos and clip are written (see :func:`demo.gallery.default_cache_dir`).
         device: ``auto``, ``cpu``, ``cuda``…
         max_video_frames: Videos are cut to this many frames, with a notice.
-        concurrency_limit: How many model computations may run at once, over all tabs and users.
+        concurrency_limit: How many model computations each tab's queue runs at once, over all users.
         copy_threshold: Cosine similarity from which Copy check says "copy"; the copy-detection app's default
             when omitted.
 
@@ -605,6 +780,7 @@ def build_demo(
     search_index, copy_index = _search_indexes(
         model, settings, os.fspath(gallery) if gallery else None, os.fspath(index) if index else None
     )
+    _report_skipped(settings)
 
     with gr.Blocks(title="DINO demo", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as page:
         gr.Markdown("# DINO: attention masks, search, copy check and video masks")
@@ -637,7 +813,7 @@ def launch_demo(
     Args:
         page: The page.
         host: Address to listen on; the default serves this machine only.
-        port: Port, or None for the first free one from 7860.
+        port: Port; None or 0 for the first free one from 7860.
         share: Also open a public gradio.live tunnel (needs internet).
         prevent_thread_lock: Return once the server runs (tests); close it with ``page.close()``.
         quiet: Do not print the URL.
@@ -645,19 +821,51 @@ def launch_demo(
 
     Returns:
         The local URL.
+
+    Raises:
+        ValueError: `port` is in use (the message names it and says what to pass instead).
     """
     settings: DemoSettings = page.dino_settings  # type: ignore[attr-defined]
     theme = gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS))
-    _, url, _ = page.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        max_file_size=max_file_size,
-        allowed_paths=[str(folder) for folder in settings.served_folders],
-        prevent_thread_lock=prevent_thread_lock,
-        show_error=False,
-        quiet=quiet,
-        theme=theme,
-        footer_links=["api"],
-    )
+    port = None if port == ANY_FREE_PORT else port
+    if port is not None:
+        check_port(host, port)
+    try:
+        _, url, _ = page.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            max_file_size=max_file_size,
+            allowed_paths=[str(folder) for folder in settings.served_folders],
+            prevent_thread_lock=prevent_thread_lock,
+            show_error=False,
+            quiet=quiet,
+            theme=theme,
+            footer_links=["api"],
+        )
+    except OSError:
+        # Taken between the check and the launch, or every port Gradio tries when none was given.
+        if port is not None:
+            check_port(host, port)
+        raise
     return url
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that another program (often another ``dino demo``) already listens on.
+
+    Raises:
+        ValueError: One line naming the port and the ``--port`` way out.
+    """
+    address = host.strip("[]")  # http://[::1]:port/ style IPv6 addresses
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        # As the server itself will bind: a port left in TIME_WAIT by a stopped demo is free to reuse.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise ValueError(
+                f"port {port} on {host} is not available ({error.strerror or error}): another program, perhaps "
+                f"another dino demo, uses it; pass --port with another port, or --port {ANY_FREE_PORT} to take the "
+                f"first free one from {DEFAULT_PORT}"
+            ) from None

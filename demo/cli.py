@@ -6,16 +6,32 @@ import argparse
 
 from dino.cli import add_weights_arguments, backbone_from_args, cosine_threshold, positive_int
 
-__all__ = ["register"]
+__all__ = ["port_number", "register"]
+
+HIGHEST_PORT = 65535
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= HIGHEST_PORT:
+        raise argparse.ArgumentTypeError(f"a port lies in 0..{HIGHEST_PORT}, got {port}")
+    return port
 
 
 def _demo(args: argparse.Namespace) -> int:
     # Gradio is imported only when the verb runs, so `dino --help` stays fast and works without it.
     try:
-        from demo.app import build_demo, launch_demo
+        from demo.app import build_demo, check_port, launch_demo
     except ImportError as error:
         raise ValueError(f'the demo needs Gradio ({error}); install it with: pip install -e ".[demo]"') from None
+    from demo.config import ANY_FREE_PORT
 
+    if args.port != ANY_FREE_PORT:
+        check_port(args.host, args.port)  # before the model loads and the gallery is indexed
     page = build_demo(
         args.weights,
         model=backbone_from_args(args),
@@ -33,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo`` to the ``dino`` command."""
-    from demo.config import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_MAX_VIDEO_FRAMES, DEFAULT_PORT
+    from demo.config import ANY_FREE_PORT, DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_MAX_VIDEO_FRAMES, DEFAULT_PORT
 
     parser = subparsers.add_parser(
         "demo",
@@ -49,7 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_HOST,
         help="address to listen on; 0.0.0.0 exposes the demo to your network (default: %(default)s, this machine only)",
     )
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+    server.add_argument(
+        "--port",
+        type=port_number,
+        default=DEFAULT_PORT,
+        help=f"port (default: %(default)s); {ANY_FREE_PORT} takes the first free one from {DEFAULT_PORT}",
+    )
     server.add_argument(
         "--share", action="store_true", help="also publish a temporary public gradio.live link (needs internet)"
     )
@@ -57,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--concurrency",
         type=positive_int,
         default=DEFAULT_CONCURRENCY,
-        help="model computations run at once over all users; others wait in a queue (default: %(default)s)",
+        help="model computations each tab runs at once over all users; others wait in the tab's queue "
+        "(default: %(default)s)",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--gallery", help="folder of images to index for Search and Copy check (default: the samples)")

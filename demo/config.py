@@ -13,9 +13,29 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 # Uploads above this are refused by the server before any handler runs.
 MAX_UPLOAD_SIZE = "50mb"
-# Model work is serialised through one queue: on a laptop CPU two forward passes at once only slow both.
+# Each tab's model work goes through a queue of its own (one forward pass at a time per tab by default: on a
+# laptop CPU more only slow each other), so that a long video or a large photo never holds up a quick search.
 DEFAULT_CONCURRENCY = 1
 QUEUE_MAX_SIZE = 64
+# The queues, by endpoint (Copy check's two buttons share one: both use the copy-detection descriptor).
+CONCURRENCY_GROUPS = {
+    "attention": "attention",
+    "search": "search",
+    "copy_check": "copy",
+    "copy_search": "copy",
+    "video": "video",
+}
+# `--port 0` asks for the first free port from Gradio's first (7860), as `launch(server_port=None)` picks it.
+ANY_FREE_PORT = 0
+# Patch tokens one network input may make in the demo, below the core's 8192 (dino.features.DEFAULT_MAX_TOKENS):
+# attention costs grow with the square of the tokens, and the demo serves several users on one machine. 6400 holds
+# a square photo at the largest input size (640) with patch 8 (80×80) and the paper's 854×480 video frames with
+# patch 8 (106×60); a 10000×20 strip makes about 100,000 at the smallest size (224), and is refused before any
+# resizing.
+DEMO_MAX_TOKENS = 6400
+# Uploaded images with more pixels than this are refused from their header, before decoding (an 8000×6000 photo,
+# 48 MP, takes about a second to decode; PIL's own bomb guard lets up to 179 MP through).
+MAX_PHOTO_PIXELS = 50_000_000
 # Videos are cut to this many frames (about 6 s at 8 fps); label propagation costs one forward per frame.
 DEFAULT_MAX_VIDEO_FRAMES = 48
 # Frames are shrunk to this short side before propagation (the app resizes to 480 anyway) to keep
@@ -27,8 +47,8 @@ MAX_VIDEO_FPS = 120.0
 ATTENTION_SIZE = 480
 ATTENTION_THRESHOLD = 0.6
 SEARCH_RESULTS = 8
-# A colour mask upload with more distinct colours than this is almost certainly a photo or a JPEG.
-MAX_MASK_OBJECTS = 20
+# Side of the square sample pictures under each upload (the page carries them inline, as small JPEGs).
+SAMPLE_THUMBNAIL_SIDE = 64
 
 
 @dataclass
@@ -44,3 +64,4 @@ class DemoSettings:
     index_source: str = ""
     copy_threshold: float = float("nan")
     served_folders: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import struct
+import threading
+import zlib
 
 import cv2
 import httpx
@@ -16,6 +19,7 @@ pytest.importorskip("gradio_client", reason="the demo's API tests need gradio_cl
 from demo import adapters  # noqa: E402
 from demo.gallery import sample_copy, sample_gallery, sample_video  # noqa: E402
 from dino.checkpoint import load_backbone  # noqa: E402
+from dino.data.masks import write_indexed_png  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,  # one demo server for the session: ~30 s of model work on 2 CPU cores
@@ -48,14 +52,107 @@ def test_every_tab_has_a_named_endpoint(client) -> None:
     assert ENDPOINTS <= set(client.view_api(return_format="dict")["named_endpoints"])
 
 
-def test_one_queue_limits_model_work_over_all_tabs(demo_server) -> None:
-    model_endpoints = {name.lstrip("/") for name in ENDPOINTS - {"/first_frame"}}
-    model_events = [fn for fn in demo_server.page.fns.values() if fn.api_name in model_endpoints]
-    assert len(model_events) == len(ENDPOINTS) - 1
-    assert {fn.concurrency_id for fn in model_events} == {"model"}
-    # "default" = the queue's default_concurrency_limit, which build_demo sets.
+def _bomb_png(path, width: int, height: int):
+    """A valid 1×1 PNG whose header claims width×height pixels (as tests/core/test_bad_inputs.py makes it)."""
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_each_tab_queues_its_model_work_separately(demo_server) -> None:
+    queues = {fn.api_name: fn.concurrency_id for fn in demo_server.page.fns.values() if fn.api_name}
+    assert {queues[name] for name in ("attention", "search", "copy_check", "video")} == {
+        "attention",
+        "search",
+        "copy",
+        "video",
+    }
+    assert queues["copy_search"] == queues["copy_check"]
+    model_events = [fn for fn in demo_server.page.fns.values() if fn.concurrency_id in set(queues.values())]
+    # "default" = the queue's default_concurrency_limit, which build_demo sets: one at a time per tab.
     assert {fn.concurrency_limit for fn in model_events} == {"default"}
     assert demo_server.page._queue.default_concurrency_limit == 1
+
+
+@pytest.mark.skipif(not adapters.available("search"), reason="dino.index not installed")
+def test_a_search_is_answered_while_the_attention_tab_is_busy(demo_server, demo_cache, monkeypatch) -> None:
+    from gradio_client import Client
+
+    started, release = threading.Event(), threading.Event()
+    attention_views = adapters.attention_views
+
+    def held(*args, **kwargs):
+        started.set()
+        release.wait(timeout=120)
+        return attention_views(*args, **kwargs)
+
+    monkeypatch.setattr(adapters, "attention_views", held)  # the server runs in this process
+    photo = _file(_photo(demo_cache, "skimage-rocket"))
+    busy = Client(demo_server.url, verbose=False).submit(photo, 0.6, 224, False, api_name="/attention")
+    try:
+        assert started.wait(timeout=60)
+        search = Client(demo_server.url, verbose=False).submit(photo, 3, api_name="/search")
+        assert len(search.result(timeout=60)) == 3  # with one queue for all tabs it would wait for `release`
+        assert not busy.done()
+    finally:
+        release.set()
+    assert len(busy.result(timeout=120)) == 4
+
+
+def test_user_errors_print_no_traceback_on_the_server_but_bugs_do(client, demo_cache, capfd, monkeypatch) -> None:
+    _app_error(client, None, 0.6, 224, True, api_name="/attention")
+    _app_error(client, _file(_photo(demo_cache, "skimage-chelsea")), None, api_name="/copy_check")
+    assert "Traceback" not in capfd.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the demo")
+
+    monkeypatch.setattr(adapters, "search_similar", broken)
+    _app_error(client, _file(_photo(demo_cache, "skimage-chelsea")), 3, api_name="/search")
+    console = capfd.readouterr().err
+    assert "Traceback" in console and "ZeroDivisionError: a bug in the demo" in console
+
+
+def test_the_page_and_its_config_name_no_server_path(demo_server, demo_cache) -> None:
+    base = demo_server.url.rstrip("/")
+    for text in (httpx.get(f"{base}/config").text, httpx.get(base).text):
+        assert str(demo_cache) not in text
+        assert not re.search(r'"path":\s*"/', text)  # no FileData with an absolute path (the samples are inline)
+        assert "file=/" not in text
+    assert "skimage-chelsea.jpg" in httpx.get(f"{base}/config").text  # the samples, by their bare names
+
+
+def _server_paths(value) -> list[str]:
+    """The server-side paths of every file in an API result taken with download_files=False."""
+    if isinstance(value, dict):
+        found = [value["path"]] if isinstance(value.get("path"), str) else []
+        return found + [
+            path for item in value.values() if isinstance(item, (dict, list)) for path in _server_paths(item)
+        ]
+    if isinstance(value, (list, tuple)):
+        return [path for item in value for path in _server_paths(item)]
+    return []
+
+
+@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
+def test_identical_requests_get_files_of_their_own(demo_server, demo_cache) -> None:
+    from gradio_client import Client
+
+    remote = Client(demo_server.url, verbose=False, download_files=False)
+    photo = _file(_photo(demo_cache, "skimage-coffee"))
+    # Search: 3 thumbnails; attention: the mean map, the better mask, a heatmap and a mask per head, all heads.
+    for arguments, endpoint, count in (
+        ((photo, 3), "/search", 3),
+        ((photo, 0.6, 224, True), "/attention", 2 + 2 * demo_server.heads + 1),
+    ):
+        first = _server_paths(remote.predict(*arguments, api_name=endpoint))
+        second = _server_paths(remote.predict(*arguments, api_name=endpoint))
+        assert len(first) == len(second) == count
+        # Same pictures, yet no path is shared: one response's writing can never touch a file another downloads.
+        assert not set(first) & set(second) and len(set(first)) == len(first)
 
 
 # ---------------------------------------------------------------------------- attention
@@ -99,6 +196,38 @@ def test_attention_names_a_truncated_photo_without_server_paths(client, demo_cac
     message = _app_error(client, _file(broken), 0.6, 224, True, api_name="/attention")
     assert "broken.jpg" in message
     assert str(tmp_path) not in message and "/tmp/" not in message
+
+
+@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
+def test_attention_refuses_a_strip_over_the_demo_token_budget_at_once(client, tmp_path) -> None:
+    from demo.config import DEMO_MAX_TOKENS
+
+    Image.new("RGB", (10000, 20), "white").save(tmp_path / "strip.png")
+    message = _app_error(client, _file(tmp_path / "strip.png"), 0.6, 224, True, api_name="/attention")
+    assert message.startswith("strip.png is 10000×20 pixels: at input short side 224")
+    assert f"this demo's limit ({DEMO_MAX_TOKENS:,})" in message and "--max-tokens" not in message
+
+
+def test_attention_refuses_images_with_too_many_pixels_before_decoding(client, tmp_path) -> None:
+    bomb = _app_error(
+        client, _file(_bomb_png(tmp_path / "bomb.png", 30000, 30000)), 0.6, 224, True, api_name="/attention"
+    )
+    assert bomb == "bomb.png has too many pixels to open safely; this demo takes images of up to 50 megapixels."
+    huge = _app_error(
+        client, _file(_bomb_png(tmp_path / "huge.png", 8000, 7000)), 0.6, 224, True, api_name="/attention"
+    )
+    assert huge.startswith("huge.png is 8000×7000 pixels, too large")
+
+
+@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
+def test_attention_shows_the_better_mask_of_a_large_photo_at_a_bounded_size(client, tmp_path) -> None:
+    from apps.segmentation.diffusion import MAX_REFINE_PIXELS
+
+    Image.new("RGB", (2400, 1800), (90, 140, 200)).save(tmp_path / "large.jpg")  # 4.3 MP, 4:3
+    _, cut, _, _ = client.predict(_file(tmp_path / "large.jpg"), 0.6, 224, True, api_name="/attention")
+    height, width = np.asarray(Image.open(cut)).shape[:2]
+    assert 0.995 * MAX_REFINE_PIXELS <= width * height <= MAX_REFINE_PIXELS
+    assert width / height == pytest.approx(4 / 3, abs=1e-3)
 
 
 def test_attention_asks_for_a_photo_when_none_is_given(client) -> None:
@@ -214,3 +343,22 @@ def test_video_refuses_a_file_that_is_not_a_video(client, demo_cache, tmp_path) 
     fake.write_text("not a video")
     message = _app_error(client, _file(fake), _file(sample_video(demo_cache).first_mask), None, api_name="/video")
     assert "holiday.mp4: OpenCV cannot decode this video" in message
+
+
+@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
+def test_video_of_strips_is_refused_at_once_over_the_demo_token_budget(client, tmp_path) -> None:
+    from demo.config import DEMO_MAX_TOKENS
+
+    writer = cv2.VideoWriter(str(tmp_path / "strip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (2000, 16))
+    for _ in range(3):
+        writer.write(np.full((16, 2000, 3), 128, np.uint8))
+    writer.release()
+    labels = np.zeros((16, 2000), np.uint8)
+    labels[:, :100] = 1
+    write_indexed_png(tmp_path / "strip-mask.png", labels)
+    message = _app_error(
+        client, _file(tmp_path / "strip.avi"), _file(tmp_path / "strip-mask.png"), None, api_name="/video"
+    )
+    # Propagation resizes the short side to 480: 60000×480 pixels would make far more than the budget.
+    assert message.startswith("strip.avi: frames of 2000×16 pixels make more patch tokens than this demo's limit")
+    assert f"({DEMO_MAX_TOKENS:,})" in message

@@ -187,3 +187,24 @@ def test_a_file_that_is_not_an_image_gives_a_message_not_a_trace(browser_page, t
     message = page.get_by_text("notes.jpg is not an image this demo can read")
     message.first.wait_for(timeout=RESULT_TIMEOUT_MS)
     assert "Traceback" not in page.content()
+
+
+@pytest.mark.parametrize(
+    ("tab", "samples", "sample", "filled"),
+    [
+        ("Attention", "#attention-samples", "skimage-chelsea.jpg", ["#attention-photo img"]),
+        ("Video", "#video-samples", "disc.webm", ["#video-input video", "#video-mask img"]),
+    ],
+)
+def test_a_sample_click_fills_the_uploads(browser_page, tab, samples, sample, filled) -> None:
+    page = browser_page
+    page.reload()  # empty uploads: what the click puts there is what is checked
+    page.locator("#attention-photo").wait_for()
+    _open_tab(page, tab)
+    for shown in filled:
+        assert page.locator(shown).count() == 0
+    thumbnail = page.locator(f"{samples} img[alt='{sample}']")
+    assert thumbnail.evaluate("img => img.naturalWidth") > 0  # the inline thumbnail decoded
+    thumbnail.click()
+    for shown in filled:
+        page.locator(shown).wait_for(timeout=30_000)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import io
+import json
+import socket
+import struct
 import warnings
+import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,9 +20,22 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]' (or '.[dev]')")
 
 from demo import app, gallery  # noqa: E402
+from demo.config import DEFAULT_PORT  # noqa: E402
+from demo.outputs import ResponseFiles  # noqa: E402
 from demo.render import colorize  # noqa: E402
 from dino.checkpoint import load_backbone  # noqa: E402
+from dino.data.io import ImageLoadError  # noqa: E402
 from dino.data.masks import write_indexed_png  # noqa: E402
+
+
+def bomb_png(path, width: int = 30000, height: int = 30000):
+    """A valid 1×1 PNG whose header claims width×height pixels (as tests/core/test_bad_inputs.py makes it)."""
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
 
 
 # ---------------------------------------------------------------------------- sample data
@@ -96,6 +116,20 @@ def test_empty_mask_is_refused(tmp_path) -> None:
         app._labels_from_mask_file(str(tmp_path / "empty.png"), (4, 4))
 
 
+def test_mask_errors_name_the_upload_not_the_server_folder(tmp_path) -> None:
+    # The core's reader refuses a decompression bomb from its header, naming the file as the demo passes it.
+    with pytest.raises(ImageLoadError, match=r"^bomb\.png: .*pixels") as caught:
+        app._labels_from_mask_file(str(bomb_png(tmp_path / "bomb.png")), (4, 4))
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_mask_is_resized_to_the_frames_by_nearest_neighbour(tmp_path) -> None:
+    labels = np.array([[0, 1], [2, 0]], np.uint8)
+    write_indexed_png(tmp_path / "mask.png", labels)
+    resized = app._labels_from_mask_file(str(tmp_path / "mask.png"), (4, 6))
+    assert np.array_equal(resized, np.kron(labels, np.ones((2, 3), np.uint8)))
+
+
 def test_drawing_marks_painted_pixels_as_object_one() -> None:
     layer = np.zeros((10, 10, 4), np.uint8)
     layer[2:4, 5:8, 3] = 255
@@ -128,6 +162,68 @@ def test_large_frames_are_shrunk_to_the_short_side() -> None:
 def test_error_messages_show_file_names_not_server_folders() -> None:
     error = ValueError("/tmp/gradio/3f9a/holiday photo.jpg: cannot decode image (broken data)")
     assert app._user_message(error) == "holiday photo.jpg: cannot decode image (broken data)"
+
+
+def test_user_errors_print_no_traceback_on_the_server() -> None:
+    @app._friendly
+    def handler(kind: str):
+        if kind == "user":
+            raise ImageLoadError("/srv/uploads/x.jpg: cannot decode image")
+        raise RuntimeError("a bug")
+
+    with pytest.raises(app.gr.Error) as caught:
+        handler("user")
+    assert caught.value.print_exception is False and str(caught.value.message) == "x.jpg: cannot decode image"
+    with pytest.raises(RuntimeError):  # not a user error: Gradio prints its traceback
+        handler("bug")
+
+
+# ---------------------------------------------------------------------------- response files
+def test_every_response_writes_its_own_files_even_for_identical_pictures(tmp_path) -> None:
+    picture = np.full((8, 8, 3), 200, np.uint8)
+    first, second = ResponseFiles(tmp_path), ResponseFiles(tmp_path)
+    a, b = first.image(picture, "result"), second.image(picture, "result")
+    assert a != b and first.folder != second.folder
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    stamp = Path(a).stat()
+    second.image(picture + 1, "other")  # another response's writing never touches the first one's file
+    assert (Path(a).stat().st_mtime_ns, Path(a).stat().st_ino) == (stamp.st_mtime_ns, stamp.st_ino)
+    with pytest.raises(ValueError, match="not a new plain file name"):
+        first.image(picture, "result")  # a file given out is never rewritten
+    with pytest.raises(ValueError, match="not a new plain file name"):
+        first.path("../escape.webm")
+    assert not list(tmp_path.glob("**/*.tmp"))  # written through a temporary, renamed into place
+
+
+def test_large_photos_are_shrunk_to_the_pixel_bound_keeping_their_aspect() -> None:
+    photo = Image.new("RGB", (2400, 1800))
+    bounded = app._bounded_photo(photo, 2_100_000)
+    assert bounded.width * bounded.height <= 2_100_000
+    assert bounded.width * bounded.height >= 0.995 * 2_100_000
+    assert bounded.width / bounded.height == pytest.approx(4 / 3, abs=1e-3)
+    small = Image.new("RGB", (640, 480))
+    assert app._bounded_photo(small, 2_100_000) is small
+
+
+def test_uploads_over_the_pixel_limit_are_refused_from_their_header(tmp_path) -> None:
+    # 8000×7000 = 56 MP: under PIL's bomb guard (89 MP), over the demo's 50 MP; the file itself is tiny.
+    with pytest.raises(app.gr.Error) as caught:
+        app._check_pixel_count(str(bomb_png(tmp_path / "huge.png", 8000, 7000)), "huge.png")
+    assert "huge.png is 8000×7000 pixels, too large" in caught.value.message and "50 megapixels" in caught.value.message
+    app._check_pixel_count(str(bomb_png(tmp_path / "fine.png", 8000, 6000)), "fine.png")  # 48 MP is accepted
+
+
+# ---------------------------------------------------------------------------- samples
+def test_samples_are_inline_thumbnails_with_bare_names(tmp_path) -> None:
+    path = tmp_path / "private" / "holiday.jpg"
+    path.parent.mkdir()
+    Image.new("RGB", (400, 200), (10, 200, 30)).save(path)
+    html = app._sample_preview(path)
+    assert str(tmp_path) not in html and 'alt="holiday.jpg"' in html
+    encoded = html.split("base64,")[1].split('"')[0]
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as thumbnail:
+        assert thumbnail.size == (64, 64)  # SAMPLE_THUMBNAIL_SIDE, centre-cropped
+        assert np.abs(np.asarray(thumbnail, dtype=int) - (10, 200, 30)).max() < 8
 
 
 # ---------------------------------------------------------------------------- pictures and page text
@@ -181,6 +277,46 @@ def test_demo_verb_options() -> None:
     assert (args.port, args.weights, args.gallery, args.max_video_frames) == (9000, "dino_vits8", "photos", 20)
     assert args.copy_threshold is None  # the copy-detection app's default
     assert _parse("--copy-threshold", "0.9").copy_threshold == 0.9
+
+
+def test_unusable_gallery_images_are_skipped_with_a_warning_and_a_note(tmp_path, capsys) -> None:
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photos / name)
+    (photos / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        page = app.build_demo("random:vit_tiny/16", gallery=photos, cache_dir=tmp_path / "cache", device="cpu")
+    skipped = page.dino_settings.skipped
+    assert [Path(path).name for path in skipped] == ["b_broken.jpg"]
+    console = capsys.readouterr().err
+    assert "dino demo: skipped 1 gallery image(s) that cannot be used:" in console and "b_broken.jpg" in console
+    config = json.dumps(page.config, ensure_ascii=False)
+    assert "Index: `my photos` (2 images; 1 gallery image could not be used and was skipped)." in config
+    assert str(tmp_path) not in config  # neither the gallery's folder nor the samples' cache: bare names only
+
+
+def test_busy_port_is_one_line_naming_the_port_and_the_way_out(capsys) -> None:
+    from dino.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Refused before the weights load and the gallery is indexed, so no weights need to exist.
+        assert main(["demo", "--port", str(port), "--weights", "/nonexistent/weights.pth"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith(f"dino demo: error: port {port} on 127.0.0.1 is not available")
+    assert "--port" in error and f"--port 0 to take the first free one from {DEFAULT_PORT}" in error
+
+
+def test_port_must_be_a_port_number() -> None:
+    with pytest.raises(SystemExit):
+        _parse("--port", "70000")
+    assert _parse("--port", "0").port == 0
 
 
 def test_build_demo_rejects_nonsense_limits() -> None:
