@@ -738,12 +738,7 @@ def environment(device_name: str) -> dict[str, Any]:
     }
     if os.path.isdir("/dev/shm"):
         info["dev_shm_gib"] = round(shutil.disk_usage("/dev/shm").total / 2**30, 1)  # DataLoader workers use it
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:
-        info["triton"] = None
+    info["packages"] = _package_versions()
     device = torch.device(device_name)
     info["device"] = device_name
     if device.type == "cuda":
@@ -760,6 +755,19 @@ def environment(device_name: str) -> dict[str, Any]:
     else:
         info["cpu"] = platform.processor() or platform.machine()
     return info
+
+
+def _package_versions() -> dict[str, str | None]:
+    """The versions of what the sections import (None: missing), so that a machine without one is seen at once."""
+    import importlib
+
+    versions: dict[str, str | None] = {}
+    for name in ("torchvision", "numpy", "PIL", "tqdm", "yaml", "cv2", "triton"):
+        try:
+            versions[name] = str(getattr(importlib.import_module(name), "__version__", "installed"))
+        except Exception:  # ImportError, or a broken install that fails in its own import
+            versions[name] = None
+    return versions
 
 
 def _git_commit() -> str | None:
@@ -855,13 +863,23 @@ def _threads(args: argparse.Namespace, device: torch.device) -> int:
     return 1 if args.quick and device.type == "cpu" else 0
 
 
+def _parent_device(preference: str) -> torch.device:
+    """dino.features.pick_device; torch's own view if the core cannot be imported here (a package missing), so that
+    the environment is still recorded and each section says what it lacks."""
+    try:
+        from dino.features import pick_device
+    except ImportError:
+        if preference != "auto":
+            return torch.device(preference)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return pick_device(preference)
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
 def run_suite(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    from dino.features import pick_device
-
     started = PROCESS_START
     # A SIGTERM (a runner's time limit) ends the suite the way Ctrl-C does: the running section's process group is
     # killed with it (the sections run in sessions of their own, which a signal to this process does not reach).
@@ -869,7 +887,7 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out.parent)
-    device = pick_device(args.device)
+    device = _parent_device(args.device)
     plan = make_plan(args)
     threads = _threads(args, device)
     report: dict[str, Any] = {
@@ -954,7 +972,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: every section in seconds on a CPU")
     parser.add_argument("--budget", type=float, default=270.0, help="seconds for it all (default: %(default)s)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="autocast precision")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, help="ViT batch at 224² (default 256; 480×832 uses a 16th)")
     parser.add_argument("--weights-16", help="the patch-16 backbone (default random:vit_small/16)")
     parser.add_argument("--weights-8", help="the patch-8 backbone, also DAVIS's (default random:vit_small/8)")
@@ -967,7 +985,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "when present, else synthetic 854x480 frames (--quick: synthetic)",
     )
     parser.add_argument("--train-batch-size", type=int, help="dino train batch (default 64, the recipe's per GPU)")
-    parser.add_argument("--train-workers", type=int, help="dino train loader workers (default: CPUs - 2, at most 14)")
+    parser.add_argument(
+        "--train-workers",
+        type=int,
+        help="dino train loader workers (default: CPUs - 2, at most 14, fewer if /dev/shm is small)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads per section (default: torch's; 1 with --quick)")
     parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)  # a child process's one section
     parser.add_argument("--records", help=argparse.SUPPRESS)
