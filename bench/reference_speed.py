@@ -67,6 +67,7 @@ from apps.video_seg.preprocess import FramePreprocessing
 from apps.video_seg.propagation import NEIGHBOURHOOD_RADIUS, PropagationConfig
 from dino.atomic import atomic_write_json
 from dino.checkpoint import load_backbone
+from dino.cli import USER_ERRORS
 from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
 from dino.data.transforms import IMAGENET_MEAN, IMAGENET_STD, knn_transform
 from dino.descriptors import DescriptorExtractor, DescriptorRecipe
@@ -575,7 +576,7 @@ def machine_description(precision: str) -> dict[str, Any]:
 
 
 def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> BenchReport:
-    """Every workload of `args.only`, in one process; raises ValueError/FileNotFoundError on bad options."""
+    """Every workload of `args.only`, in one process; bad options or inputs raise one of ``dino.cli.USER_ERRORS``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.data.is_dir():
@@ -631,7 +632,7 @@ def print_report(report: BenchReport, markdown: bool) -> None:
         ratio = f"{result.ratio:.2f}"
         if result.reference_once_s:
             ratio += f" ({result.ratio_with_once:.2f} with the {result.reference_once_s:.1f} s mask build)"
-        agreement = ", ".join(f"{key} {value:.3g}" for key, value in result.agreement.items())
+        agreement = ", ".join(f"{key} {value:.6g}" for key, value in result.agreement.items())
         rows.append(
             [
                 result.workload,
@@ -659,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         report = run_bench(args, log=lambda line: print(line, file=sys.stderr))
-    except (ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         print(f"reference_speed: error: {error}", file=sys.stderr)
         return 2
     print_report(report, args.markdown)
