@@ -637,8 +637,8 @@ def test_demo_verb_builds_the_page_on_a_reg_index(photos, weights_file, tmp_path
     assert launch["host"] == "127.0.0.1" and launch["port"] == 7999
     handlers = {fn.api_name: fn.fn for fn in page.fns.values()}
     mean_map, cut, heads, masks = handlers["attention"](str(photos[1]), 0.6, 224, True)
-    # 100×75, short side 224: 298×224, cropped to 294×224.
-    assert mean_map.shape == (224, 294, 3) and cut.shape == (75, 100, 3)  # the better mask at the photo's size
+    # Each response writes its own files; 100×75, short side 224: 298×224, cropped to 294×224.
+    assert Image.open(mean_map).size == (294, 224) and Image.open(cut).size == (100, 75)  # the mask: photo's size
     assert len(heads) == HEADS and len(masks) == HEADS + 1
     results = handlers["search"](str(photos[0]), 2)
     assert results[0][1].endswith(photos[0].name) and results[0][1].startswith("1.000")
