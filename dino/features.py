@@ -188,14 +188,13 @@ def cpuinfo_has_native_bf16(cpuinfo: str) -> bool:
 def autocast_dtype(device: torch.device, dtype: DTypeName = "auto") -> torch.dtype | None:
     """The autocast dtype to use, or None for plain fp32.
 
-    ``auto`` is bf16 where it is fast: on CUDA devices that support it and on CPUs that compute it natively
-    (:func:`cpu_has_native_bf16`); fp32 elsewhere (other CPUs, Apple MPS). Protocol evaluations default to
-    ``fp32``, the reference's precision, so that their numbers stay the reference's.
+    ``auto`` is bf16 where it is fast: on CUDA and on CPUs that compute it natively (:func:`cpu_has_native_bf16`);
+    fp32 elsewhere (other CPUs, Apple MPS). Protocol evaluations default to ``fp32``, the reference's precision, so
+    that their numbers stay the reference's.
     """
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
     return None if dtype == "fp32" else TORCH_DTYPES[dtype]
