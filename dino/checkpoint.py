@@ -430,6 +430,10 @@ def _random_backbone(
             return RELEASES[spec].config().build(**model_kwargs)
         if spec:
             spec_arch, _, spec_patch = spec.partition("/")
+            if spec_patch and not (spec_patch.isdigit() and int(spec_patch) > 0):
+                raise CheckpointError(
+                    f"{text}: the patch size after '/' must be a positive integer, got {spec_patch!r}"
+                )
             arch = arch or spec_arch
             patch_size = patch_size or (int(spec_patch) if spec_patch else None)
         return build_vit(arch or "vit_small", patch_size or 16, **model_kwargs)

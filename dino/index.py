@@ -341,7 +341,10 @@ class ImageIndex:
         identity = model_identity(model)
         for key in IDENTITY_FIELDS:
             if built_with.get(key, IDENTITY_DEFAULTS.get(key)) != identity[key]:
-                differences.append(f"backbone {key}: index {built_with.get(key)!r}, given {identity[key]!r}")
+                stored, given = built_with.get(key), identity[key]
+                if key == "sha256":  # the first 12 hex digits tell two checksums apart
+                    stored, given = _short(stored), _short(given)
+                differences.append(f"backbone {key}: index {stored!r}, given {given!r}")
         if recipe is not None:
             stored = self._manifest["recipe"]
             for key, value in recipe.as_dict().items():
@@ -355,8 +358,7 @@ class ImageIndex:
             where = self.path or "this index"
             raise IndexMismatchError(
                 f"{where} was built with weights {built_with.get('weights')!r} and cannot be used with these "
-                "settings (rebuild it, or pass the backbone and options it was built with):\n  "
-                + "\n  ".join(differences)
+                f"settings ({'; '.join(differences)}); rebuild it, or pass the backbone and options it was built with"
             )
 
     def load_backbone(self, weights_only: bool = True, checkpoint_key: str = "teacher") -> VisionTransformer:
@@ -439,6 +441,10 @@ class ImageIndex:
     def vectors(self) -> np.ndarray:
         """The stored descriptors (n, dim) in id order (decoded approximations for compressed factories)."""
         return _reconstruct_all(self._index)
+
+
+def _short(digest: Any) -> Any:
+    return f"{digest[:12]}…" if isinstance(digest, str) and len(digest) > 12 else digest
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:

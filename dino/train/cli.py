@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 from dino.cli import output_folder
@@ -11,11 +13,21 @@ from dino.train.trainer import NonFiniteLossError, train
 
 __all__ = ["register"]
 
+# A config override as written on the command line: section.field=value (or field=value).
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)?=")
+
+
+def _is_override(text: str) -> bool:
+    return bool(_OVERRIDE.match(text)) and not os.path.exists(text)
+
 
 def _run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.data_path:
-        overrides.append(f"run.data_path=[{', '.join(repr(p) for p in args.data_path)}]")
+    # `--data-path A B optim.lr=1e-3` hands the override to --data-path (it takes several values): take back
+    # every KEY=VALUE that is not an existing file or folder.
+    data_path = [path for path in args.data_path or [] if not _is_override(path)]
+    overrides = list(args.overrides) + [path for path in args.data_path or [] if _is_override(path)]
+    if data_path:
+        overrides.append(f"run.data_path=[{', '.join(repr(p) for p in data_path)}]")
     if args.output_dir:
         overrides.append(f"run.output_dir={args.output_dir!r}")
     if args.no_progress:

@@ -9,6 +9,7 @@ command-line ``key=value`` overrides. Keys are dotted (``optim.lr=1e-3``); a bar
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -111,6 +112,52 @@ class RunConfig:
     progress: bool = True
 
 
+# Numeric fields and the values the trainer can use (inclusive bounds); every number must also be finite.
+_RANGES: dict[str, tuple[float, float]] = {
+    "model.patch_size": (1, math.inf),
+    "model.out_dim": (1, math.inf),
+    "model.head_nlayers": (1, math.inf),
+    "model.head_hidden_dim": (1, math.inf),
+    "model.head_bottleneck_dim": (1, math.inf),
+    "model.drop_path_rate": (0, 1),
+    "crops.local_crops_number": (0, math.inf),
+    "crops.global_crops_size": (1, math.inf),
+    "crops.local_crops_size": (1, math.inf),
+    "loss.warmup_teacher_temp": (0, math.inf),
+    "loss.teacher_temp": (0, math.inf),
+    "loss.warmup_teacher_temp_epochs": (0, math.inf),
+    "loss.student_temp": (0, math.inf),
+    "loss.center_momentum": (0, 1),
+    "optim.epochs": (1, math.inf),
+    "optim.lr": (0, math.inf),
+    "optim.min_lr": (0, math.inf),
+    "optim.warmup_epochs": (0, math.inf),
+    "optim.weight_decay": (0, math.inf),
+    "optim.weight_decay_end": (0, math.inf),
+    "optim.momentum_teacher": (0, 1),
+    "optim.clip_grad": (0, math.inf),
+    "optim.freeze_last_layer": (0, math.inf),
+    "run.seed": (0, 2**32 - 1),
+    "run.num_workers": (0, math.inf),
+    "run.saveckp_freq": (0, math.inf),
+    "run.checkpoint_every_steps": (0, math.inf),
+    "run.max_steps": (0, math.inf),
+    "run.log_every": (1, math.inf),
+}
+# Temperatures divide the logits: 0 is not a temperature.
+_POSITIVE = frozenset({"loss.warmup_teacher_temp", "loss.teacher_temp", "loss.student_temp"})
+
+
+def _out_of_range(key: str, value: float) -> str | None:
+    """Why `value` cannot be `key`, or None when it can."""
+    low, high = _RANGES[key]
+    if key in _POSITIVE:
+        return None if math.isfinite(value) and value > 0 else "must be a number above 0"
+    if math.isfinite(value) and low <= value <= high:
+        return None
+    return f"must be at least {low}" if high == math.inf else f"must lie in [{low}, {high}]"
+
+
 @dataclass
 class TrainConfig:
     """Everything `dino train` needs; see the section classes for the fields."""
@@ -132,6 +179,16 @@ class TrainConfig:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"config {key}={value!r}: choose one of {', '.join(allowed)}")
+        for key in _RANGES:
+            section, _, name = key.partition(".")
+            value = getattr(getattr(self, section), name)
+            problem = _out_of_range(key, value)
+            if problem:
+                raise ValueError(f"config {key}={value!r}: {problem}")
+        for key in ("crops.global_crops_scale", "crops.local_crops_scale"):
+            low, high = getattr(self.crops, key.partition(".")[2])
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"config {key}=({low}, {high}): need 0 < min <= max <= 1")
         if self.optim.warmup_epochs > self.optim.epochs:
             raise ValueError(f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds optim.epochs={self.optim.epochs}")
         if self.loss.warmup_teacher_temp_epochs > self.optim.epochs:
@@ -244,7 +301,8 @@ def _read_yaml(text: str, source: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ValueError(f"{source}: not valid YAML ({error})") from error
+        reason = " ".join(str(error).split())  # PyYAML's messages span several lines
+        raise ValueError(f"{source}: not valid YAML ({reason})") from None
 
 
 def load_config(

@@ -251,6 +251,9 @@ def test_random_source_is_seeded_and_configurable() -> None:
     assert first.patch_size == 8 and first.embed_dim == 192
     assert torch.equal(first.pos_embed, second.pos_embed)
     assert load_backbone("random", arch="vit_tiny").patch_size == 16
+    for spec in ("random:vit_small/0", "random:vit_small/abc", "random:vit_small/-8"):
+        with pytest.raises(CheckpointError, match="patch size after '/' must be a positive integer"):
+            load_backbone(spec)
 
 
 def test_atomic_save_keeps_previous_file_on_failure(tmp_path) -> None:

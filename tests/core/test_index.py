@@ -269,7 +269,8 @@ def test_other_backbone_or_recipe_is_refused(model, images, tmp_path) -> None:
     other = load_backbone("random:vit_tiny/16")
     with torch.no_grad():
         other.blocks[0].mlp.fc1.bias.add_(0.5)
-    with pytest.raises(IndexMismatchError, match=r"(?s)idx was built with.*backbone sha256"):
+    one_line = r"idx was built with .*\(backbone sha256: index '[0-9a-f]{12}…', given '[0-9a-f]{12}…'\); rebuild it"
+    with pytest.raises(IndexMismatchError, match=one_line):
         search_images(index, images[:1], other, **QUIET)
     with pytest.raises(IndexMismatchError, match="backbone embed_dim: index 192, given 384"):
         index.check_compatible(load_backbone("random:vit_small/16"))
