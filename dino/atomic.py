@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "check_output_dir",
+    "refuse_overwriting_inputs",
     "remove_replaced_backups",
     "remove_stale_temporaries",
     "restore_interrupted_output_dir",
@@ -190,6 +191,23 @@ def _backups(target: Path) -> list[Path]:
     if not target.parent.is_dir():
         return []
     return [entry for entry in target.parent.iterdir() if entry.name.startswith(prefix)]
+
+
+def refuse_overwriting_inputs(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse an output file that is one of the inputs (the same file, whatever the path says).
+
+    Raises:
+        ValueError: Naming the output: writing it would destroy that input.
+    """
+    if not os.path.exists(output):
+        return
+    for item in inputs:
+        try:
+            same = os.path.samefile(output, item)
+        except OSError:
+            continue
+        if same:
+            raise ValueError(f"{output}: is also an input; writing there would destroy it, choose another output")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dino.atomic import atomic_write
+from dino.atomic import atomic_write, refuse_overwriting_inputs
 from dino.hub.formats import (
     BackboneConfig,
     LayoutError,
@@ -508,6 +508,8 @@ def export_backbone(
     Returns:
         The SHA-256 of the written file.
     """
+    if os.path.exists(source):
+        refuse_overwriting_inputs(out, [source])
     model = load_backbone(source, checkpoint_key=checkpoint_key, weights_only=weights_only)
     state = {key: value.detach().to(dtype).contiguous() for key, value in model.state_dict().items()}
     atomic_torch_save(state, out)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 import dino
-from dino.atomic import atomic_output_path, atomic_write_json
+from dino.atomic import atomic_output_path, atomic_write_json, refuse_overwriting_inputs
 from dino.checkpoint import (
     BUNDLED_VIT_TINY,
     DEFAULT_WEIGHTS,
@@ -340,12 +340,14 @@ def extract_features_to_file(
     Returns:
         The .npy path, its row count and the skipped images.
     """
-    if Path(out).suffix.lower() == ".json":
+    if Path(out).suffix.lower() != ".npy":
         raise ValueError(
             f"{out}: the features are written as .npy and the image list as .json beside them; give a .npy path"
         )
     transform = make_transform(preprocessing, size, model.patch_size)
     paths = list_images(inputs, required=True)
+    refuse_overwriting_inputs(out, paths)
+    refuse_overwriting_inputs(Path(out).with_suffix(".json"), paths)
     extractor = FeatureExtractor(
         model,
         transform,

@@ -18,7 +18,7 @@ from apps.copy_detection.find import (
 from apps.copy_detection.generate import STRONG_PER_ORIGINAL, make_benchmark
 from apps.copy_detection.metrics import TOP_K
 from apps.copy_detection.verify import VERIFIERS
-from dino.atomic import atomic_write_json
+from dino.atomic import atomic_write_json, refuse_overwriting_inputs
 from dino.cli import (
     INDEX_WEIGHTS,
     add_on_error_argument,
@@ -300,6 +300,8 @@ def _find(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
     queries = list_images(args.images, required=True)
+    if args.out:
+        refuse_overwriting_inputs(args.out, queries)
     threshold = calibration_for(model).threshold if args.threshold is None else args.threshold
     min_inliers = args.min_inliers
     if args.verify and min_inliers is None:

@@ -12,7 +12,7 @@ from apps.retrieval.evaluate import evaluate_retrieval, format_results
 from apps.retrieval.indexing import fit_whitening, index_folders, update_folders
 from apps.retrieval.revisitop import DATASETS
 from apps.retrieval.sheet import save_contact_sheet
-from dino.atomic import atomic_write_json
+from dino.atomic import atomic_write_json, refuse_overwriting_inputs
 from dino.cli import (
     INDEX_WEIGHTS,
     add_on_error_argument,
@@ -188,6 +188,8 @@ def _query(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
     queries = [str(path) for path in list_images(args.queries, recursive=False)]
+    if args.sheet:
+        refuse_overwriting_inputs(args.sheet, queries)
     hits = search_images(index, queries, model, k=args.top_k, params=args.search_params, **extractor_options(args))
     if args.json:
         results = [

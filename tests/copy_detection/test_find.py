@@ -83,6 +83,9 @@ def test_index_and_find_cli(photos: Path, copies: list[Path], tmp_path: Path, ca
     result = json.loads(out.read_text())
     assert result["threshold"] == -1.0
     assert [Path(r["copies"][0]["path"]).name for r in result["results"]] == ["photo0.jpg", "photo0.jpg"]
+    query_bytes = copies[0].read_bytes()  # results written over a query would destroy it
+    assert cli.main(argv + ["--out", str(copies[0])] + runtime) == 2
+    assert "is also an input" in capsys.readouterr().err and copies[0].read_bytes() == query_bytes
     assert cli.main(["copy-detect", "find", str(copies[0]), "--index", str(tmp_path / "missing")] + runtime) == 2
     capsys.readouterr()
     for bad in ("nan", "inf", "1.5"):  # nan used to print "0 likely copies" and exit 0

@@ -190,3 +190,20 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch) -> None:
         assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16
     cpu_has_native_bf16.cache_clear()
     assert autocast_dtype(torch.device("mps"), "auto") is None
+
+
+def test_outputs_never_replace_their_inputs(folder, tmp_path, capsys) -> None:
+    tiny = ["--weights", "random:vit_tiny/16", "--no-progress", "--workers", "0"]
+    photo = folder / "a.png"
+    before = photo.read_bytes()
+    assert cli.main(["features", str(photo), str(folder / "c.png"), "--out", str(photo), *tiny]) == 2  # not .npy
+    disguised = tmp_path / "photo.npy"  # a PNG named .npy, given as a file: an input all the same
+    disguised.write_bytes(before)
+    assert cli.main(["features", str(disguised), "--out", str(disguised), *tiny]) == 2
+    assert "photo.npy: is also an input; writing there would destroy it" in capsys.readouterr().err
+    weights = tmp_path / "w.pth"
+    assert cli.main(["export", "random:vit_tiny/16", str(weights)]) == 0
+    saved = weights.read_bytes()
+    assert cli.main(["export", str(weights), str(weights)]) == 2
+    assert "w.pth: is also an input; writing there would destroy it" in capsys.readouterr().err
+    assert weights.read_bytes() == saved and photo.read_bytes() == before and disguised.read_bytes() == before

@@ -61,6 +61,9 @@ def test_index_query_update_as_a_user(tmp_path, capsys, make_images) -> None:
     assert stdout.splitlines()[1].split()[:2] == ["1", "1.0000"]
     with Image.open(sheet) as png:
         assert png.format == "PNG" and png.size == (5 * (160 + 12), 2 * (160 + 34 + 12))  # 1 + 4 columns, 2 rows
+    query_bytes = images[0].read_bytes()  # a sheet written over a query would destroy it
+    code, _, stderr = _run(capsys, "search", "query", str(images[0]), "--index", str(out), "--sheet", str(images[0]))
+    assert code == 2 and "is also an input" in stderr and images[0].read_bytes() == query_bytes
 
     # A folder of queries: each image finds itself first.
     code, stdout, _ = _run(capsys, "search", "query", str(folder), "--index", str(out), "-k", "1", "--json")
