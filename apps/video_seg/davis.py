@@ -35,7 +35,13 @@ from dino.atomic import (
 )
 from dino.checkpoint import state_dict_sha256, weights_provenance
 from dino.data.io import ImageLoadError
-from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png, write_indexed_png
+from dino.data.masks import (
+    davis_first_annotation,
+    davis_frames,
+    davis_sequences,
+    read_indexed_png,
+    write_indexed_png,
+)
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["MANIFEST_NAME", "SequenceResult", "read_bgr_frames", "recorded_sequences", "segment_davis"]
@@ -220,7 +226,7 @@ def segment_davis(
     root, out = Path(root), Path(out)
     names = list(dict.fromkeys(sequences)) if sequences else davis_sequences(root)
     # Every sequence's frames and first annotation are found and their sizes checked before anything is written.
-    inputs = {name: (davis_frames(root, name), davis_annotations(root, name)[0]) for name in names}
+    inputs = {name: (davis_frames(root, name), davis_first_annotation(root, name)) for name in names}
     for frames, first_annotation in inputs.values():
         _check_sizes(frames, first_annotation)
     manifest = _prepare_output(out, _settings(model, config, preprocessing, autocast), overwrite)

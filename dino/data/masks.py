@@ -17,6 +17,7 @@ from dino.data.io import ImageLoadError
 
 __all__ = [
     "davis_annotations",
+    "davis_first_annotation",
     "davis_frames",
     "davis_sequences",
     "mask_iou",
@@ -184,6 +185,20 @@ def davis_frames(root: str | os.PathLike[str], sequence: str, resolution: str = 
 def davis_annotations(root: str | os.PathLike[str], sequence: str, resolution: str = DAVIS_RESOLUTION) -> list[Path]:
     """Sorted annotation PNGs of a sequence: ``Annotations/<resolution>/<sequence>/*.png``."""
     return _sorted_files(Path(root) / "Annotations" / resolution / sequence, ".png")
+
+
+def davis_first_annotation(root: str | os.PathLike[str], sequence: str, resolution: str = DAVIS_RESOLUTION) -> Path:
+    """The annotation of a sequence's first frame, the one semi-supervised propagation starts from (the reference
+    reads the PNG of the first JPEG's name; another annotated frame would give its labels to the first frame).
+
+    Raises:
+        FileNotFoundError: No frames, or no annotation named like the first frame.
+    """
+    first = davis_frames(root, sequence, resolution)[0]
+    annotation = Path(root) / "Annotations" / resolution / sequence / f"{first.stem}.png"
+    if not annotation.is_file():
+        raise FileNotFoundError(f"{annotation}: no annotation of the sequence's first frame {first.name}")
+    return annotation
 
 
 def _sorted_files(folder: Path, suffix: str) -> list[Path]:

@@ -135,6 +135,16 @@ def test_a_first_annotation_of_another_size_is_refused(tmp_path, capsys, make_da
     assert not (tmp_path / "o").exists()
 
 
+def test_a_sequence_without_its_first_annotation_is_refused(tmp_path, capsys, make_davis) -> None:
+    # The first annotated frame would otherwise give its labels to frame 0, a silently wrong start.
+    root = make_davis(tmp_path / "davis", {"a": 3})
+    (root / "Annotations" / "480p" / "a" / "00000.png").unlink()
+    write_indexed_png(root / "Annotations" / "480p" / "a" / "00001.png", np.ones((48, 64), np.uint8))
+    assert main(["video-seg", "--davis", str(root), "--out", str(tmp_path / "o")] + WEIGHTS) == 2
+    assert "a/00000.png: no annotation of the sequence's first frame 00000.jpg" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_decoded_frames_of_another_size_name_the_file(tmp_path, make_davis) -> None:
     from apps.video_seg.davis import read_bgr_frames
 
