@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dino.features import DEFAULT_MAX_TOKENS
+from dino.features import DEFAULT_MAX_TOKENS, autocast_dtype
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = [
@@ -317,7 +317,12 @@ def propagate_mask(
         TokenBudgetError: The resized frames would make more than `max_tokens` patch tokens (checked on the first).
     """
     pipeline = _app("apps.video_seg.pipeline", "video")
-    frames = pipeline.segment_frames(frames_bgr, first_labels, model, device=device, max_tokens=max_tokens, name=name)
+    device = torch.device(device)
+    # The demo applies the model, it does not report protocol numbers: bf16 where the hardware has it.
+    autocast = autocast_dtype(device, "auto")
+    frames = pipeline.segment_frames(
+        frames_bgr, first_labels, model, device=device, autocast=autocast, max_tokens=max_tokens, name=name
+    )
     for done, labels in enumerate(frames, start=1):
         if on_frame is not None:
             on_frame(done)

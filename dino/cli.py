@@ -144,6 +144,16 @@ WEIGHTS_HELP = (
 )
 
 
+# --dtype's help, by its default.
+_AUTO_DTYPE = (
+    "auto = bf16 autocast where the hardware computes it natively (CUDA; CPUs with AVX512-BF16, AMX or Arm BF16), "
+    "fp32 elsewhere"
+)
+DTYPE_HELP = {
+    "auto": f"{_AUTO_DTYPE}; fp32 = the reference's precision (default: auto)",
+    "fp32": f"fp32 = the reference's precision, so the numbers are the reference's (default); {_AUTO_DTYPE}",
+}
+
 # What --weights means in verbs that read an index (default None): the index's own backbone.
 INDEX_WEIGHTS = "the weights the index was built with, read from its manifest"
 
@@ -177,18 +187,19 @@ def _add_file_loading_arguments(group: argparse._ActionsContainer) -> None:
     )
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int = 32, max_tokens: bool = True) -> None:
+def add_runtime_arguments(
+    parser: argparse.ArgumentParser, batch_size: int = 32, max_tokens: bool = True, dtype: str = "auto"
+) -> None:
     """Device, precision, batch size, workers and progress-bar options, and --max-tokens unless the verb's
-    preprocessing has a fixed size (`max_tokens` False)."""
+    preprocessing has a fixed size (`max_tokens` False).
+
+    Args:
+        dtype: The --dtype default: ``auto`` for the verbs that apply the model, ``fp32`` for the protocol
+            evaluations, whose numbers must stay the reference's.
+    """
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps …")
-    group.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto = bf16 autocast where the hardware computes it natively (CUDA; CPUs with AVX512-BF16, AMX or "
-        "Arm BF16), fp32 elsewhere; fp32 = the reference's precision",
-    )
+    group.add_argument("--dtype", default=dtype, choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP[dtype])
     group.add_argument(
         "--batch-size", type=positive_int, default=batch_size, help="images per forward pass (default: %(default)s)"
     )

@@ -115,7 +115,7 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=output_file, metavar="FILE", help="write the results as JSON")
     add_weights_arguments(parser, default=REFERENCE_WEIGHTS)
-    add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
+    add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE, dtype="fp32")
     parser.set_defaults(func=_eval)
 
 

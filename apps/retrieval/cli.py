@@ -317,7 +317,7 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=output_file, metavar="FILE", help="results JSON (default: retrieval_NAME.json)")
     _add_descriptor_arguments(parser)
     add_weights_arguments(parser)
-    add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE)
+    add_runtime_arguments(parser, batch_size=EVAL_BATCH_SIZE, dtype="fp32")
     parser.set_defaults(func=_eval)
 
 

@@ -204,5 +204,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_preprocessing_arguments(evaluate, keep_aspect=True)
     add_weights_arguments(evaluate)
-    add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE)
+    add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE, dtype="fp32")
     evaluate.set_defaults(func=_seg_eval)

@@ -135,7 +135,7 @@ def evaluate_masks(
     tau: float = NCUT_TAU,
     eps: float = NCUT_EPS,
     device: str = "auto",
-    dtype: DTypeName = "auto",
+    dtype: DTypeName = "fp32",
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,

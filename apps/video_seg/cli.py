@@ -23,7 +23,7 @@ from dino.cli import (
 )
 from dino.features import autocast_dtype, pick_device
 
-__all__ = ["register"]
+__all__ = ["backbone_precision", "register"]
 
 
 def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +67,10 @@ def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")
     runtime.add_argument(
         "--dtype",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="backbone precision; fp32 reproduces the reference (default: %(default)s)",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="backbone precision: fp32 reproduces the reference, the default with --davis (the protocol); auto, "
+        "the default with --video, is bf16 autocast where the hardware computes it natively (CUDA; CPUs with "
+        "AVX512-BF16, AMX or Arm BF16) and fp32 elsewhere",
     )
     runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -87,7 +88,12 @@ def _setup(args: argparse.Namespace):
     preprocessing = FramePreprocessing(reference_std=not args.imagenet_std)
     device = pick_device(args.device)
     model = backbone_from_args(args).to(device)
-    return model, config, preprocessing, device, autocast_dtype(device, args.dtype)
+    return model, config, preprocessing, device, autocast_dtype(device, backbone_precision(args))
+
+
+def backbone_precision(args: argparse.Namespace) -> str:
+    """--dtype, or by default fp32 for the DAVIS protocol (its numbers stay the reference's) and auto for a video."""
+    return args.dtype or ("fp32" if args.davis is not None else "auto")
 
 
 def _video_seg(args: argparse.Namespace) -> int:

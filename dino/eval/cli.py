@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=output_file, help="write the results as JSON")
     add_weights_arguments(parser)
-    add_runtime_arguments(parser, batch_size=64)
+    add_runtime_arguments(parser, batch_size=64, dtype="fp32")
     parser.set_defaults(func=_knn)
 
     linear = subparsers.add_parser(
@@ -148,5 +148,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output-dir", type=output_folder, help="write linear_weights.pth (released layout) and linear_results.json"
     )
     add_weights_arguments(linear)
-    add_runtime_arguments(linear, batch_size=128, max_tokens=False)
+    add_runtime_arguments(linear, batch_size=128, max_tokens=False, dtype="fp32")
     linear.set_defaults(func=_linear)

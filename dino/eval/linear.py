@@ -102,7 +102,7 @@ def run_linear(
     avgpool: bool = False,
     linear_input: LinearInput = "dino",
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: str = "fp32",
     num_workers: int = 2,
     output_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,

@@ -201,3 +201,34 @@ def test_cli_refuses_outputs_that_would_lose_data(images, tmp_path, capsys) -> N
         ["features", str(images[0]), "--out", str(tmp_path / "f.npy"), "--size", "8", "--weights", "random"]
     )
     assert code == 2 and "size 8 is smaller than one 16-pixel patch" in capsys.readouterr().err
+
+
+def test_protocol_evaluations_default_to_the_reference_precision() -> None:
+    parser = cli.build_parser()
+
+    def dtype(*argv: str) -> str | None:
+        return parser.parse_args(list(argv)).dtype
+
+    protocols = [
+        ("knn", "--train", "t", "--val", "v"),
+        ("linear", "--train", "t", "--val", "v"),
+        ("seg-eval", "--davis", "d", "--out", "o"),
+        ("search", "eval", "--dataset", "roxford5k"),
+        ("copy-detect", "eval", "--copydays", "c"),
+    ]
+    for argv in protocols:
+        assert dtype(*argv) == "fp32", argv
+    for argv in [
+        ("features", "x", "--out", "f.npy"),
+        ("attention", "x", "--out", "o"),
+        ("search", "index", "x", "--out", "i"),
+    ]:
+        assert dtype(*argv) == "auto", argv
+    # video-seg decides by its source: fp32 for the DAVIS protocol, auto for a video file.
+    from apps.video_seg.cli import backbone_precision
+
+    assert backbone_precision(parser.parse_args(["video-seg", "--davis", "d", "--out", "o"])) == "fp32"
+    assert backbone_precision(parser.parse_args(["video-seg", "--video", "v.mp4", "--out", "o"])) == "auto"
+    assert (
+        backbone_precision(parser.parse_args(["video-seg", "--davis", "d", "--out", "o", "--dtype", "bf16"])) == "bf16"
+    )
