@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from dino.data.io import ImageLoadError, open_image, to_rgb
 from dino.data.transforms import ImageTransform, knn_transform, planned_size
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.vision_transformer import AttentionRows, VisionTransformer
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -349,12 +349,15 @@ class FeatureExtractor:
         self.skipped: list[SkippedImage] = []
 
     @torch.inference_mode()
-    def forward(self, images: Tensor, patch_tokens: bool = False, attention: bool = False) -> BatchFeatures:
-        """Features of a batch of preprocessed images (B, 3, H, W), with a single backbone pass."""
+    def forward(
+        self, images: Tensor, patch_tokens: bool = False, attention: bool = False, attention_rows: AttentionRows = "all"
+    ) -> BatchFeatures:
+        """Features of a batch of preprocessed images (B, 3, H, W), with a single backbone pass; with `attention`,
+        every row of the last block's attention or (``attention_rows="cls"``) the [CLS] query's only."""
         images = images.to(self.device, non_blocking=True)
         with self.autocast():
             if attention:
-                out = self.model.forward_with_attention(images)
+                out = self.model.forward_with_attention(images, rows=attention_rows)
                 tokens, attn, keys = out.tokens, out.attention.float().cpu(), out.keys.float().cpu()
             else:
                 tokens, attn, keys = self.model.forward_features(images), None, None

@@ -70,7 +70,7 @@ def iter_attention(
     )
     with tqdm(total=len(images), desc="attention", unit="img", disable=not progress) as bar:
         for tensors, indices in extractor.iter_images(images):
-            batch = extractor.forward(tensors, attention=True)
+            batch = extractor.forward(tensors, attention=True, attention_rows="cls")
             assert batch.attention is not None and batch.keys is not None
             maps = cls_attention_maps(batch.attention, model.grid_size(tensors.shape[-2], tensors.shape[-1]))
             for row, index in enumerate(indices):

@@ -132,9 +132,11 @@ class Block(nn.Module):
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
-    def forward_with_attention(self, x: Tensor) -> BlockAttentionOutput:
-        """The block's output computed through the explicit attention path, with its weights and keys."""
-        attn_out, attention, keys = self.attn.forward_explicit(self.norm1(x))
+    def forward_with_attention(self, x: Tensor, cls_row_only: bool = False) -> BlockAttentionOutput:
+        """The block's output with its attention weights and keys: through the explicit path (every row), or with
+        `cls_row_only` through the fused one plus the [CLS] query's row."""
+        attend = self.attn.forward_cls_row if cls_row_only else self.attn.forward_explicit
+        attn_out, attention, keys = attend(self.norm1(x))
         x = x + self.drop_path(self.ls1(attn_out))
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return BlockAttentionOutput(x, attention, keys)

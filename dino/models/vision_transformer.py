@@ -58,6 +58,9 @@ POS_EMBED_INTERPOLATIONS: tuple[str, ...] = ("reference", "exact", "exact_antial
 # SPEC §1: the reference adds 0.1 to the target grid before computing the bicubic scale factor (dino #8).
 REFERENCE_INTERPOLATION_OFFSET = 0.1
 
+# Which query rows of the last block's attention a pass returns: every one, or only the [CLS] token's.
+AttentionRows = Literal["all", "cls"]
+
 # SPEC §1 and §21: embed_dim, depth, heads of each variant (qkv bias everywhere; mlp_ratio 4).
 ARCHITECTURES: dict[str, dict[str, int]] = {
     "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
@@ -73,8 +76,9 @@ class LastLayerOutput(NamedTuple):
 
     Attributes:
         tokens: All tokens of the last block after the final norm, (B, 1+N, D), [CLS] first.
-        attention: Last block's attention probabilities, (B, heads, 1+N, 1+N); with registers, their rows and
-            columns are removed, so a row sums to 1 minus the mass the token gave the registers.
+        attention: Last block's attention probabilities, (B, heads, 1+N, 1+N), or the [CLS] query's row only,
+            (B, heads, 1, 1+N); with registers, their rows and columns are removed, so a row sums to 1 minus the
+            mass the token gave the registers.
         keys: Last block's keys, (B, heads, 1+N, head_dim).
     """
 
@@ -244,6 +248,7 @@ class VisionTransformer(nn.Module):
         norm: bool = True,
         stop_early: bool = False,
         attention: bool = False,
+        attention_rows: AttentionRows = "all",
     ) -> Intermediates:
         """Run the blocks once, keeping the outputs of some of them (timm's ``forward_intermediates``).
 
@@ -253,7 +258,9 @@ class VisionTransformer(nn.Module):
                 from the end); None takes none.
             norm: Pass `tokens`, `intermediates` and `registers` through the final norm.
             stop_early: Stop after the last requested block instead of running them all.
-            attention: Run the last block that runs through the explicit path and return its attention and keys.
+            attention: Return the last run block's attention and keys.
+            attention_rows: ``all`` (the explicit path, every query's row) or ``cls`` (the fused path plus the
+                [CLS] query's row only, (B, heads, 1, 1+N): all that attention maps and masks read).
 
         Returns:
             :class:`Intermediates`; every token tensor is ``[CLS] + patches``.
@@ -276,7 +283,7 @@ class VisionTransformer(nn.Module):
         kept, attn, keys = [], None, None
         for index, block in enumerate(self.blocks[:last]):
             if attention and index == last - 1:
-                x, attn, keys = block.forward_with_attention(x)
+                x, attn, keys = block.forward_with_attention(x, cls_row_only=attention_rows == "cls")
             else:
                 x = block(x)
             if index in wanted:
@@ -308,9 +315,12 @@ class VisionTransformer(nn.Module):
         """The outputs of the last `n` blocks, each passed through the final norm, ``[CLS] + patches``."""
         return self.forward_intermediates(x, n).intermediates
 
-    def forward_with_attention(self, x: Tensor) -> LastLayerOutput:
-        """One pass that returns the normalised last-block tokens, its attention and its keys."""
-        out = self.forward_intermediates(x, attention=True)
+    def forward_with_attention(self, x: Tensor, rows: AttentionRows = "all") -> LastLayerOutput:
+        """One pass that returns the normalised last-block tokens, its attention (every row, or with
+        ``rows="cls"`` the [CLS] query's only) and its keys."""
+        if rows not in ("all", "cls"):
+            raise ValueError(f"rows must be 'all' or 'cls', got {rows!r}")
+        out = self.forward_intermediates(x, attention=True, attention_rows=rows)
         assert out.attention is not None and out.keys is not None
         return LastLayerOutput(out.tokens, out.attention, out.keys)
 

@@ -78,6 +78,23 @@ def test_forward_apis_are_consistent() -> None:
             model.forward_to_block(x, outside)
 
 
+@pytest.mark.parametrize("registers", [0, 4])
+def test_cls_row_attention_is_row_0_of_the_explicit_attention(registers: int) -> None:
+    model = vit_tiny(patch_size=16, num_register_tokens=registers).eval()
+    with torch.no_grad():
+        if registers:
+            model.register_tokens.normal_()
+        x = torch.randn(2, 3, 48, 80)
+        full = model.forward_with_attention(x)
+        row = model.forward_with_attention(x, rows="cls")
+    assert row.attention.shape == (2, 3, 1, 1 + 15) and full.attention.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(row.attention, full.attention[:, :, :1], rtol=0, atol=1e-7)
+    torch.testing.assert_close(row.tokens, full.tokens, rtol=0, atol=1e-5)  # fused vs explicit last block
+    torch.testing.assert_close(row.keys, full.keys, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rows must be 'all' or 'cls'"):
+        model.forward_with_attention(x, rows="patches")
+
+
 def test_drop_path_rates_follow_linspace_and_only_act_in_training() -> None:
     model = vit_tiny(16, drop_path_rate=0.1)
     rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in model.blocks]
