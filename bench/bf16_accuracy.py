@@ -63,11 +63,12 @@ from dino.data.datasets import ImageFolderDataset
 from dino.data.io import list_images, open_image
 from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
 from dino.data.transforms import knn_transform
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.eval.knn import DEFAULT_TEMPERATURE, knn_classifier, write_davis_knn_task
-from dino.features import FeatureExtractor, cpu_has_native_bf16
+from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
-from dino.whitening import Whitening
+from dino.runtime import cpu_has_native_bf16
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.search.whitening import Whitening
 
 DTYPES = ("fp32", "bf16")
 KNN_KS = (10, 20)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from apps.copy_detection.copydays import STRONG_BLOCK, CopydaysLayout, read_copydays
+from apps.copy_detection.defaults import VERIFIERS
 from apps.copy_detection.evaluate import (
     CopydaysDescriptors,
     describe_copydays,
@@ -37,12 +38,11 @@ from apps.copy_detection.evaluate import (
     top_k_neighbours,
 )
 from apps.copy_detection.metrics import holidays_ap, positive_ranks
-from apps.copy_detection.verify import VERIFIERS
 from dino.atomic import atomic_write, atomic_write_json
 from dino.checkpoint import load_backbone, model_identity
 from dino.data.io import list_images
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
-from dino.whitening import Whitening
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.search.whitening import Whitening
 
 SKIMAGE_PHOTOS = (
     "astronaut.png",
@@ -271,7 +271,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--weights", default="random:vit_small/16")
-    parser.add_argument("--find", action="store_true", help="run only the near-duplicate check (needs dino.index)")
+    parser.add_argument("--find", action="store_true", help="run only the near-duplicate check (needs FAISS)")
     parser.add_argument("--threshold", type=float, help="copy threshold for --find (default: find's default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(

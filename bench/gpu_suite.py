@@ -220,7 +220,7 @@ def time_calls(call: Callable[[], Any], device: torch.device, plan: Plan) -> tup
 
 def _model_name(model: Any) -> str:
     """The model's name, ViT-small/16 and the like, from the width (the one thing that tells the variants apart)."""
-    from dino.models.vision_transformer import ARCHITECTURES
+    from dino.models.architectures import ARCHITECTURES
 
     arch = next((name for name, cfg in ARCHITECTURES.items() if cfg["embed_dim"] == model.embed_dim), "vit_?")
     return f"{arch.replace('vit_', 'ViT-')}/{model.patch_size}"
@@ -239,7 +239,7 @@ def _one_line(error: BaseException) -> str:
 def section_vit(plan: Plan, emit: Emit, compiled: bool = False) -> None:
     """Images/s of each backbone case (eager, or through torch.compile); a failing case is recorded and skipped."""
     from dino.checkpoint import load_backbone
-    from dino.features import pick_device
+    from dino.runtime import pick_device
 
     device = pick_device(plan.device)
     models: dict[str, Any] = {}
@@ -260,7 +260,8 @@ def section_vit(plan: Plan, emit: Emit, compiled: bool = False) -> None:
 def _vit_case(model: Any, case: ViTCase, device: torch.device, plan: Plan, compiled: bool) -> dict[str, Any]:
     """One throughput row: random normalised-range images already on the device (on the host for the extractor,
     whose forward copies them in and its features out, as it does in use)."""
-    from dino.features import FeatureExtractor, autocast_context, autocast_dtype
+    from dino.features import FeatureExtractor
+    from dino.runtime import autocast_context, autocast_dtype
 
     record: dict[str, Any] = {
         "model": _model_name(model),
@@ -361,7 +362,7 @@ def section_davis(plan: Plan, emit: Emit) -> None:
     from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, target_size
     from apps.video_seg.propagation import PropagationConfig
     from dino.checkpoint import load_backbone
-    from dino.features import autocast_dtype, pick_device
+    from dino.runtime import autocast_dtype, pick_device
 
     device = pick_device(plan.device)
     model = load_backbone(plan.weights8).eval().to(device)
@@ -489,7 +490,7 @@ def _train_steps(plan: Plan, workers: int) -> tuple[int, int]:
 def section_train(plan: Plan, emit: Emit) -> None:
     """Images/s of `dino train` over the steps after warm-up; then its step alone on crops already on the device
     (what the accelerator can do) and its data loader alone (what the CPUs can feed)."""
-    from dino.features import pick_device
+    from dino.runtime import pick_device
 
     device = pick_device(plan.device)
     base = _train_config(plan, device, Path("."), Path("."), 0, 1)
@@ -585,8 +586,8 @@ def _step_run(config: Any, device: torch.device, plan: Plan) -> dict[str, Any]:
     on the global crops, the student on all, the DINO loss, backward, per-parameter clipping, the frozen last layer
     of epoch 0, AdamW and the EMA teacher; the lr held at its peak, weight decay and teacher momentum at their
     starting values (and fp16 without its GradScaler, which costs little)."""
-    from dino.features import autocast_context, autocast_dtype
     from dino.loss import DINOLoss
+    from dino.runtime import autocast_context, autocast_dtype
     from dino.train.optim import (
         build_optimizer,
         cancel_gradients_last_layer,
@@ -867,7 +868,7 @@ def _parent_device(preference: str) -> torch.device:
     """dino.features.pick_device; torch's own view if the core cannot be imported here (a package missing), so that
     the environment is still recorded and each section says what it lacks."""
     try:
-        from dino.features import pick_device
+        from dino.runtime import pick_device
     except ImportError:
         if preference != "auto":
             return torch.device(preference)

@@ -3,7 +3,7 @@
 Synthetic descriptors: Gaussian with a power-law spectrum (the variance of the i-th axis ∝ 1/i, the slow
 eigenvalue decay of real image descriptors; isotropic noise would be the worst case for every approximate
 index, and well-separated clusters a trivial one), L2-normalised, float32; queries are fresh draws.
-Indexes are built with ``dino.index.create_faiss_index`` (inner product, trained on the collection,
+Indexes are built with ``dino.search.index.create_faiss_index`` (inner product, trained on the collection,
 FAISS subsampling its k-means training set) exactly as ``dino search index --factory`` does.
 
 Configurations run from cheapest to dearest and stop at a time budget; a configuration whose predicted
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dino.atomic import atomic_write_json  # noqa: E402
-from dino.index import create_faiss_index  # noqa: E402
+from dino.search.index import create_faiss_index  # noqa: E402
 
 K = 10
 # Standard deviation of axis i (1-based) is i^-SPECTRUM_DECAY.

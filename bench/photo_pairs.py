@@ -21,7 +21,7 @@ import numpy as np
 from dino.atomic import atomic_write_json
 from dino.checkpoint import load_backbone, model_identity
 from dino.data.io import list_images
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 PAIRS = (
     ("graf1", "graf3"),

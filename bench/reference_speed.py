@@ -70,9 +70,10 @@ from dino.checkpoint import load_backbone
 from dino.cli import USER_ERRORS
 from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
 from dino.data.transforms import IMAGENET_MEAN, IMAGENET_STD, knn_transform
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
-from dino.features import FeatureExtractor, autocast_dtype, cpu_has_native_bf16
+from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import autocast_dtype, cpu_has_native_bf16
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent

@@ -26,7 +26,7 @@ from apps.segmentation.diffusion import diffusion_foreground, resized_size
 from apps.segmentation.masks import DEFAULT_THRESHOLD, cls_attention_maps, threshold_attention, upsample_nearest
 from apps.segmentation.ncut import ncut_foreground
 from dino.checkpoint import load_backbone
-from dino.features import autocast_context, autocast_dtype
+from dino.runtime import autocast_context, autocast_dtype
 
 
 def time_masks(model: torch.nn.Module, batch_size: int, size: int, args: argparse.Namespace) -> float:

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from dino.atomic import atomic_write_json
-from dino.checkpoint import BUNDLED_VIT_TINY, BUNDLED_WEIGHTS_DIR, export_backbone, load_backbone, model_identity
+from dino.checkpoint import BUNDLED_WEIGHTS_DIR, export_backbone, load_backbone, model_identity
 from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.hub.releases import BUNDLED_VIT_TINY
 
 FILE_NAME = "dino_vittiny16_default.pth"
 # Tolerance in points: two of the 108 queries (0.93 points each) may flip between machines and PyTorch versions;

@@ -30,8 +30,8 @@ PATHS = ("sdpa", "explicit")
 
 def run_one(arch: str, patch: int, height: int, width: int, path: str, args: argparse.Namespace) -> dict:
     """Time `iters` forward passes after `warmup` ones; returns images/s and peak memory in MiB."""
-    from dino.features import autocast_context, autocast_dtype
     from dino.models import build_vit
+    from dino.runtime import autocast_context, autocast_dtype
 
     device = torch.device(args.device)
     model = build_vit(arch, patch).eval().to(device)

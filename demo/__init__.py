@@ -2,5 +2,5 @@
 
 The demo holds no algorithm of its own: each tab calls one adapter in :mod:`demo.adapters`, and each
 adapter calls the public functions of one app (``apps.segmentation``, ``apps.retrieval`` with
-``dino.index``, ``apps.copy_detection``, ``apps.video_seg``).
+``dino.search.index``, ``apps.copy_detection``, ``apps.video_seg``).
 """

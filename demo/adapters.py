@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dino.features import DEFAULT_MAX_TOKENS, autocast_dtype
+from dino.features import DEFAULT_MAX_TOKENS
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import autocast_dtype
 
 __all__ = [
     "TAB_MODULES",
@@ -47,8 +48,8 @@ __all__ = [
 # The modules each tab needs; a tab is offered only when all of them import.
 TAB_MODULES: dict[str, tuple[str, ...]] = {
     "attention": ("apps.segmentation.inference", "apps.segmentation.masks", "apps.segmentation.diffusion"),
-    "search": ("dino.index",),
-    "copy": ("dino.index", "apps.copy_detection.find"),
+    "search": ("dino.search.index",),
+    "copy": ("dino.search.index", "apps.copy_detection.find"),
     "video": ("apps.video_seg.pipeline", "apps.video_seg.video"),
 }
 TAB_TITLES = {"attention": "Attention masks", "search": "Search", "copy": "Copy check", "video": "Video masks"}
@@ -186,23 +187,23 @@ def attention_colormaps() -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------- (b) search
 def build_search_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
-    """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.index."""
-    index = _app("dino.index", "search")
-    from dino.descriptors import DescriptorRecipe
+    """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.search.index."""
+    index = _app("dino.search.index", "search")
+    from dino.search.descriptors import DescriptorRecipe
 
     return index.build_index(images, model, DescriptorRecipe.retrieval(), **options)
 
 
 def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) -> Any:
-    """An index saved by ``dino index`` (or :func:`dino.index.build_index`), checked against `model`."""
-    index = _app("dino.index", "search").ImageIndex.load(path)
+    """An index saved by ``dino index`` (or :func:`dino.search.index.build_index`), checked against `model`."""
+    index = _app("dino.search.index", "search").ImageIndex.load(path)
     index.check_compatible(model)
     return index
 
 
 def search_similar(index: Any, model: VisionTransformer, query: Image.Image, k: int, **options: Any) -> list[Any]:
-    """The `k` indexed images most similar to `query`, best first, as :class:`dino.index.Hit`."""
-    return _app("dino.index", "search").search_images(index, [query], model, k=k, **options)[0]
+    """The `k` indexed images most similar to `query`, best first, as :class:`dino.search.index.Hit`."""
+    return _app("dino.search.index", "search").search_images(index, [query], model, k=k, **options)[0]
 
 
 # ---------------------------------------------------------------------------- (c) copy check

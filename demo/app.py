@@ -49,18 +49,19 @@ from demo.config import (  # noqa: E402
 from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gallery, sample_video  # noqa: E402
 from demo.outputs import ResponseFiles  # noqa: E402
 from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
-from dino.checkpoint import (  # noqa: E402
+from dino.checkpoint import load_backbone  # noqa: E402
+from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
+from dino.data.masks import MAX_MASK_OBJECTS, read_label_mask  # noqa: E402
+from dino.features import TokenBudgetError  # noqa: E402
+from dino.hub.releases import (  # noqa: E402
     BUNDLED_VIT_TINY,
     DEFAULT_WEIGHTS,
     IMGFOCUS_WEIGHTS,
     RELEASES,
-    load_backbone,
     weights_provenance,
 )
-from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
-from dino.data.masks import MAX_MASK_OBJECTS, read_label_mask  # noqa: E402
-from dino.features import TokenBudgetError, pick_device  # noqa: E402
 from dino.models.vision_transformer import VisionTransformer  # noqa: E402
+from dino.runtime import pick_device  # noqa: E402
 
 __all__ = ["build_demo", "check_port", "launch_demo", "weights_notice"]
 

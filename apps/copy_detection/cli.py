@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from apps.copy_detection.evaluate import evaluate_copydays, format_table, load_or_fit_whitening
-from apps.copy_detection.find import (
+from apps.copy_detection.defaults import (
     CALIBRATIONS,
     DEFAULT_CANDIDATES,
     DEFAULT_VERIFIER,
-    CopyHit,
-    build_copy_index,
-    calibrated_min_inliers,
-    calibration_for,
-    find_copies,
+    STRONG_PER_ORIGINAL,
+    TOP_K,
+    VERIFIERS,
 )
-from apps.copy_detection.generate import STRONG_PER_ORIGINAL, make_benchmark
-from apps.copy_detection.metrics import TOP_K
-from apps.copy_detection.verify import VERIFIERS
-from dino.atomic import atomic_write_json, refuse_overwriting_inputs
-from dino.cli import (
+from dino.cli.arguments import (
     INDEX_WEIGHTS,
     add_on_error_argument,
     add_runtime_arguments,
@@ -33,10 +27,10 @@ from dino.cli import (
     positive_int,
     report_skipped,
 )
-from dino.data.io import list_images
-from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
-from dino.features import SkippedImage
-from dino.index import MANIFEST_FILE, ImageIndex
+from dino.search.defaults import COPY_DETECTION_SIZE
+
+if TYPE_CHECKING:
+    from apps.copy_detection.find import CopyHit
 
 __all__ = ["register"]
 
@@ -120,6 +114,10 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from apps.copy_detection.evaluate import evaluate_copydays, format_table, load_or_fit_whitening
+    from dino.atomic import atomic_write_json
+    from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
+
     if args.save_whitening and not args.whitening:
         raise ValueError("--save-whitening needs --whitening, the images to fit it on")
     model = backbone_from_args(args)
@@ -180,6 +178,8 @@ def _register_make_benchmark(verbs: argparse._SubParsersAction) -> None:
 
 
 def _make_benchmark(args: argparse.Namespace) -> int:
+    from apps.copy_detection.generate import make_benchmark
+
     summary = make_benchmark(
         args.images,
         args.out,
@@ -226,6 +226,10 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from apps.copy_detection.find import build_copy_index
+    from dino.features import SkippedImage
+    from dino.search.index import MANIFEST_FILE
+
     index = build_copy_index(
         args.images,
         backbone_from_args(args),
@@ -297,6 +301,11 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
 
 
 def _find(args: argparse.Namespace) -> int:
+    from apps.copy_detection.find import calibrated_min_inliers, calibration_for, find_copies
+    from dino.atomic import atomic_write_json, refuse_overwriting_inputs
+    from dino.data.io import list_images
+    from dino.search.index import ImageIndex
+
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
     queries = list_images(args.images, required=True)

@@ -22,9 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, CopydaysLayout, read_copydays
-from apps.copy_detection.metrics import TOP_K, block_map
+from apps.copy_detection.defaults import DEFAULT_CANDIDATES, TOP_K
+from apps.copy_detection.metrics import block_map
 from apps.copy_detection.verify import (
-    DEFAULT_CANDIDATES,
     FeatureCache,
     LocalFeatures,
     count_inliers,
@@ -32,15 +32,15 @@ from apps.copy_detection.verify import (
 )
 from dino.checkpoint import model_identity
 from dino.data.io import list_images
-from dino.descriptors import (
+from dino.models.vision_transformer import VisionTransformer
+from dino.search.descriptors import (
     DescriptorExtractor,
     DescriptorRecipe,
     finalize_descriptors,
     fit_descriptor_whitening,
     load_descriptor_whitening,
 )
-from dino.models.vision_transformer import VisionTransformer
-from dino.whitening import Whitening
+from dino.search.whitening import Whitening
 
 __all__ = [
     "BlockResult",

@@ -1,6 +1,6 @@
 """Finding copies: index a collection with the copy-detection descriptor, then ask which images copy a query.
 
-The index is the core's FAISS index (:mod:`dino.index`) built with :meth:`DescriptorRecipe.copy_detection` and,
+The index is the core's FAISS index (:mod:`dino.search.index`) built with :meth:`DescriptorRecipe.copy_detection` and,
 optionally, a whitening stored inside it; a query's likely copies are its nearest indexed images whose cosine
 similarity reaches a threshold.
 
@@ -10,88 +10,48 @@ generated from the 43 photos of the project's real check (``bench/copy_detection
 ``original`` was compared with every database image (420 copy pairs, 13,440 non-copy pairs), and the threshold
 maximising F1 between copy and non-copy pairs was taken, unwhitened (the setting ``copy-detect index`` uses by
 default); ``copy-detect eval`` reports the same ``calibration`` for any backbone and benchmark. Similarities have
-another scale for every backbone, so :data:`CALIBRATIONS` holds one per offline backbone, chosen by the weights the
-index was built with; for other weights run ``copy-detect eval`` on a benchmark made from photos like yours and pass
-its ``max_f1`` threshold as ``--threshold``.
+another scale for every backbone, so ``CALIBRATIONS`` (:mod:`apps.copy_detection.defaults`) holds one per offline
+backbone, chosen by the weights the index was built with; for other weights run ``copy-detect eval`` on a benchmark
+made from photos like yours and pass its ``max_f1`` threshold as ``--threshold``.
 
 With verification (:mod:`apps.copy_detection.verify`) a candidate is a copy when enough of its local-feature
 matches with the query agree on one affine map. The minimum of matches was calibrated on the same benchmark the
 same way, with find's shortlist of 10 candidates per query (``bench/copy_detection_real_check.py
---calibrate-verify KIND``), per backbone and verifier (:data:`CALIBRATIONS`).
+--calibrate-verify KIND``), per backbone and verifier (``CALIBRATIONS`` (:mod:`apps.copy_detection.defaults`)).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from apps.copy_detection.defaults import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_CANDIDATES, CopyCalibration
 from apps.copy_detection.evaluate import load_or_fit_whitening
 from apps.copy_detection.verify import (
-    DEFAULT_CANDIDATES,
     FeatureCache,
     LocalFeatures,
     count_inliers,
     make_local_extractor,
 )
-from dino.checkpoint import BUNDLED_VIT_TINY, IMGFOCUS_WEIGHTS
 from dino.data.io import list_images
-from dino.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
 from dino.features import OnError
-from dino.index import ImageIndex, IndexMismatchError, build_index, search_images
 from dino.models.vision_transformer import VisionTransformer
-from dino.whitening import Whitening
+from dino.search.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
+from dino.search.index import ImageIndex, IndexMismatchError, build_index, search_images
+from dino.search.whitening import Whitening
 
 __all__ = [
-    "CALIBRATIONS",
-    "DEFAULT_CANDIDATES",
-    "DEFAULT_MIN_INLIERS",
-    "DEFAULT_THRESHOLD",
-    "DEFAULT_VERIFIER",
-    "CopyCalibration",
     "CopyHit",
     "build_copy_index",
     "calibrated_min_inliers",
     "calibration_for",
     "find_copies",
 ]
-
-
-@dataclass(frozen=True)
-class CopyCalibration:
-    """The decision thresholds of one backbone, each the max-F1 value on the real-check benchmark.
-
-    Attributes:
-        threshold: Cosine similarity of the unwhitened copy-detection descriptor from which a pair is a copy.
-        min_inliers: Per calibrated verifier, the verified matches from which a shortlisted candidate is a copy.
-        verifier: The verifier of ``find --verify`` without a value: the calibrated one with the best F1.
-    """
-
-    threshold: float
-    min_inliers: dict[str, int]
-    verifier: str
-
-
-# Calibrated for the backbones this project offers offline (docs/copy_detection.md, "Calibrating the copy
-# threshold" and "Verified copies"; max F1 over 420 copy and 13,440 non-copy pairs, shortlist of 10):
-CALIBRATIONS: dict[str, CopyCalibration] = {
-    # threshold 0.9425: P 0.765, R 0.729; sift 58 matches: P 0.843, R 0.833. The `dino` verifier was not
-    # calibrated for this backbone: its patch tokens take 14 s a query on two CPU cores (1.6 hours for the
-    # benchmark); `copy-detect eval --verify dino` calibrates it where there is time.
-    IMGFOCUS_WEIGHTS: CopyCalibration(0.9425, {"sift": 58}, "sift"),
-    # threshold 0.9846: P 0.928, R 0.707; dino 42 matches: P 0.857, R 0.914; sift 50: P 0.851, R 0.845.
-    BUNDLED_VIT_TINY: CopyCalibration(0.985, {"dino": 42, "sift": 50}, "dino"),
-}
-# Weights without their own calibration use the default backbone's (`copy-detect eval` calibrates any other).
-DEFAULT_CALIBRATION = CALIBRATIONS[IMGFOCUS_WEIGHTS]
-DEFAULT_THRESHOLD = DEFAULT_CALIBRATION.threshold
-DEFAULT_MIN_INLIERS = DEFAULT_CALIBRATION.min_inliers
-DEFAULT_VERIFIER = DEFAULT_CALIBRATION.verifier
 
 
 def calibration_for(model: VisionTransformer) -> CopyCalibration:
@@ -148,7 +108,7 @@ def build_copy_index(
         factory: The FAISS index_factory string (``Flat`` is exact).
         size: Side of the square the images are resized to.
         on_error: An unusable image of the collection: ``raise`` its error, or ``skip`` it, leaving it out of the
-            index and listing it in :attr:`ImageIndex.skipped` (see :func:`dino.index.build_index`).
+            index and listing it in :attr:`ImageIndex.skipped` (see :func:`dino.search.index.build_index`).
         **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``, ``max_tokens``.
     """
     paths = list_images(images, required=True)

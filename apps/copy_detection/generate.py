@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from tqdm import tqdm
 
 from apps.copy_detection.copydays import ORIGINAL_BLOCK, STRONG_BLOCK
+from apps.copy_detection.defaults import STRONG_PER_ORIGINAL
 from dino.atomic import atomic_output_dir, atomic_write_json, check_output_dir
 from dino.data.io import list_images, open_image
 
@@ -51,8 +52,6 @@ CROP_PERCENTS: tuple[int, ...] = (10, 15, 20, 30, 40, 50, 60, 70, 80)
 # and the reference reads only .jpg files); strong copies are saved at a typical camera/web quality.
 ARCHIVE_QUALITY = 95
 STRONG_QUALITY = 85
-# Copydays has 229 strong attacks for 157 originals; three per original gives every edit type room to appear.
-STRONG_PER_ORIGINAL = 3
 EDITS_PER_STRONG = 2
 # A crop keeps (1 − c%) of the area; its centre is jittered by up to this fraction of the free margin.
 CROP_CENTRE_JITTER = 0.5

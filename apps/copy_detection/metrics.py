@@ -6,10 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["TOP_K", "block_map", "holidays_ap", "positive_ranks"]
-
-# SPEC §12: only the 20 nearest database images of each query are scored.
-TOP_K = 20
+__all__ = ["block_map", "holidays_ap", "positive_ranks"]
 
 
 def holidays_ap(ranks: Sequence[int], num_positives: int) -> float:

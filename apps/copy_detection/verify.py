@@ -7,7 +7,7 @@ matched by mutual nearest neighbour, and RANSAC counts the largest set of matche
 onto the candidate explains. Unrelated images give a few dozen chance inliers; copies give from tens to thousands.
 ``copy-detect find --verify`` uses this count as the copy score.
 
-Two kinds of local features (:data:`VERIFIERS`):
+Two kinds of local features (:data:`apps.copy_detection.defaults.VERIFIERS`):
 
 - ``dino``: the backbone's patch tokens at several scales, from a middle block rather than the last one: deeper
   tokens describe *what* a patch shows and match every patch of a similar texture, middle-block tokens still
@@ -31,16 +31,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from apps.copy_detection.defaults import VERIFIERS
 from dino.data.io import open_image
 from dino.data.transforms import normalize
-from dino.features import DTypeName, autocast_context, autocast_dtype, pick_device
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import DTypeName, autocast_context, autocast_dtype, pick_device
 
 __all__ = [
-    "DEFAULT_CANDIDATES",
     "DEFAULT_SIDES",
     "DEFAULT_TOLERANCE",
-    "VERIFIERS",
     "FeatureCache",
     "LocalFeatures",
     "PatchTokenExtractor",
@@ -51,11 +50,6 @@ __all__ = [
     "mutual_nearest_neighbours",
 ]
 
-VERIFIERS = ("dino", "sift")
-
-# Nearest images by the global descriptor that a query examines (verifies, with verification): find's shortlist,
-# and the one the calibration of its verified-match threshold must use.
-DEFAULT_CANDIDATES = 10
 
 # Longer image sides the tokens are computed at: a copy may show the content 3x larger or smaller.
 DEFAULT_SIDES = (320, 640, 960)

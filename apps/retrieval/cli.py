@@ -7,13 +7,10 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from apps.retrieval.evaluate import evaluate_retrieval, format_results
-from apps.retrieval.indexing import fit_whitening, index_folders, update_folders
 from apps.retrieval.revisitop import DATASETS
-from apps.retrieval.sheet import save_contact_sheet
-from dino.atomic import atomic_write_json, refuse_overwriting_inputs
-from dino.cli import (
+from dino.cli.arguments import (
     INDEX_WEIGHTS,
     add_on_error_argument,
     add_runtime_arguments,
@@ -25,10 +22,11 @@ from dino.cli import (
     positive_int,
     report_skipped,
 )
-from dino.data.io import list_images
-from dino.descriptors import POOLINGS, RETRIEVAL_SIZE, DescriptorRecipe, load_descriptor_whitening
-from dino.features import SkippedImage
-from dino.index import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, MANIFEST_FILE, ImageIndex, search_images
+from dino.search.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, POOLINGS, RETRIEVAL_SIZE
+
+if TYPE_CHECKING:
+    from dino.search.descriptors import DescriptorRecipe
+    from dino.search.index import ImageIndex
 
 __all__ = ["register"]
 
@@ -80,6 +78,8 @@ def _add_descriptor_arguments(parser: argparse.ArgumentParser, whitening: bool =
 
 
 def _recipe(args: argparse.Namespace) -> DescriptorRecipe:
+    from dino.search.descriptors import DescriptorRecipe
+
     return DescriptorRecipe(pooling=args.pooling, preprocessing="thumbnail", size=args.size, multiscale=args.multiscale)
 
 
@@ -98,6 +98,9 @@ def _on_error(args: argparse.Namespace) -> str:
 
 
 def _report_skipped(index: ImageIndex, total: int) -> None:
+    from dino.features import SkippedImage
+    from dino.search.index import MANIFEST_FILE
+
     skipped = [SkippedImage(i, path, reason) for i, (path, reason) in enumerate(index.skipped.items())]
     report_skipped(skipped, total, index.path / MANIFEST_FILE if index.path is not None else "the index")
 
@@ -137,6 +140,9 @@ def _register_index(verbs: argparse._SubParsersAction) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from apps.retrieval.indexing import index_folders
+    from dino.search.descriptors import load_descriptor_whitening
+
     model = backbone_from_args(args)
     recipe = _recipe(args)
     whitening = load_descriptor_whitening(args.whitening, model, recipe) if args.whitening else None
@@ -185,6 +191,11 @@ def _register_query(verbs: argparse._SubParsersAction) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from apps.retrieval.sheet import save_contact_sheet
+    from dino.atomic import refuse_overwriting_inputs
+    from dino.data.io import list_images
+    from dino.search.index import ImageIndex, search_images
+
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
     queries = [str(path) for path in list_images(args.queries, recursive=False)]
@@ -230,6 +241,9 @@ def _register_update(verbs: argparse._SubParsersAction) -> None:
 
 
 def _update(args: argparse.Namespace) -> int:
+    from apps.retrieval.indexing import update_folders
+    from dino.search.index import ImageIndex
+
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
     report = update_folders(
@@ -266,6 +280,8 @@ def _register_whiten(verbs: argparse._SubParsersAction) -> None:
 
 
 def _whiten(args: argparse.Namespace) -> int:
+    from apps.retrieval.indexing import fit_whitening
+
     model = backbone_from_args(args)
     whitening = fit_whitening(
         args.inputs,
@@ -322,6 +338,10 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from apps.retrieval.evaluate import evaluate_retrieval, format_results
+    from dino.atomic import atomic_write_json
+    from dino.search.descriptors import load_descriptor_whitening
+
     if args.root is None:
         raise ValueError("pass --root (the folder holding the revisitop datasets) or set DINO_DATA_DIR")
     model = backbone_from_args(args)

@@ -1,6 +1,6 @@
 """The Revisited Oxford/Paris evaluation of `eval_image_retrieval.py` (SPEC §13).
 
-Database and query images are described with a :class:`~dino.descriptors.DescriptorRecipe` (the reference:
+Database and query images are described with a :class:`~dino.search.descriptors.DescriptorRecipe` (the reference:
 [CLS] of a thumbnail, no whitening), ranked exhaustively by cosine similarity (``db @ qᵀ``, then argsort), and
 scored with revisitop's mAP and mP@{1, 5, 10} in the Easy, Medium and Hard setups.
 """
@@ -17,9 +17,9 @@ from PIL import Image
 from apps.retrieval.revisitop import KAPPAS, PROTOCOLS, RevisitopDataset, evaluate_protocols, load_dataset
 from dino.checkpoint import model_identity
 from dino.data.io import open_image
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.models.vision_transformer import VisionTransformer
-from dino.whitening import Whitening
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.search.whitening import Whitening
 
 __all__ = ["evaluate_retrieval", "format_results", "query_images", "rank_database"]
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from dino.atomic import atomic_write
 from dino.data.io import open_image
 from dino.data.transforms import Thumbnail
-from dino.index import Hit
+from dino.search.index import Hit
 
 __all__ = ["contact_sheet", "save_contact_sheet"]
 

@@ -6,12 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from apps.segmentation.evaluate import MASK_METHODS, evaluate_masks, write_results
-from apps.segmentation.masks import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
-from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU
-from apps.segmentation.visualize import save_attention_figures
-from apps.segmentation.voc import davis_samples, voc_samples
-from dino.cli import (
+from apps.segmentation.defaults import DEFAULT_THRESHOLD, MASK_METHODS, NCUT_EPS, NCUT_TAU, REFERENCE_IMAGE_SIZE
+from dino.cli.arguments import (
     add_runtime_arguments,
     add_weights_arguments,
     backbone_from_args,
@@ -54,6 +50,8 @@ def _add_threshold_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _attention(args: argparse.Namespace) -> int:
+    from apps.segmentation.visualize import save_attention_figures
+
     model = backbone_from_args(args)
     folders = save_attention_figures(
         model,
@@ -71,6 +69,9 @@ def _attention(args: argparse.Namespace) -> int:
 
 
 def _seg_eval(args: argparse.Namespace) -> int:
+    from apps.segmentation.evaluate import evaluate_masks, write_results
+    from apps.segmentation.voc import davis_samples, voc_samples
+
     if args.voc:
         samples = voc_samples(args.voc, args.split, args.masks)
         protocol = {"dataset": "voc", "root": str(args.voc), "split": args.split, "masks": args.masks}

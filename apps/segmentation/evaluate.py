@@ -22,25 +22,25 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from apps.segmentation.defaults import DEFAULT_THRESHOLD, MASK_METHODS, NCUT_EPS, NCUT_TAU, REFERENCE_IMAGE_SIZE
 from apps.segmentation.diffusion import DiffusionSettings, diffusion_foreground, grid_to_photo, resized_size
 from apps.segmentation.inference import ImageAttention, iter_attention
 from apps.segmentation.jaccard import VoidMode, best_mask_jaccard
 from apps.segmentation.masks import (
-    DEFAULT_THRESHOLD,
-    REFERENCE_IMAGE_SIZE,
     HeadMerge,
     merge_heads,
     threshold_attention,
     upsample_nearest,
 )
-from apps.segmentation.ncut import NCUT_EPS, NCUT_TAU, ncut_foreground
+from apps.segmentation.ncut import ncut_foreground
 from apps.segmentation.voc import SegmentationSample, read_labels
 from dino.atomic import atomic_write, atomic_write_json
-from dino.checkpoint import weights_provenance
 from dino.data.io import open_image
 from dino.data.transforms import denormalize
-from dino.features import DEFAULT_MAX_TOKENS, DTypeName
+from dino.features import DEFAULT_MAX_TOKENS
+from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import DTypeName
 
 __all__ = [
     "EvaluationResult",
@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 MaskMethod = Literal["diffusion", "attention", "ncut"]
-MASK_METHODS: tuple[str, ...] = ("diffusion", "attention", "ncut")
 Resolution = Literal["photo", "input"]
 CSV_FIELDS = ("name", "jaccard", "objects", "object_ids", "object_jaccards", "best_masks")
 

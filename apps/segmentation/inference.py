@@ -11,8 +11,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from apps.segmentation.masks import attention_transform, cls_attention_maps
-from dino.features import DEFAULT_MAX_TOKENS, DTypeName, FeatureExtractor
+from dino.features import DEFAULT_MAX_TOKENS, FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import DTypeName
 
 __all__ = ["ImageAttention", "iter_attention"]
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from apps.segmentation.defaults import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
 from dino.data.transforms import ImageTransform, short_side_transform, square_transform
 
 __all__ = [
@@ -22,10 +23,6 @@ __all__ = [
     "threshold_attention",
     "upsample_nearest",
 ]
-
-# SPEC §10: visualize_attention.py resizes to a square 480×480 (bilinear) and keeps 60% of the mass.
-REFERENCE_IMAGE_SIZE = 480
-DEFAULT_THRESHOLD = 0.6
 
 HeadMerge = Literal["best", "merged", "mean"]
 

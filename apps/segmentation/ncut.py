@@ -17,11 +17,10 @@ from scipy import ndimage
 from scipy.linalg import eigh
 from torch import Tensor
 
+from apps.segmentation.defaults import NCUT_EPS, NCUT_TAU
+
 __all__ = ["NCUT_EPS", "NCUT_MAX_PATCHES", "NCUT_TAU", "ncut_foreground", "patch_affinity"]
 
-# TokenCut's defaults: similarity threshold for an edge and the weight of a non-edge.
-NCUT_TAU = 0.2
-NCUT_EPS = 1e-5
 # The generalized eigenproblem is dense N×N and costs O(N³): 3600 patches (the paper's 480×480 input at patch 8,
 # a 60×60 grid) take about 20 s on 2 CPU cores and 100 MB; twice as many would take 8 times as long.
 NCUT_MAX_PATCHES = 3600

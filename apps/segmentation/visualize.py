@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from apps.segmentation.defaults import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
 from apps.segmentation.diffusion import diffusion_foreground, grid_to_photo, resized_size
 from apps.segmentation.figures import (
     MEAN_CMAP,
@@ -20,8 +21,6 @@ from apps.segmentation.figures import (
 )
 from apps.segmentation.inference import iter_attention
 from apps.segmentation.masks import (
-    DEFAULT_THRESHOLD,
-    REFERENCE_IMAGE_SIZE,
     mean_attention,
     threshold_attention,
     upsample_nearest,
@@ -30,8 +29,9 @@ from apps.segmentation.ncut import ncut_foreground
 from dino.data.io import list_images, open_image
 from dino.data.masks import write_indexed_png
 from dino.data.transforms import denormalize
-from dino.features import DEFAULT_MAX_TOKENS, DTypeName
+from dino.features import DEFAULT_MAX_TOKENS
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import DTypeName
 
 __all__ = ["output_folders", "save_attention_figures"]
 

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from apps.video_seg.preprocess import FramePreprocessing
-from apps.video_seg.propagation import (
-    MAX_AFFINITY_MB,
-    N_LAST_FRAMES,
-    NEIGHBOURHOOD_RADIUS,
-    TEMPERATURE,
-    TOP_K,
-    PropagationConfig,
-)
-from dino.cli import (
+from apps.video_seg.defaults import MAX_AFFINITY_MB, N_LAST_FRAMES, NEIGHBOURHOOD_RADIUS, TEMPERATURE, TOP_K
+from dino.cli.arguments import (
     add_weights_arguments,
     backbone_from_args,
     non_negative_int,
@@ -21,7 +13,6 @@ from dino.cli import (
     positive_float,
     positive_int,
 )
-from dino.features import autocast_dtype, pick_device
 
 __all__ = ["backbone_precision", "register"]
 
@@ -76,6 +67,10 @@ def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup(args: argparse.Namespace):
+    from apps.video_seg.preprocess import FramePreprocessing
+    from apps.video_seg.propagation import PropagationConfig
+    from dino.runtime import autocast_dtype, pick_device
+
     config = PropagationConfig(
         n_last_frames=args.n_last_frames,
         radius=args.radius,

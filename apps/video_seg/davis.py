@@ -33,7 +33,7 @@ from dino.atomic import (
     remove_stale_temporaries,
     restore_interrupted_output_dir,
 )
-from dino.checkpoint import state_dict_sha256, weights_provenance
+from dino.checkpoint import state_dict_sha256
 from dino.data.io import ImageLoadError
 from dino.data.masks import (
     davis_first_annotation,
@@ -42,6 +42,7 @@ from dino.data.masks import (
     read_indexed_png,
     write_indexed_png,
 )
+from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["MANIFEST_NAME", "SequenceResult", "read_bgr_frames", "recorded_sequences", "segment_davis"]

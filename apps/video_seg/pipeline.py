@@ -10,8 +10,9 @@ from torch import Tensor
 
 from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, downscale_mask, one_hot, target_size
 from apps.video_seg.propagation import LabelPropagator, PropagationConfig, labels_from_soft_mask
-from dino.features import DEFAULT_MAX_TOKENS, autocast_context, check_token_budget, require_finite
+from dino.features import DEFAULT_MAX_TOKENS, check_token_budget, require_finite
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import autocast_context
 
 __all__ = ["patch_features", "segment_frames"]
 

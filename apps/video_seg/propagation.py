@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from dino.features import TORCH_DTYPES, torch_dtype
+from apps.video_seg.defaults import MAX_AFFINITY_MB, N_LAST_FRAMES, NEIGHBOURHOOD_RADIUS, TEMPERATURE, TOP_K
+from dino.runtime import TORCH_DTYPES, torch_dtype
 
 __all__ = [
     "LabelPropagator",
@@ -39,13 +40,6 @@ __all__ = [
     "neighbourhood_mask",
     "propagate_labels",
 ]
-
-# SPEC §11 defaults (reference `eval_video_segmentation.py`).
-N_LAST_FRAMES = 7
-NEIGHBOURHOOD_RADIUS = 12
-TOP_K = 5
-TEMPERATURE = 0.1  # hard-coded in the reference
-MAX_AFFINITY_MB = 512.0
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from dino.data.constants import IMAGENET_MEAN, IMAGENET_STD, KNN_CROP, KNN_RESIZE, PREPROCESSING
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -30,11 +32,6 @@ __all__ = [
     "thumbnail_transform",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# SPEC §8: k-NN / linear validation resize and crop.
-KNN_RESIZE = 256
-KNN_CROP = 224
 
 ImageTransform = Callable[[Image.Image], Tensor]
 
@@ -99,9 +96,6 @@ def short_side_transform(
 def thumbnail_transform(size: int) -> T.Compose:
     """Retrieval: thumbnail to fit size×size (never enlarges), keep the aspect ratio (SPEC §13)."""
     return T.Compose([Thumbnail(size), normalize()])
-
-
-PREPROCESSING = ("knn", "square", "short-side", "thumbnail")
 
 
 def make_transform(name: str, size: int | None = None, patch_size: int = 16) -> ImageTransform:

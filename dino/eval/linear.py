@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,17 +18,13 @@ from tqdm.auto import tqdm
 from dino.checkpoint import atomic_torch_save
 from dino.data.datasets import ImageFolderDataset
 from dino.data.transforms import knn_transform, normalize
-from dino.features import autocast_context, autocast_dtype, pick_device
+from dino.eval.defaults import BASE_LR, LINEAR_INPUTS, N_LAST_BLOCKS, LinearInput
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import autocast_context, autocast_dtype, pick_device
 
 __all__ = ["LINEAR_INPUTS", "LinearClassifier", "LinearInput", "LinearResult", "linear_features", "run_linear"]
 
-LinearInput = Literal["dino", "dinov2"]
-LINEAR_INPUTS: tuple[str, ...] = ("dino", "dinov2")
-
-# SPEC §9 defaults.
-N_LAST_BLOCKS = 4
-BASE_LR = 1e-3
+# SPEC §9.
 LR_REFERENCE_BATCH = 256
 SGD_MOMENTUM = 0.9
 INIT_STD = 0.01

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dino.models.vision_transformer import ARCHITECTURES, PosEmbedInterpolation, VisionTransformer, build_vit
+from dino.models.architectures import ARCHITECTURES
+from dino.models.vision_transformer import PosEmbedInterpolation, VisionTransformer, build_vit
 
 __all__ = [
     "BackboneConfig",

@@ -1,18 +1,6 @@
 """Backbones and heads."""
 
-from dino.layers.dino_head import DINOHead
-from dino.models.vision_transformer import (
-    ARCHITECTURES,
-    Intermediates,
-    LastLayerOutput,
-    VisionTransformer,
-    build_vit,
-    vit_base,
-    vit_giant2,
-    vit_large,
-    vit_small,
-    vit_tiny,
-)
+from dino.lazy import lazy_exports
 
 __all__ = [
     "ARCHITECTURES",
@@ -27,3 +15,20 @@ __all__ = [
     "vit_small",
     "vit_tiny",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ARCHITECTURES": "dino.models.architectures",
+        "DINOHead": "dino.layers.dino_head",
+        "Intermediates": "dino.models.vision_transformer",
+        "LastLayerOutput": "dino.models.vision_transformer",
+        "VisionTransformer": "dino.models.vision_transformer",
+        "build_vit": "dino.models.vision_transformer",
+        "vit_base": "dino.models.vision_transformer",
+        "vit_giant2": "dino.models.vision_transformer",
+        "vit_large": "dino.models.vision_transformer",
+        "vit_small": "dino.models.vision_transformer",
+        "vit_tiny": "dino.models.vision_transformer",
+    },
+)

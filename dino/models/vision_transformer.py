@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from dino.layers.block import LAYER_NORM_EPS, Block, FeedForward
 from dino.layers.init import init_linear, trunc_normal_
 from dino.layers.patch_embed import PatchEmbed
+from dino.models.architectures import ARCHITECTURES
 
 __all__ = [
     "ARCHITECTURES",
@@ -60,15 +61,6 @@ REFERENCE_INTERPOLATION_OFFSET = 0.1
 
 # Which query rows of the last block's attention a pass returns: every one, or only the [CLS] token's.
 AttentionRows = Literal["all", "cls"]
-
-# SPEC §1 and §21: embed_dim, depth, heads of each variant (qkv bias everywhere; mlp_ratio 4).
-ARCHITECTURES: dict[str, dict[str, int]] = {
-    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
-    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
-    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
-    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
-    "vit_giant2": {"embed_dim": 1536, "depth": 40, "num_heads": 24},
-}
 
 
 class LastLayerOutput(NamedTuple):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dino.features import pick_device
+from dino.runtime import pick_device
 
 __all__ = [
     "DistributedContext",

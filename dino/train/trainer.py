@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from dino.atomic import atomic_write, remove_stale_temporaries
 from dino.data.multicrop import DataAugmentationDINO, MultiCropDataset
 from dino.data.samplers import EpochBatchSampler
-from dino.features import autocast_context
 from dino.layers.dino_head import DINOHead
 from dino.loss import DINOLoss
-from dino.models.vision_transformer import ARCHITECTURES, build_vit
+from dino.models.architectures import ARCHITECTURES
+from dino.models.vision_transformer import build_vit
+from dino.runtime import autocast_context
 from dino.train.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng_state,

@@ -22,8 +22,8 @@ from apps.copy_detection.verify import SiftFeatureExtractor
 from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.io import list_images
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe, finalize_descriptors
-from dino.whitening import Whitening
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe, finalize_descriptors
+from dino.search.whitening import Whitening
 from tests.copy_detection.test_metrics import reference_score_ap_from_ranks_1
 
 

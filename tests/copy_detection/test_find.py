@@ -12,8 +12,8 @@ from apps.copy_detection.find import build_copy_index, find_copies
 from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.io import ImageLoadError, list_images
-from dino.descriptors import DescriptorRecipe
-from dino.index import ImageIndex, IndexMismatchError, build_index
+from dino.search.descriptors import DescriptorRecipe
+from dino.search.index import ImageIndex, IndexMismatchError, build_index
 
 OPTIONS = {"device": "cpu", "num_workers": 0, "progress": False}
 

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from apps.copy_detection.defaults import CALIBRATIONS, DEFAULT_MIN_INLIERS, DEFAULT_VERIFIER
 from apps.copy_detection.find import (
-    CALIBRATIONS,
-    DEFAULT_MIN_INLIERS,
-    DEFAULT_VERIFIER,
     build_copy_index,
     calibrated_min_inliers,
     calibration_for,

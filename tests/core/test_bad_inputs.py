@@ -16,7 +16,6 @@ from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.io import ImageLoadError, open_image
 from dino.data.transforms import make_transform, planned_size
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.features import (
     DEFAULT_MAX_TOKENS,
     FeatureExtractor,
@@ -24,6 +23,7 @@ from dino.features import (
     TokenBudgetError,
     check_token_budget,
 )
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 
 def bomb_png(path, width: int = 30000, height: int = 30000):
@@ -156,7 +156,8 @@ def test_non_finite_outputs_are_refused(folder) -> None:
     model = load_backbone("random:vit_tiny/16")
     with torch.no_grad():
         model.norm.weight.fill_(3e38)  # finite weights whose outputs overflow to ±inf
-    extractor = FeatureExtractor(model, device="cpu", progress=False)
+    # fp32 explicitly: "auto" is bf16 on CPUs with native bf16, and the message names the precision
+    extractor = FeatureExtractor(model, device="cpu", dtype="fp32", progress=False)
     with pytest.raises(NonFiniteOutputError, match="features hold NaN or infinite values in fp32"):
         extractor.extract([folder / "a.png"])
     descriptors = DescriptorExtractor(model, DescriptorRecipe.copy_detection(64), device="cpu", progress=False)
@@ -174,13 +175,13 @@ ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
     ("cpuinfo", "native"), [(X86_AVX2, False), (X86_BF16, True), (X86_AMX, True), (ARM_BF16, True), ("", False)]
 )
 def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> None:
-    from dino.features import cpuinfo_has_native_bf16
+    from dino.runtime import cpuinfo_has_native_bf16
 
     assert cpuinfo_has_native_bf16(cpuinfo) is native
 
 
 def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch) -> None:
-    from dino.features import autocast_dtype, cpu_has_native_bf16
+    from dino.runtime import autocast_dtype, cpu_has_native_bf16
 
     cpu = torch.device("cpu")
     for forced, expected in (("1", torch.bfloat16), ("0", None)):

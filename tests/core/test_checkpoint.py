@@ -11,14 +11,13 @@ import torch
 
 from dino.atomic import atomic_write_json
 from dino.checkpoint import (
-    RELEASES,
     CheckpointError,
-    WeightsUnavailableError,
     atomic_torch_save,
     infer_architecture,
     load_backbone,
     model_identity,
 )
+from dino.hub.releases import RELEASES, WeightsUnavailableError
 from dino.models import DINOHead, vit_tiny
 
 SPEC_DIMS = {"vit_small": (384, 6), "vit_base": (768, 12)}

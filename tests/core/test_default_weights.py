@@ -11,10 +11,7 @@ import pytest
 import torch
 
 from dino.checkpoint import (
-    BUNDLED_VIT_TINY,
     BUNDLED_WEIGHTS_DIR,
-    DEFAULT_WEIGHTS,
-    IMGFOCUS_WEIGHTS,
     CheckpointError,
     bundled_weights,
     export_backbone,
@@ -25,6 +22,7 @@ from dino.checkpoint import (
 )
 from dino.cli import build_parser, main
 from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.hub.releases import BUNDLED_VIT_TINY, DEFAULT_WEIGHTS, IMGFOCUS_WEIGHTS
 from dino.models.vision_transformer import build_vit
 
 MAX_SHIPPED_BYTES = 50 * 2**20

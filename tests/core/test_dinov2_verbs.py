@@ -35,7 +35,7 @@ from PIL import Image
 from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.masks import read_indexed_png, write_indexed_png
-from dino.index import ImageIndex
+from dino.search.index import ImageIndex
 
 REG = "random:dinov2_vits14_reg"
 TINY = "random:vit_tiny/16"

@@ -14,8 +14,9 @@ from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.io import ImageLoadError
 from dino.data.transforms import knn_transform, make_transform
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
-from dino.features import FeatureExtractor, autocast_dtype, pick_device
+from dino.features import FeatureExtractor
+from dino.runtime import autocast_dtype, cpu_has_native_bf16, pick_device
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def images(tmp_path):
 def test_extractor_matches_direct_forward(images) -> None:
     model = load_backbone("random:vit_tiny/16")
     transform = knn_transform(resize=40, crop=32)
-    features = FeatureExtractor(model, transform, device="cpu", batch_size=2, progress=False).extract(
+    features = FeatureExtractor(model, transform, device="cpu", dtype="fp32", batch_size=2, progress=False).extract(
         images, patch_tokens=True, attention=True
     )
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
@@ -47,13 +48,13 @@ def test_extractor_matches_direct_forward(images) -> None:
 def test_variable_sizes_keep_input_order(images) -> None:
     model = load_backbone("random:vit_tiny/16")
     transform = make_transform("short-side", 32, patch_size=16)
-    features = FeatureExtractor(model, transform, device="cpu", batch_size=3, progress=False).extract(
+    features = FeatureExtractor(model, transform, device="cpu", dtype="fp32", batch_size=3, progress=False).extract(
         images, patch_tokens=True
     )
     # 64×48 -> 42×32 and 80×80 -> 32×32, both cropped to 32×32: one grid size, so the result is stacked.
     assert isinstance(features.patch_tokens, torch.Tensor) and features.patch_tokens.shape == (3, 2, 2, 192)
     transform = make_transform("thumbnail", 64, patch_size=16)
-    features = FeatureExtractor(model, transform, device="cpu", batch_size=3, progress=False).extract(
+    features = FeatureExtractor(model, transform, device="cpu", dtype="fp32", batch_size=3, progress=False).extract(
         images, patch_tokens=True
     )
     assert isinstance(features.patch_tokens, list)
@@ -65,7 +66,9 @@ def test_variable_sizes_keep_input_order(images) -> None:
 
 def test_device_and_dtype_choice() -> None:
     assert pick_device("cpu") == torch.device("cpu")
-    assert autocast_dtype(torch.device("cpu")) is None
+    assert autocast_dtype(torch.device("cpu"), "fp32") is None
+    native = torch.bfloat16 if cpu_has_native_bf16() else None  # "auto" on a CPU: bf16 only where it is native
+    assert autocast_dtype(torch.device("cpu")) is native
     assert autocast_dtype(torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype(torch.device("cuda"), "fp16") is torch.float16
     with pytest.raises(ValueError):
@@ -232,3 +235,17 @@ def test_protocol_evaluations_default_to_the_reference_precision() -> None:
     assert (
         backbone_precision(parser.parse_args(["video-seg", "--davis", "d", "--out", "o", "--dtype", "bf16"])) == "bf16"
     )
+
+
+def test_building_the_parser_loads_no_heavy_library() -> None:
+    """`dino --help` and `dino VERB --help` answer at once: no PyTorch, FAISS or app algorithm at parse time."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dino.cli; parser = dino.cli.build_parser(); parser.parse_args(['attention', 'x', '--out', 'o']); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'faiss', 'cv2', 'scipy', 'matplotlib', 'gradio', 'onnx') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -1,4 +1,4 @@
-"""dino.index: FAISS image index with a manifest — build, search, save/load, update, resume, shards, errors."""
+"""dino.search.index: FAISS image index with a manifest — build, search, save/load, update, resume, shards, errors."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-import dino.index as index_module
+import dino.search.index as index_module
 from dino.checkpoint import CheckpointError, load_backbone
 from dino.data.io import ImageLoadError
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
-from dino.index import (
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.search.index import (
     Hit,
     ImageIndex,
     IndexMismatchError,
@@ -33,7 +33,7 @@ from dino.index import (
     search_images,
     update_index,
 )
-from dino.whitening import Whitening
+from dino.search.whitening import Whitening
 from tests.core.test_bad_inputs import bomb_png
 
 QUIET = {"progress": False, "batch_size": 4}

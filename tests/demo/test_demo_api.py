@@ -77,7 +77,7 @@ def test_each_tab_queues_its_model_work_separately(demo_server) -> None:
     assert demo_server.page._queue.default_concurrency_limit == 1
 
 
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.index not installed")
+@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_a_search_is_answered_while_the_attention_tab_is_busy(demo_server, demo_cache, monkeypatch) -> None:
     from gradio_client import Client
 
@@ -243,7 +243,7 @@ def test_uploads_over_the_limit_are_refused(demo_server) -> None:
 
 
 # ---------------------------------------------------------------------------- search
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.index not installed")
+@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_search_finds_the_query_itself_first_with_cosine_one(client, demo_cache) -> None:
     results = client.predict(_file(_photo(demo_cache, "skimage-rocket")), 5, api_name="/search")
     assert len(results) == 5
@@ -254,7 +254,7 @@ def test_search_finds_the_query_itself_first_with_cosine_one(client, demo_cache)
     assert scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.index not installed")
+@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_search_returns_at_most_the_gallery(client, demo_cache) -> None:
     results = client.predict(_file(_photo(demo_cache, "skimage-rocket")), 16, api_name="/search")
     assert len(results) == len(sample_gallery(demo_cache))

@@ -118,7 +118,7 @@ def test_attention_tab_shows_heatmaps_and_masks(browser_page, demo_server, scree
     _shoot(page, screenshots, "attention")
 
 
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.index not installed")
+@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_search_tab_shows_results(browser_page, demo_server, screenshots) -> None:
     page = browser_page
     query = next(path for path in sample_gallery(demo_server.cache_dir) if path.stem == "skimage-astronaut")

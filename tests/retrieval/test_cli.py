@@ -16,14 +16,14 @@ from PIL import Image
 from apps.retrieval.revisitop import compute_map, protocol_ground_truth
 from dino.checkpoint import load_backbone, model_identity
 from dino.cli import main
-from dino.descriptors import (
+from dino.search.descriptors import (
     DescriptorExtractor,
     DescriptorRecipe,
     fit_descriptor_whitening,
     load_descriptor_whitening,
 )
-from dino.index import ImageIndex
-from dino.whitening import Whitening
+from dino.search.index import ImageIndex
+from dino.search.whitening import Whitening
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--weights", "random:vit_tiny/16", "--no-progress", "--workers", "0"]
@@ -158,7 +158,7 @@ def test_whiten_then_index_with_whitening(tmp_path, capsys, make_images) -> None
 
 
 def test_a_whitening_fitted_by_either_app_serves_both(tmp_path, make_images) -> None:
-    """One metadata layout for fitted whitenings (dino.descriptors), and the older copy-detection one still read."""
+    """One metadata layout for fitted whitenings (dino.search.descriptors); the older copy-detection one still reads."""
     images = make_images(tmp_path / "set", 6)
     model, other = load_backbone("random:vit_tiny/16"), load_backbone("random:vit_tiny/8")
     recipe = DescriptorRecipe.copy_detection(64)

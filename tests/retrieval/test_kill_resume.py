@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dino.cli import main
-from dino.index import ImageIndex, partial_results_path
+from dino.search.index import ImageIndex, partial_results_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 30

@@ -48,10 +48,11 @@ from dino.atomic import (
     restore_interrupted_output_dir,
 )
 from dino.checkpoint import file_sha256, load_backbone, model_identity
-from dino.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.features import NothingUsableError, OnError
 from dino.models.vision_transformer import VisionTransformer
-from dino.whitening import Whitening
+from dino.search.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY
+from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
+from dino.search.whitening import Whitening
 
 __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
@@ -74,10 +75,6 @@ INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
 WHITENING_FILE = "whitening.npz"
 METRIC = "inner_product"
-# SPEC §13: `IndexFlatIP` over L2-normalised vectors ranks exactly as the reference's matmul and argsort.
-DEFAULT_FACTORY = "Flat"
-# Partial descriptors are flushed to the sidecar after this many batches.
-DEFAULT_CHECKPOINT_EVERY = 20
 # The backbone fields that decide descriptor values; "weights" (where they were read from) does not.
 IDENTITY_FIELDS = ("arch", "patch_size", "num_register_tokens", "embed_dim", "sha256")
 # What an identity field means when a manifest written before it existed lacks it.

@@ -24,8 +24,9 @@ from dino.checkpoint import model_identity
 from dino.data.transforms import ImageTransform, square_transform, thumbnail_transform
 from dino.features import FeatureExtractor, require_finite
 from dino.models.vision_transformer import VisionTransformer
-from dino.pooling import GEM_P, MULTISCALE_SCALES, gem, multiscale
-from dino.whitening import Whitening
+from dino.search.defaults import COPY_DETECTION_SIZE, POOLINGS, RETRIEVAL_SIZE
+from dino.search.pooling import GEM_P, MULTISCALE_SCALES, gem, multiscale
+from dino.search.whitening import Whitening
 
 __all__ = [
     "DescriptorExtractor",
@@ -39,10 +40,6 @@ __all__ = [
 
 Pooling = Literal["cls", "gem", "cls+gem"]
 Preprocessing = Literal["thumbnail", "square"]
-POOLINGS: tuple[str, ...] = ("cls", "gem", "cls+gem")
-# SPEC §13: retrieval thumbnails to 224 (ROxford) or 512 (RParis); SPEC §12: copy detection squares to 320.
-RETRIEVAL_SIZE = 224
-COPY_DETECTION_SIZE = 320
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,8 @@ import os
 import re
 import sys
 
-from dino.cli import output_folder
+from dino.cli.arguments import output_folder
 from dino.train.config import available_presets, config_to_dict, load_config
-from dino.train.trainer import NonFiniteLossError, train
 
 __all__ = ["register"]
 
@@ -38,6 +37,8 @@ def _run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         return 0
+    from dino.train.trainer import NonFiniteLossError, train
+
     try:
         result = train(config, resume=not args.no_resume)
     except NonFiniteLossError as error:

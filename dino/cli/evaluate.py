@@ -6,8 +6,7 @@ import argparse
 import json
 
 from dino.atomic import atomic_write_json
-from dino.checkpoint import weights_provenance
-from dino.cli import (
+from dino.cli.arguments import (
     add_runtime_arguments,
     add_weights_arguments,
     backbone_from_args,
@@ -17,14 +16,16 @@ from dino.cli import (
     positive_float,
     positive_int,
 )
-from dino.eval.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, run_knn
-from dino.eval.linear import BASE_LR, LINEAR_INPUTS, N_LAST_BLOCKS, run_linear
-from dino.train.distributed import init_distributed
+from dino.eval.defaults import BASE_LR, DEFAULT_KS, DEFAULT_TEMPERATURE, LINEAR_INPUTS, N_LAST_BLOCKS
+from dino.hub.releases import weights_provenance
 
 __all__ = ["register"]
 
 
 def _knn(args: argparse.Namespace) -> int:
+    from dino.eval.knn import run_knn
+    from dino.train.distributed import init_distributed
+
     context = init_distributed(args.device)
     model = backbone_from_args(args)
     results = run_knn(
@@ -55,6 +56,8 @@ def _knn(args: argparse.Namespace) -> int:
 
 
 def _linear(args: argparse.Namespace) -> int:
+    from dino.eval.linear import run_linear
+
     model = backbone_from_args(args)
     result = run_linear(
         model,
