@@ -1,4 +1,5 @@
-"""Where and in which precision the backbone runs: device choice, autocast dtype, native-bf16 detection.
+"""Where and in which precision the backbone runs: the typed :class:`Runtime`, device choice, autocast dtype,
+native-bf16 detection.
 
 Import-light beyond torch itself (no torchvision): ``dino info`` and the trainer use it without the image stack.
 """
@@ -10,14 +11,18 @@ import os
 import subprocess
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from dino.data.constants import DEFAULT_MAX_TOKENS
 
 __all__ = [
     "NATIVE_BF16_FLAGS",
     "TORCH_DTYPES",
     "DTypeName",
+    "Runtime",
     "autocast_context",
     "autocast_dtype",
     "cpu_has_native_bf16",
@@ -114,3 +119,48 @@ def autocast_dtype(device: torch.device, dtype: DTypeName = "auto") -> torch.dty
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
     return None if dtype == "fp32" else TORCH_DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a backbone runs over a list of images: the options every image-reading function shares.
+
+    Functions that extract features take one ``runtime`` instead of loose keyword options; the command line builds
+    it from ``--device``, ``--dtype``, ``--batch-size``, ``--workers``, ``--no-progress`` and ``--max-tokens``
+    (:func:`dino.cli.arguments.runtime_from_args`). Change one field with ``dataclasses.replace``.
+
+    Attributes:
+        device: ``auto`` (CUDA, then Apple MPS, then CPU) or a torch device string (``cpu``, ``cuda:1`` …).
+        dtype: Autocast precision. ``auto`` is bf16 where it is native and fp32 elsewhere (:func:`autocast_dtype`);
+            protocol evaluations pass ``fp32``, the reference's precision.
+        batch_size: Images per forward pass.
+        num_workers: DataLoader processes decoding images (0: in the calling process).
+        progress: Show progress bars.
+        max_tokens: Patch tokens one preprocessed image may make; a larger input is refused before it is resized
+            (:data:`dino.data.constants.DEFAULT_MAX_TOKENS`; None for no limit).
+    """
+
+    device: str = "auto"
+    dtype: DTypeName = "auto"
+    batch_size: int = 32
+    num_workers: int = 0
+    progress: bool = True
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in TORCH_DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose auto, fp32, bf16 or fp16")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1 (or None for no limit), got {self.max_tokens}")
+
+    def torch_device(self) -> torch.device:
+        """The device :attr:`device` names, checked to exist here (:func:`pick_device`)."""
+        return pick_device(self.device)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype on `device` (None: plain fp32); ``auto`` is resolved here and nowhere else."""
+        return autocast_dtype(device, self.dtype)
