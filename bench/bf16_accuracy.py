@@ -60,8 +60,9 @@ from dino.atomic import atomic_output_path, atomic_write_json, remove_stale_temp
 from dino.checkpoint import load_backbone, model_identity
 from dino.cli import main as dino
 from dino.data.datasets import ImageFolderDataset
+from dino.data.davis import davis_annotations, davis_frames, davis_sequences
 from dino.data.io import list_images, open_image
-from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
+from dino.data.masks import read_indexed_png
 from dino.data.transforms import knn_transform
 from dino.eval.knn import DEFAULT_TEMPERATURE, knn_classifier, write_davis_knn_task
 from dino.features import FeatureExtractor

@@ -343,7 +343,8 @@ def _davis_video(root: str, count: int, size: tuple[int, int] | None) -> tuple[l
     import cv2
 
     from apps.video_seg.davis import read_bgr_frames
-    from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
+    from dino.data.davis import davis_annotations, davis_frames, davis_sequences
+    from dino.data.masks import read_indexed_png
 
     sequence = davis_sequences(root)[0]
     frames = list(read_bgr_frames(davis_frames(root, sequence)[:count]))

@@ -68,7 +68,8 @@ from apps.video_seg.propagation import NEIGHBOURHOOD_RADIUS, PropagationConfig
 from dino.atomic import atomic_write_json
 from dino.checkpoint import load_backbone
 from dino.cli import USER_ERRORS
-from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
+from dino.data.davis import davis_annotations, davis_frames, davis_sequences
+from dino.data.masks import read_indexed_png
 from dino.data.transforms import IMAGENET_MEAN, IMAGENET_STD, knn_transform
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer

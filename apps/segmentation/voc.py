@@ -17,7 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
+from dino.data.davis import davis_annotations, davis_frames, davis_sequences
+from dino.data.masks import read_indexed_png
 
 __all__ = ["MaskKind", "SegmentationSample", "davis_samples", "read_labels", "voc_samples"]
 

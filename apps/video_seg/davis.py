@@ -34,14 +34,9 @@ from dino.atomic import (
     restore_interrupted_output_dir,
 )
 from dino.checkpoint import state_dict_sha256
+from dino.data.davis import davis_first_annotation, davis_frames, davis_sequences
 from dino.data.io import ImageLoadError
-from dino.data.masks import (
-    davis_first_annotation,
-    davis_frames,
-    davis_sequences,
-    read_indexed_png,
-    write_indexed_png,
-)
+from dino.data.masks import read_indexed_png, write_indexed_png
 from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import VisionTransformer
 

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from apps.video_seg.davis import recorded_sequences
 from apps.video_seg.metrics import Statistics, boundary_f_measure, statistics
 from dino.atomic import atomic_write
-from dino.data.masks import davis_annotations, davis_sequences, mask_iou, read_indexed_png
+from dino.data.davis import davis_annotations, davis_sequences
+from dino.data.masks import mask_iou, read_indexed_png
 
 __all__ = ["Evaluation", "ObjectScores", "evaluate_davis", "evaluate_sequence", "format_table", "write_csvs"]
 

@@ -1,7 +1,7 @@
-"""Indexed (palette) mask PNGs and the DAVIS folder layout (SPEC §11, §20).
+"""Indexed (palette) mask PNGs: the annotation palette, label-map reading and writing, mask IoU (SPEC §11, §20).
 
 The DAVIS and PASCAL VOC annotation palette is generated here (the standard bit-interleaving VOC
-colormap), never downloaded.
+colormap), never downloaded. Where DAVIS keeps its frames and masks on disk is :mod:`dino.data.davis`'s job.
 """
 
 from __future__ import annotations
@@ -16,10 +16,6 @@ from dino.atomic import atomic_output_path
 from dino.data.io import ImageLoadError
 
 __all__ = [
-    "davis_annotations",
-    "davis_first_annotation",
-    "davis_frames",
-    "davis_sequences",
     "mask_iou",
     "read_indexed_png",
     "read_label_mask",
@@ -27,7 +23,6 @@ __all__ = [
     "write_indexed_png",
 ]
 
-DAVIS_RESOLUTION = "480p"
 # A colour mask with more distinct non-black colours than this is almost certainly a photo or a JPEG (whose
 # compression smears one flat colour into many).
 MAX_MASK_OBJECTS = 20
@@ -167,42 +162,3 @@ def write_indexed_png(path: str | os.PathLike[str], labels: np.ndarray, palette:
     image.putpalette((voc_palette() if palette is None else palette).astype(np.uint8).ravel().tolist())
     with atomic_output_path(path) as temporary:
         image.save(temporary, format="PNG")
-
-
-def davis_sequences(root: str | os.PathLike[str], split: str = "val", year: str = "2017") -> list[str]:
-    """Sequence names listed in ``ImageSets/<year>/<split>.txt``."""
-    listing = Path(root) / "ImageSets" / year / f"{split}.txt"
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing}: no DAVIS sequence list (expected the DAVIS-2017 layout)")
-    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-
-
-def davis_frames(root: str | os.PathLike[str], sequence: str, resolution: str = DAVIS_RESOLUTION) -> list[Path]:
-    """Sorted JPEG frames of a sequence: ``JPEGImages/<resolution>/<sequence>/*.jpg``."""
-    return _sorted_files(Path(root) / "JPEGImages" / resolution / sequence, ".jpg")
-
-
-def davis_annotations(root: str | os.PathLike[str], sequence: str, resolution: str = DAVIS_RESOLUTION) -> list[Path]:
-    """Sorted annotation PNGs of a sequence: ``Annotations/<resolution>/<sequence>/*.png``."""
-    return _sorted_files(Path(root) / "Annotations" / resolution / sequence, ".png")
-
-
-def davis_first_annotation(root: str | os.PathLike[str], sequence: str, resolution: str = DAVIS_RESOLUTION) -> Path:
-    """The annotation of a sequence's first frame, the one semi-supervised propagation starts from (the reference
-    reads the PNG of the first JPEG's name; another annotated frame would give its labels to the first frame).
-
-    Raises:
-        FileNotFoundError: No frames, or no annotation named like the first frame.
-    """
-    first = davis_frames(root, sequence, resolution)[0]
-    annotation = Path(root) / "Annotations" / resolution / sequence / f"{first.stem}.png"
-    if not annotation.is_file():
-        raise FileNotFoundError(f"{annotation}: no annotation of the sequence's first frame {first.name}")
-    return annotation
-
-
-def _sorted_files(folder: Path, suffix: str) -> list[Path]:
-    files = sorted(folder.glob(f"*{suffix}"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no {suffix} files")
-    return files

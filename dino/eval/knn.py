@@ -18,7 +18,7 @@ from torch import Tensor
 from dino.atomic import atomic_output_path, atomic_write_json
 from dino.checkpoint import state_dict_sha256
 from dino.data.datasets import ImageFolderDataset
-from dino.data.masks import davis_frames, davis_sequences
+from dino.data.davis import davis_frames, davis_sequences
 from dino.data.transforms import knn_transform
 from dino.eval.defaults import DEFAULT_KS, DEFAULT_TEMPERATURE
 from dino.features import FeatureExtractor

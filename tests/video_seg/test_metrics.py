@@ -10,7 +10,8 @@ import pytest
 
 from apps.video_seg.evaluate import evaluate_davis, write_csvs
 from apps.video_seg.metrics import boundary_f_measure, seg2bmap, statistics
-from dino.data.masks import davis_annotations, mask_iou, read_indexed_png, write_indexed_png
+from dino.data.davis import davis_annotations
+from dino.data.masks import mask_iou, read_indexed_png, write_indexed_png
 
 SEQUENCES = ("car-shadow", "motocross-jump", "scooter-black")
 

@@ -17,7 +17,8 @@ from apps.video_seg.pipeline import segment_frames
 from apps.video_seg.preprocess import downscale_mask, read_frame, target_size
 from apps.video_seg.propagation import PropagationConfig
 from dino.checkpoint import load_backbone
-from dino.data.masks import davis_annotations, davis_frames, read_indexed_png
+from dino.data.davis import davis_annotations, davis_frames
+from dino.data.masks import read_indexed_png
 
 SEQUENCE = "car-shadow"
 FRAMES = 8
