@@ -111,6 +111,12 @@ def _seg_eval(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `attention` and `seg-eval` verbs."""
+    _register_attention(subparsers)
+    _register_seg_eval(subparsers)
+
+
+def _register_attention(subparsers: argparse._SubParsersAction) -> None:
+    """`dino attention`: the per-head attention figures of images."""
     attention = subparsers.add_parser(
         "attention",
         help="per-head [CLS] attention maps and masks of images",
@@ -141,6 +147,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_runtime_arguments(attention, batch_size=DEFAULT_BATCH_SIZE)
     attention.set_defaults(func=_attention)
 
+
+def _register_seg_eval(subparsers: argparse._SubParsersAction) -> None:
+    """`dino seg-eval`: the Jaccard of the masks on a labelled dataset."""
     evaluate = subparsers.add_parser(
         "seg-eval",
         help="Jaccard of foreground, attention or normalized-cut masks on PASCAL VOC12 (or DAVIS foreground)",
@@ -149,6 +158,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "image, then over images. Writes OUT/results.json (score, method settings and protocol) and "
         "OUT/per_image.csv. The paper's protocol: --method attention --no-keep-aspect --resolution input.",
     )
+    _add_dataset_arguments(evaluate)
+    _add_mask_method_arguments(evaluate)
+    _add_preprocessing_arguments(evaluate, keep_aspect=True)
+    add_weights_arguments(evaluate)
+    add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE, dtype="fp32")
+    evaluate.set_defaults(func=_seg_eval)
+
+
+def _add_dataset_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """Which ground truth `seg-eval` scores (VOC or DAVIS, split, subset) and where its results go."""
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--voc", type=Path, help="VOC2012 folder (JPEGImages, SegmentationObject, …)")
     source.add_argument(
@@ -168,6 +187,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--every", type=positive_int, default=5, help="DAVIS: score every N-th frame (default: %(default)s)"
     )
     evaluate.add_argument("--limit", type=positive_int, help="score only the first N images (quick checks)")
+
+
+def _add_mask_method_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """How `seg-eval` makes its candidate masks and compares them with the ground truth."""
     evaluate.add_argument(
         "--method",
         choices=MASK_METHODS,
@@ -203,7 +226,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--eps", type=positive_float, default=NCUT_EPS, help="ncut non-edge weight (default: %(default)s)"
     )
-    _add_preprocessing_arguments(evaluate, keep_aspect=True)
-    add_weights_arguments(evaluate)
-    add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE, dtype="fp32")
-    evaluate.set_defaults(func=_seg_eval)
