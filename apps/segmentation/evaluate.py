@@ -25,7 +25,7 @@ from torchvision.transforms import InterpolationMode
 from apps.segmentation.defaults import DEFAULT_THRESHOLD, MASK_METHODS, NCUT_EPS, NCUT_TAU, REFERENCE_IMAGE_SIZE
 from apps.segmentation.diffusion import DiffusionSettings, diffusion_foreground, grid_to_photo, resized_size
 from apps.segmentation.inference import ImageAttention, iter_attention
-from apps.segmentation.jaccard import VoidMode, best_mask_jaccard
+from apps.segmentation.jaccard import ImageJaccard, VoidMode, best_mask_jaccard
 from apps.segmentation.masks import (
     HeadMerge,
     merge_heads,
@@ -166,29 +166,78 @@ def evaluate_masks(
         max_tokens,
     ):
         sample = samples[item.index]
-        if resolution == "photo":
-            photo = open_image(sample.image)
-            resized = resized_size((photo.height, photo.width), size, keep_aspect)
-            masks = predict_masks(item, model.patch_size, method, heads, threshold, tau, eps, photo, resized)
-            labels = read_labels(sample)
-            if labels.shape != masks.shape[1:]:
-                raise ValueError(
-                    f"{sample.annotation}: labels are {labels.shape[::-1]} (w, h), the photo {masks.shape[:0:-1]}"
-                )
-        else:
-            masks = predict_masks(item, model.patch_size, method, heads, threshold, tau, eps)
-            labels = labels_at_input_resolution(read_labels(sample), size, keep_aspect, masks.shape[1:])
-        score = best_mask_jaccard(masks, labels, void)
-        rows[item.index] = {
-            "name": sample.name,
-            "jaccard": score.mean,
-            "objects": len(score.object_ids),
-            "object_ids": " ".join(map(str, score.object_ids)),
-            "object_jaccards": " ".join(f"{v:.6f}" for v in score.per_object),
-            "best_masks": " ".join(map(str, score.best_mask)) if method == "attention" and heads == "best" else "",
-        }
+        masks, labels = _masks_and_labels(
+            item, sample, model.patch_size, method, heads, threshold, tau, eps, size, keep_aspect, resolution
+        )
+        rows[item.index] = _image_row(sample, best_mask_jaccard(masks, labels, void), method, heads)
     scored = [row["jaccard"] for row in rows if not math.isnan(row["jaccard"])]
-    record = {
+    record = _protocol_record(model, method, heads, threshold, size, keep_aspect, resolution, void, tau, eps, protocol)
+    return EvaluationResult(
+        jaccard=float(np.mean(scored)) if scored else float("nan"),
+        images=len(scored),
+        objects=sum(row["objects"] for row in rows),
+        protocol=record,
+        rows=rows,
+    )
+
+
+def _masks_and_labels(
+    item: ImageAttention,
+    sample: SegmentationSample,
+    patch_size: int,
+    method: MaskMethod,
+    heads: HeadMerge,
+    threshold: float,
+    tau: float,
+    eps: float,
+    size: int,
+    keep_aspect: bool,
+    resolution: Resolution,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's candidate masks (K, H, W) and its labels (H, W), both at the resolution they are compared at."""
+    if resolution == "photo":
+        photo = open_image(sample.image)
+        resized = resized_size((photo.height, photo.width), size, keep_aspect)
+        masks = predict_masks(item, patch_size, method, heads, threshold, tau, eps, photo, resized)
+        labels = read_labels(sample)
+        if labels.shape != masks.shape[1:]:
+            raise ValueError(
+                f"{sample.annotation}: labels are {labels.shape[::-1]} (w, h), the photo {masks.shape[:0:-1]}"
+            )
+        return masks, labels
+    masks = predict_masks(item, patch_size, method, heads, threshold, tau, eps)
+    return masks, labels_at_input_resolution(read_labels(sample), size, keep_aspect, masks.shape[1:])
+
+
+def _image_row(sample: SegmentationSample, score: ImageJaccard, method: MaskMethod, heads: HeadMerge) -> dict[str, Any]:
+    """One image's ``per_image.csv`` row (:data:`CSV_FIELDS`); best_masks names the winning heads only when each
+    head's mask was a candidate."""
+    return {
+        "name": sample.name,
+        "jaccard": score.mean,
+        "objects": len(score.object_ids),
+        "object_ids": " ".join(map(str, score.object_ids)),
+        "object_jaccards": " ".join(f"{v:.6f}" for v in score.per_object),
+        "best_masks": " ".join(map(str, score.best_mask)) if method == "attention" and heads == "best" else "",
+    }
+
+
+def _protocol_record(
+    model: VisionTransformer,
+    method: MaskMethod,
+    heads: HeadMerge,
+    threshold: float,
+    size: int,
+    keep_aspect: bool,
+    resolution: Resolution,
+    void: VoidMode,
+    tau: float,
+    eps: float,
+    protocol: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What produced a score, for ``results.json``: the caller's `protocol` entries, the settings of the chosen
+    method only (the others None), preprocessing, comparison and the backbone."""
+    return {
         **(protocol or {}),
         "method": method,
         "diffusion": DiffusionSettings().as_dict() if method == "diffusion" else None,
@@ -209,13 +258,6 @@ def evaluate_masks(
         "embed_dim": model.embed_dim,
         "num_heads": model.num_heads,
     }
-    return EvaluationResult(
-        jaccard=float(np.mean(scored)) if scored else float("nan"),
-        images=len(scored),
-        objects=sum(row["objects"] for row in rows),
-        protocol=record,
-        rows=rows,
-    )
 
 
 def write_results(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
