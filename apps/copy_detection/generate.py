@@ -262,20 +262,11 @@ def make_benchmark(
         raise ValueError("whitening_count needs whitening_out, the folder to write the whitening photos to")
     if not 1 <= strong_per_original <= 99:
         raise ValueError(f"strong_per_original must lie in 1..99, got {strong_per_original}")
-    order = np.random.default_rng(seed).permutation(len(photos))
-    shuffled = [photos[i] for i in order]
     reserved = whitening_count if whitening_out is not None else 0
-    num_originals = len(photos) - reserved if originals is None else originals
-    if not 1 <= num_originals <= min(len(photos) - reserved, 9999):
-        raise ValueError(
-            f"cannot take {num_originals} originals and {reserved} whitening photos from {len(photos)} images"
-        )
+    chosen, whitening_photos, distractor_photos = _split_photos(photos, seed, originals, reserved)
     for folder in (out, distractors_out, whitening_out):
         if folder is not None:
             check_output_dir(folder)
-    chosen = sorted(shuffled[:num_originals])
-    whitening_photos = sorted(shuffled[num_originals : num_originals + reserved])
-    distractor_photos = sorted(shuffled[num_originals + reserved :])
 
     manifest: dict[str, Any] = {
         "generator": "dino copy-detect make-benchmark",
@@ -288,23 +279,14 @@ def make_benchmark(
     }
     with ExitStack() as outputs:
         root = outputs.enter_context(atomic_output_dir(out))
-        distractor_folder = whitening_folder = None
-        if distractors_out is not None:
-            distractor_folder = outputs.enter_context(atomic_output_dir(distractors_out))
-        if whitening_out is not None:
-            whitening_folder = outputs.enter_context(atomic_output_dir(whitening_out))
-        for number, source in enumerate(
-            tqdm(chosen, desc="attacking originals", unit="img", disable=not progress), start=1
-        ):
-            manifest["originals"][f"{number:04d}00.jpg"] = str(source)
-            manifest["strong"].update(
-                _attack_original(
-                    source, number, root, seed, strong_per_original, max_side, jpeg_qualities, crop_percents
-                )
-            )
-        if distractors_out is not None:
+        distractor_folder = _staged_output_dir(outputs, distractors_out)
+        whitening_folder = _staged_output_dir(outputs, whitening_out)
+        manifest["originals"], manifest["strong"] = _attack_originals(
+            chosen, root, seed, strong_per_original, max_side, jpeg_qualities, crop_percents, progress
+        )
+        if distractor_folder is not None:
             manifest["distractors"] = _plain_set_names(distractor_photos)
-        if whitening_out is not None:
+        if whitening_folder is not None:
             manifest["whitening"] = _plain_set_names(whitening_photos)
         atomic_write_json(root / MANIFEST_NAME, manifest)
         if distractor_folder is not None:
@@ -318,6 +300,58 @@ def make_benchmark(
         distractors=Path(distractors_out) if distractors_out is not None else None,
         whitening=Path(whitening_out) if whitening_out is not None else None,
     )
+
+
+def _split_photos(
+    photos: Sequence[Path], seed: int, originals: int | None, reserved: int
+) -> tuple[list[Path], list[Path], list[Path]]:
+    """The originals, the `reserved` whitening photos and the distractors (the rest), each sorted, from the photos
+    shuffled with `seed`; `originals` None takes all not reserved.
+
+    Raises:
+        ValueError: Fewer than one original, more than 9999, or not enough photos.
+    """
+    order = np.random.default_rng(seed).permutation(len(photos))
+    shuffled = [photos[i] for i in order]
+    num_originals = len(photos) - reserved if originals is None else originals
+    if not 1 <= num_originals <= min(len(photos) - reserved, 9999):
+        raise ValueError(
+            f"cannot take {num_originals} originals and {reserved} whitening photos from {len(photos)} images"
+        )
+    return (
+        sorted(shuffled[:num_originals]),
+        sorted(shuffled[num_originals : num_originals + reserved]),
+        sorted(shuffled[num_originals + reserved :]),
+    )
+
+
+def _staged_output_dir(outputs: ExitStack, folder: str | os.PathLike[str] | None) -> Path | None:
+    """`folder` built beside its destination and renamed into place when `outputs` closes; None stays None."""
+    return None if folder is None else outputs.enter_context(atomic_output_dir(folder))
+
+
+def _attack_originals(
+    chosen: Sequence[Path],
+    root: Path,
+    seed: int,
+    strong_per_original: int,
+    max_side: int | None,
+    jpeg_qualities: Sequence[int],
+    crop_percents: Sequence[float],
+    progress: bool,
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Write every original and its attacked versions; returns the manifest's ``originals`` (name -> source) and
+    ``strong`` (name -> original and edits) entries."""
+    names: dict[str, str] = {}
+    strong: dict[str, dict[str, Any]] = {}
+    for number, source in enumerate(
+        tqdm(chosen, desc="attacking originals", unit="img", disable=not progress), start=1
+    ):
+        names[f"{number:04d}00.jpg"] = str(source)
+        strong.update(
+            _attack_original(source, number, root, seed, strong_per_original, max_side, jpeg_qualities, crop_percents)
+        )
+    return names, strong
 
 
 def _attack_original(
