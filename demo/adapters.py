@@ -1,14 +1,11 @@
 """The demo's only link to the apps: one adapter per tab, each a thin call into an app's public functions.
 
-Nothing here computes a mask, a descriptor or a label itself. An app that is not installed (or not merged
-yet) makes its adapter raise :class:`NotAvailableYet`, and the page shows that tab as unavailable instead
-of failing as a whole.
+Nothing here computes a mask, a descriptor or a label itself.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,18 +16,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from apps.copy_detection import find as copy_find
+from apps.segmentation.diffusion import MAX_REFINE_PIXELS
+from apps.segmentation.figures import HEATMAP_CMAP, MEAN_CMAP
+from apps.segmentation.visualize import AttentionViews, photo_attention_views
+from apps.video_seg import pipeline
+from apps.video_seg.video import overlay, read_video_frames
 from dino.features import DEFAULT_MAX_TOKENS
 from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import autocast_dtype
+from dino.search.index import ImageIndex
 
 __all__ = [
-    "TAB_MODULES",
-    "AttentionViews",
     "CopyVerdict",
-    "NotAvailableYet",
+    "attention_colormaps",
     "attention_max_photo_pixels",
     "attention_views",
-    "available",
     "build_copy_index",
     "build_search_index",
     "compare_copies",
@@ -45,65 +46,14 @@ __all__ = [
     "search_similar",
 ]
 
-# The modules each tab needs; a tab is offered only when all of them import.
-TAB_MODULES: dict[str, tuple[str, ...]] = {
-    "attention": ("apps.segmentation.inference", "apps.segmentation.masks", "apps.segmentation.diffusion"),
-    "search": ("dino.search.index",),
-    "copy": ("dino.search.index", "apps.copy_detection.find"),
-    "video": ("apps.video_seg.pipeline", "apps.video_seg.video"),
-}
-TAB_TITLES = {"attention": "Attention masks", "search": "Search", "copy": "Copy check", "video": "Video masks"}
-
-
-class NotAvailableYet(RuntimeError):
-    """The app behind a tab is not installed in this build."""
-
 
 def _app(module: str, tab: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise NotAvailableYet(
-            f"{TAB_TITLES[tab]} is not available yet in this build ({module} cannot be imported: {error})."
-        ) from None
-
-
-def available(tab: str) -> bool:
-    """Whether every module the tab needs can be imported."""
-    try:
-        for module in TAB_MODULES[tab]:
-            _app(module, tab)
-    except NotAvailableYet:
-        return False
-    return True
+    """The app module named `module`, already imported above (`tab` is unused): the search and copy adapters still
+    reach their apps by name."""
+    return importlib.import_module(module)
 
 
 # ---------------------------------------------------------------------------- (a) attention
-@dataclass
-class AttentionViews:
-    """Everything the Attention tab draws: attention at the network input's resolution (H, W), the foreground
-    mask at the photo's own (H', W').
-
-    Attributes:
-        image: The network input, denormalised, (H, W, 3) float in [0, 1].
-        head_maps: Per-head [CLS] attention, nearest-upsampled, (heads, H, W).
-        head_masks: Per-head masks keeping `threshold` of the attention mass, (heads, H, W) bool.
-        mean_map: Mean over heads, (H, W).
-        photo: The photo itself, (H', W', 3) float in [0, 1].
-        foreground: The foreground mask (attention diffusion, apps.segmentation.diffusion), (H', W') bool, or None
-            when not asked for.
-        head_colors: One RGB colour in [0, 1] per head, as ``dino attention`` draws them, (heads, 3).
-    """
-
-    image: np.ndarray
-    head_maps: np.ndarray
-    head_masks: np.ndarray
-    mean_map: np.ndarray
-    photo: np.ndarray
-    foreground: np.ndarray | None
-    head_colors: np.ndarray
-
-
 def attention_views(
     model: VisionTransformer,
     image: Image.Image,
@@ -113,7 +63,7 @@ def attention_views(
     device: str = "auto",
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
 ) -> AttentionViews:
-    """The `dino attention` outputs of one photo (apps.segmentation), kept in memory.
+    """The `dino attention` views of one photo (:func:`apps.segmentation.visualize.photo_attention_views`).
 
     Args:
         model: The backbone.
@@ -128,61 +78,18 @@ def attention_views(
     Raises:
         TokenBudgetError: The photo at `size` makes more than `max_tokens` patch tokens.
     """
-    inference = _app("apps.segmentation.inference", "attention")
-    masks = _app("apps.segmentation.masks", "attention")
-    diffusion = _app("apps.segmentation.diffusion", "attention")
-    figures = _app("apps.segmentation.figures", "attention")
-    from dino.data.transforms import denormalize
-
-    item = next(
-        inference.iter_attention(
-            model,
-            [image],
-            size=size,
-            keep_aspect=True,
-            device=device,
-            batch_size=1,
-            num_workers=0,
-            progress=False,
-            max_tokens=max_tokens,
-        )
-    )
-    patch = model.patch_size
-    foreground = None
-    if better_mask:
-        resized = diffusion.resized_size((image.height, image.width), size, keep_aspect=True)
-        foreground = diffusion.diffusion_foreground(item.maps, item.keys, image, patch, resized)
-    return AttentionViews(
-        image=denormalize(item.image).permute(1, 2, 0).clamp(0, 1).numpy(),
-        head_maps=masks.upsample_nearest(item.maps, patch).numpy(),
-        head_masks=masks.upsample_nearest(masks.threshold_attention(item.maps, threshold), patch).numpy(),
-        mean_map=masks.upsample_nearest(masks.mean_attention(item.maps), patch).numpy(),
-        photo=np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0,
-        foreground=foreground,
-        head_colors=figures.head_colors(model.num_heads),
-    )
+    return photo_attention_views(model, image, threshold, size, better_mask, device, max_tokens)
 
 
 def attention_max_photo_pixels() -> int:
     """The most pixels at which the segmentation app refines the foreground mask (larger photos are refined at this
     size and the mask enlarged)."""
-    return int(_app("apps.segmentation.diffusion", "attention").MAX_REFINE_PIXELS)
-
-
-def overlay_masks(image: np.ndarray, masks: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """`image` (H, W, 3) in [0, 1] with `masks` (K, H, W) blended in, as ``dino attention`` draws them."""
-    return _app("apps.segmentation.figures", "attention").overlay_masks(image, masks, colors)
-
-
-def foreground_color() -> np.ndarray:
-    """The colour ``dino attention`` gives the foreground mask, (1, 3) in [0, 1]."""
-    return np.array([_app("apps.segmentation.figures", "attention").FOREGROUND_COLOR])
+    return MAX_REFINE_PIXELS
 
 
 def attention_colormaps() -> tuple[str, str]:
     """The colormaps ``dino attention`` uses for (per-head heatmaps, the mean map)."""
-    figures = _app("apps.segmentation.figures", "attention")
-    return figures.HEATMAP_CMAP, figures.MEAN_CMAP
+    return HEATMAP_CMAP, MEAN_CMAP
 
 
 # ---------------------------------------------------------------------------- (b) search
@@ -194,9 +101,9 @@ def build_search_index(model: VisionTransformer, images: Sequence[str | os.PathL
     return index.build_index(images, model, DescriptorRecipe.retrieval(), **options)
 
 
-def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) -> Any:
+def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) -> ImageIndex:
     """An index saved by ``dino index`` (or :func:`dino.search.index.build_index`), checked against `model`."""
-    index = _app("dino.search.index", "search").ImageIndex.load(path)
+    index = ImageIndex.load(path)
     index.check_compatible(model)
     return index
 
@@ -227,7 +134,7 @@ class CopyVerdict:
 
 def copy_threshold(model: VisionTransformer) -> float:
     """The copy-detection app's threshold on the cosine similarity for `model` (max-F1 on its benchmark)."""
-    return float(_app("apps.copy_detection.find", "copy").calibration_for(model).threshold)
+    return float(copy_find.calibration_for(model).threshold)
 
 
 def build_copy_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
@@ -285,12 +192,12 @@ def compare_copies(
 
 def copy_min_matches(model: VisionTransformer, verifier: str) -> int:
     """The copy app's calibrated minimum of verified matches for a copy, for `model` and `verifier`."""
-    return int(_app("apps.copy_detection.find", "copy").calibrated_min_inliers(model, verifier))
+    return int(copy_find.calibrated_min_inliers(model, verifier))
 
 
 def copy_verifier(model: VisionTransformer) -> str:
     """The copy app's verifier for `model` (the best on its benchmark; what ``copy-detect find --verify`` uses)."""
-    return str(_app("apps.copy_detection.find", "copy").calibration_for(model).verifier)
+    return str(copy_find.calibration_for(model).verifier)
 
 
 # ---------------------------------------------------------------------------- (d) video
@@ -317,7 +224,6 @@ def propagate_mask(
     Raises:
         TokenBudgetError: The resized frames would make more than `max_tokens` patch tokens (checked on the first).
     """
-    pipeline = _app("apps.video_seg.pipeline", "video")
     device = torch.device(device)
     # The demo applies the model, it does not report protocol numbers: bf16 where the hardware has it.
     autocast = autocast_dtype(device, "auto")
@@ -332,9 +238,9 @@ def propagate_mask(
 
 def read_video(path: str | os.PathLike[str], max_frames: int) -> Iterator[np.ndarray]:
     """The first `max_frames` BGR frames of a video file, as the video app decodes them."""
-    return _app("apps.video_seg.video", "video").read_video_frames(path, max_frames)
+    return read_video_frames(path, max_frames)
 
 
 def overlay_labels(frame_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """A BGR frame with its objects painted in the DAVIS palette, as ``dino video-seg`` draws its overlay."""
-    return _app("apps.video_seg.video", "video").overlay(frame_bgr, labels)
+    return overlay(frame_bgr, labels)

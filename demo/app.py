@@ -16,15 +16,17 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings, no version check
 
 import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from apps.copy_detection.find import CopyHit  # noqa: E402
 from demo import adapters  # noqa: E402
 from demo.config import (  # noqa: E402
     ANY_FREE_PORT,
@@ -62,6 +64,7 @@ from dino.hub.releases import (  # noqa: E402
 )
 from dino.models.vision_transformer import VisionTransformer  # noqa: E402
 from dino.runtime import pick_device  # noqa: E402
+from dino.search.index import Hit, ImageIndex  # noqa: E402
 
 __all__ = ["build_demo", "check_port", "launch_demo", "weights_notice"]
 
@@ -76,7 +79,8 @@ PIXEL_LIMIT = f"this demo takes images of up to {MAX_PHOTO_PIXELS // 10**6} mega
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")
 MONO_FONTS = ("ui-monospace", "Consolas", "monospace")
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+Arguments = ParamSpec("Arguments")
+Result = TypeVar("Result")
 
 
 # ---------------------------------------------------------------------------- page text
@@ -122,10 +126,6 @@ def weights_notice(weights: str, model: VisionTransformer) -> str:
     )
 
 
-def _unavailable_notice(tab: str) -> str:
-    return f"⚠️ **{adapters.TAB_TITLES[tab]} is not available yet in this build**: its app is not installed."
-
-
 # ---------------------------------------------------------------------------- friendly errors
 # Absolute paths in messages are cut to their file name: the server's folders mean nothing to the user.
 _ABSOLUTE_PATH = re.compile(r"(?:/[^/\s:'\"]+)+/(?=[^/\s:'\"]+)")
@@ -141,17 +141,15 @@ def _user_error(message: str, title: str = "Error") -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
-def _friendly(handler: Handler) -> Handler:
+def _friendly(handler: Callable[Arguments, Result]) -> Callable[Arguments, Result]:
     """Turn errors a user can act on into a message on the page instead of a stack trace."""
 
     @functools.wraps(handler)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
+    def wrapped(*args: Arguments.args, **kwargs: Arguments.kwargs) -> Result:
         try:
             return handler(*args, **kwargs)
         except gr.Error:
             raise
-        except adapters.NotAvailableYet as error:
-            raise _user_error(str(error), title="Not available yet") from None
         except Image.DecompressionBombError:
             raise _user_error(
                 "This image has too many pixels to process safely; please upload a smaller one."
@@ -159,10 +157,10 @@ def _friendly(handler: Handler) -> Handler:
         except (ImageLoadError, FileNotFoundError, ValueError) as error:
             raise _user_error(_user_message(error)) from None
 
-    return wrapped  # type: ignore[return-value]
+    return wrapped
 
 
-def photo_input(label: str, **kwargs: Any) -> gr.Image:
+def photo_input(label: str, elem_id: str) -> gr.Image:
     """An image upload that reports a non-image file as a message, not an error trace.
 
     Gradio opens every uploaded image with PIL before the handler runs, so a text file or a broken image
@@ -170,7 +168,9 @@ def photo_input(label: str, **kwargs: Any) -> gr.Image:
     upload on as a file path that the handler decodes with :func:`dino.data.io.open_image`. (A subclass of
     gr.Image would make Gradio write a .pyi stub beside this module at import time.)
     """
-    component = gr.Image(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    component = gr.Image(
+        label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id=elem_id
+    )
     preprocess = component.preprocess
 
     def checked_preprocess(payload: Any) -> str | None:
@@ -268,13 +268,12 @@ def _samples(
 
 # ---------------------------------------------------------------------------- (a) attention
 def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
-    ready = adapters.available("attention")
     gr.Markdown(
         "Where the last layer's [CLS] token looks, head by head. A mask keeps the most-attended patches that "
         "hold the chosen fraction of the attention mass (the paper's Fig. 3 rule); the *better mask*, from the "
         "same forward pass and at the photo's own size, spreads the mean attention over the graph of the patches' "
         "keys and refines it on the photo's edges (`dino seg-eval --method diffusion`: Jaccard 62.8 on DAVIS "
-        "against 45.0 for the best single head)." + ("" if ready else "\n\n" + _unavailable_notice("attention"))
+        "against 45.0 for the best single head)."
     )
     with gr.Row():
         with gr.Column(scale=1):
@@ -282,7 +281,7 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
             threshold = gr.Slider(0.05, 1.0, value=ATTENTION_THRESHOLD, step=0.05, label="Attention mass kept")
             size = gr.Slider(224, 640, value=ATTENTION_SIZE, step=16, label="Input short side (pixels)")
             better = gr.Checkbox(value=True, label="Better mask (attention diffusion)")
-            run = gr.Button("Show attention", variant="primary", interactive=ready, elem_id="attention-run")
+            run = gr.Button("Show attention", variant="primary", elem_id="attention-run")
             _samples("Sample photos", [[path] for path in settings.gallery], [photo], "attention-samples")
         with gr.Column(scale=2):
             with gr.Row():
@@ -318,23 +317,12 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
             (files.image(colorize(view, heat_cmap), f"head-{i}"), f"head {i}") for i, view in enumerate(views.head_maps)
         ]
         overlays = [
-            (
-                files.image(
-                    to_uint8(adapters.overlay_masks(views.image, views.head_masks[i : i + 1], views.head_colors[[i]])),
-                    f"head-{i}-mask",
-                ),
-                f"head {i}",
-            )
+            (files.image(to_uint8(views.head_overlay(i)), f"head-{i}-mask"), f"head {i}")
             for i in range(views.head_maps.shape[0])
         ]
-        every_head = to_uint8(adapters.overlay_masks(views.image, views.head_masks, views.head_colors))
-        overlays.append((files.image(every_head, "all-heads-mask"), "all heads"))
-        cut = None
-        if views.foreground is not None:
-            foreground_overlay = adapters.overlay_masks(
-                views.photo, views.foreground[None], adapters.foreground_color()
-            )
-            cut = files.image(to_uint8(foreground_overlay), "better-mask")
+        overlays.append((files.image(to_uint8(views.heads_overlay()), "all-heads-mask"), "all heads"))
+        foreground_overlay = views.foreground_overlay()
+        cut = None if foreground_overlay is None else files.image(to_uint8(foreground_overlay), "better-mask")
         return files.image(colorize(views.mean_map, mean_cmap), "mean"), cut, per_head, overlays
 
     run.click(
@@ -357,33 +345,27 @@ def _bounded_photo(image: Image.Image, max_pixels: int) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------- (b) search
-def _caption(hit: Any) -> str:
+def _caption(hit: Hit | CopyHit) -> str:
     """Score first: galleries cut long captions at the end."""
     return f"{hit.score:.3f} · {Path(hit.path).name}"
 
 
-def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) -> None:
-    ready = index is not None
+def _search_tab(model: VisionTransformer, settings: DemoSettings, index: ImageIndex) -> None:
     intro = "Find the indexed images whose DINO descriptor ([CLS] of a 224-pixel thumbnail, the paper's "
     intro += "retrieval recipe) is closest to your photo's; scores are cosine similarities."
-    if ready:
-        intro += f"\n\nIndex: {settings.index_source} ({len(index)} images{_skipped_note(settings)})."
-    else:
-        intro += "\n\n" + _unavailable_notice("search")
+    intro += f"\n\nIndex: {settings.index_source} ({len(index)} images{_skipped_note(settings)})."
     gr.Markdown(intro)
     with gr.Row():
         with gr.Column(scale=1):
             query = photo_input("Query photo", elem_id="search-query")
             count = gr.Slider(1, 2 * SEARCH_RESULTS, value=SEARCH_RESULTS, step=1, label="Results")
-            run = gr.Button("Search", variant="primary", interactive=ready, elem_id="search-run")
+            run = gr.Button("Search", variant="primary", elem_id="search-run")
             _samples("Sample photos", [[path] for path in settings.gallery], [query], "search-samples")
         with gr.Column(scale=2):
             results = _result_gallery("Most similar", "search-results")
 
     @_friendly
     def search(path: str | None, k: float):
-        if index is None:
-            raise adapters.NotAvailableYet(_unavailable_notice("search"))
         image = _open_photo(path, "a query photo")
         hits = adapters.search_similar(
             index,
@@ -402,7 +384,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
     )
 
 
-def _hit_thumbnails(hits: Sequence[Any]) -> list[tuple[str, str]]:
+def _hit_thumbnails(hits: Sequence[Hit | CopyHit]) -> list[tuple[str, str]]:
     """(thumbnail file of this response, caption) per hit, best first."""
     files = ResponseFiles()
     return [
@@ -423,8 +405,8 @@ def _verdict_text(verdict: adapters.CopyVerdict) -> str:
     )
 
 
-def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any) -> None:
-    ready = adapters.available("copy")
+def _copy_intro(model: VisionTransformer, settings: DemoSettings) -> str:
+    """What Copy check compares, and the verifier, match count and similarity threshold its verdicts use."""
     intro = (
         "Is one image an edited copy (crop, resize, recompression, colour change…) of another? Both are "
         "described with the copy-detection descriptor ([CLS] ⊕ GeM of the patch tokens at 320×320, the paper's "
@@ -432,26 +414,28 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
         "map of A onto B explains (geometric verification, `copy-detect find --verify`), which also catches heavy "
         "crops and partial copies whose overall similarity stays low."
     )
-    if ready:
-        verifier = adapters.copy_verifier(model)
-        minimum = adapters.copy_min_matches(model, verifier)
+    verifier = adapters.copy_verifier(model)
+    minimum = adapters.copy_min_matches(model, verifier)
+    intro += (
+        f" Verifier: `{verifier}`; a copy has at least {minimum} verified matches "
+        "(the app's max-F1 count on its photo benchmark). The cosine similarity is shown beside it, with the "
+        f"app's threshold for the similarity alone, {settings.copy_threshold:.3f}"
+    )
+    if settings.copy_threshold == adapters.copy_threshold(model):
         intro += (
-            f" Verifier: `{verifier}`; a copy has at least {minimum} verified matches "
-            "(the app's max-F1 count on its photo benchmark). The cosine similarity is shown beside it, with the "
-            f"app's threshold for the similarity alone, {settings.copy_threshold:.3f}"
+            " (calibrated for the default backbone and the shipped ViT-T; with other weights run "
+            "`dino copy-detect eval` on a benchmark and start the demo with `--copy-threshold`)"
         )
-        if settings.copy_threshold == adapters.copy_threshold(model):
-            intro += (
-                " (calibrated for the default backbone and the shipped ViT-T; with other weights run "
-                "`dino copy-detect eval` on a benchmark and start the demo with `--copy-threshold`)"
-            )
-        intro += "."
-    gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("copy")))
+    return intro + "."
+
+
+def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: ImageIndex) -> None:
+    gr.Markdown(_copy_intro(model, settings))
     with gr.Row():
         first = photo_input("Image A", elem_id="copy-a")
         second = photo_input("Image B", elem_id="copy-b")
         with gr.Column():
-            compare = gr.Button("Compare", variant="primary", interactive=ready, elem_id="copy-run")
+            compare = gr.Button("Compare", variant="primary", elem_id="copy-run")
             similarity = gr.Number(label="Cosine similarity", precision=4, interactive=False)
             verdict = gr.Markdown(elem_id="copy-verdict")
     examples = sample_copy(settings.cache_dir)
@@ -468,9 +452,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
     with gr.Row():
         with gr.Column(scale=1):
             suspect = photo_input("Image to check", elem_id="copy-suspect")
-            check = gr.Button(
-                "Find copies in the index", variant="primary", interactive=copy_index is not None, elem_id="copy-find"
-            )
+            check = gr.Button("Find copies in the index", variant="primary", elem_id="copy-find")
         with gr.Column(scale=2):
             found = gr.Markdown(elem_id="copy-found")
             matches = _result_gallery("Likely copies", "copy-matches")
@@ -494,8 +476,6 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
 
     @_friendly
     def find_in_index(path: str | None):
-        if copy_index is None:
-            raise adapters.NotAvailableYet(_unavailable_notice("copy"))
         _open_photo(path, "an image to check")  # a readable image, or a clear message before any model work
         hits = adapters.find_copies(
             copy_index,
@@ -594,15 +574,44 @@ def _write_webm(frames: Sequence[np.ndarray], fps: float, path: Path) -> Path:
     return path
 
 
+def _propagated_overlays(
+    model: VisionTransformer,
+    device: torch.device,
+    frames: Sequence[np.ndarray],
+    labels: np.ndarray,
+    name: str,
+    progress: gr.Progress,
+) -> list[np.ndarray]:
+    """Every frame (BGR) with its objects painted in: the first with `labels`, the others with the labels the video
+    app propagates from them; `progress` counts the frames done."""
+    total = len(frames)
+    progress((1, total), desc="Propagating", unit="frames")
+    overlays = [adapters.overlay_labels(frames[0], labels)]
+
+    def advance(done: int) -> None:
+        progress((done + 1, total), desc="Propagating", unit="frames")
+
+    propagated = adapters.propagate_mask(model, frames, labels, device, advance, max_tokens=DEMO_MAX_TOKENS, name=name)
+    try:
+        for frame, frame_labels in zip(frames[1:], propagated, strict=True):
+            overlays.append(adapters.overlay_labels(frame, frame_labels))
+    except TokenBudgetError:
+        height, width = frames[0].shape[:2]
+        raise _user_error(
+            f"{name}: frames of {width}×{height} pixels make more patch tokens than this demo's limit "
+            f"({DEMO_MAX_TOKENS:,}) once resized for propagation; crop the video closer to a 4:3 frame."
+        ) from None
+    return overlays
+
+
 def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleVideo) -> None:
-    ready = adapters.available("video")
     intro = (
         "Give the first frame's mask, get it carried through the video by label propagation of DINO patch "
         f"features (the paper's DAVIS protocol). Videos are cut to their first {settings.max_video_frames} "
         "frames. Upload a mask (a palette PNG as in DAVIS, or flat colours on black), or draw the object on the "
         "first frame."
     )
-    gr.Markdown(intro + ("" if ready else "\n\n" + _unavailable_notice("video")))
+    gr.Markdown(intro)
     with gr.Row():
         with gr.Column():
             video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
@@ -618,7 +627,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
                 transforms=[],
                 brush=gr.Brush(colors=["#ff3366"], default_size=24, color_mode="fixed"),
             )
-            run = gr.Button("Propagate", variant="primary", interactive=ready, elem_id="video-run")
+            run = gr.Button("Propagate", variant="primary", elem_id="video-run")
             _samples("Sample clip", [[sample.video, sample.first_mask]], [video, mask], "video-samples")
         with gr.Column():
             result = gr.Video(label="Propagated masks", interactive=False, elem_id="video-result")
@@ -641,28 +650,10 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
         labels = _labels_from_mask_file(mask_path, size) if mask_path else _labels_from_drawing(drawn, size)
         if labels is None:
             raise _user_error("Upload a first-frame mask or draw the object on the first frame.")
-        total = len(frames)
-        progress((1, total), desc="Propagating", unit="frames")
-        overlays = [adapters.overlay_labels(frames[0], labels)]
-
-        def advance(done: int) -> None:
-            progress((done + 1, total), desc="Propagating", unit="frames")
-
-        propagated = adapters.propagate_mask(
-            model, frames, labels, settings.device, advance, max_tokens=DEMO_MAX_TOKENS, name=Path(path).name
-        )
-        try:
-            for frame, frame_labels in zip(frames[1:], propagated, strict=True):
-                overlays.append(adapters.overlay_labels(frame, frame_labels))
-        except TokenBudgetError:
-            height, width = size
-            raise _user_error(
-                f"{Path(path).name}: frames of {width}×{height} pixels make more patch tokens than this demo's limit "
-                f"({DEMO_MAX_TOKENS:,}) once resized for propagation; crop the video closer to a 4:3 frame."
-            ) from None
+        overlays = _propagated_overlays(model, settings.device, frames, labels, Path(path).name, progress)
         out = ResponseFiles().path(f"{Path(path).stem}-propagated.webm")
         _write_webm(overlays, fps, out)
-        message = f"{total} frames propagated, {len(np.unique(labels[labels > 0]))} object(s)."
+        message = f"{len(frames)} frames propagated, {len(np.unique(labels[labels > 0]))} object(s)."
         if cut:
             message += f" The video is longer: only its first {settings.max_video_frames} frames were used."
             gr.Warning(f"Video cut to its first {settings.max_video_frames} frames (the demo's limit).")
@@ -681,8 +672,8 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
 # ---------------------------------------------------------------------------- the page
 def _search_indexes(
     model: VisionTransformer, settings: DemoSettings, gallery_folder: str | None, index_path: str | None
-) -> tuple[Any, Any]:
-    """(retrieval index, copy-detection index) over the gallery; None where the app is missing.
+) -> tuple[ImageIndex, ImageIndex]:
+    """(retrieval index, copy-detection index) over the gallery.
 
     Gallery images that cannot be used (unreadable, too small, too large) are left out of both indexes and listed
     in ``settings.skipped``. The page names the gallery folder by its name only: server paths mean nothing to users.
@@ -697,15 +688,11 @@ def _search_indexes(
         images = list_images([gallery_folder]) if gallery_folder else settings.gallery
         if not images:
             raise ValueError(f"{gallery_folder}: no images found")
-        search_index = None
-        if adapters.available("search"):
-            search_index = adapters.build_search_index(model, images, on_error="skip", **options)
-            built.append(search_index)
+        search_index = adapters.build_search_index(model, images, on_error="skip", **options)
+        built.append(search_index)
         settings.index_source = f"`{_bare_name(gallery_folder)}`" if gallery_folder else "the sample gallery"
-    copy_index = None
-    if adapters.available("copy"):
-        copy_index = adapters.build_copy_index(model, images, on_error="skip", **options)
-        built.append(copy_index)
+    copy_index = adapters.build_copy_index(model, images, on_error="skip", **options)
+    built.append(copy_index)
     for index in built:
         settings.skipped.update(index.skipped)
     return search_index, copy_index
@@ -773,8 +760,7 @@ def build_demo(
     model = (model if model is not None else load_backbone(weights)).to(resolved_device).eval()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     settings = DemoSettings(weights, resolved_device, cache, max_video_frames, concurrency_limit)
-    if adapters.available("copy"):
-        settings.copy_threshold = adapters.copy_threshold(model) if copy_threshold is None else copy_threshold
+    settings.copy_threshold = adapters.copy_threshold(model) if copy_threshold is None else copy_threshold
     settings.gallery = sample_gallery(cache)
     sample = sample_video(cache)
     settings.served_folders = [settings.gallery[0].parent, sample.video.parent, sample_copy(cache).copy.parent]

@@ -1,9 +1,11 @@
-"""`dino attention`: the reference's attention figures and masks for any images (SPEC §10)."""
+"""`dino attention`: the reference's attention figures and masks for any images (SPEC §10), and the same views
+in memory (:class:`AttentionViews`) for the demo."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,16 @@ from PIL import Image
 from apps.segmentation.defaults import DEFAULT_THRESHOLD, REFERENCE_IMAGE_SIZE
 from apps.segmentation.diffusion import diffusion_foreground, grid_to_photo, resized_size
 from apps.segmentation.figures import (
+    FOREGROUND_COLOR,
     MEAN_CMAP,
     head_colors,
+    overlay_masks,
     save_heatmap,
     save_image,
     save_mask_overlay,
     save_summary,
 )
-from apps.segmentation.inference import iter_attention
+from apps.segmentation.inference import ImageAttention, iter_attention
 from apps.segmentation.masks import (
     mean_attention,
     threshold_attention,
@@ -33,7 +37,126 @@ from dino.features import DEFAULT_MAX_TOKENS
 from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import DTypeName
 
-__all__ = ["output_folders", "save_attention_figures"]
+__all__ = ["AttentionViews", "attention_views", "output_folders", "photo_attention_views", "save_attention_figures"]
+
+
+@dataclass(frozen=True)
+class AttentionViews:
+    """What `dino attention` draws of one image, in memory: attention at the network input's resolution (H, W), the
+    foreground mask at the photo's own (H', W').
+
+    The figures and the demo both draw from these arrays, so that the demo shows what the figures show.
+
+    Attributes:
+        image: The network input, denormalised, (H, W, 3) float; resizing may overshoot [0, 1] slightly, and every
+            drawing clips it.
+        head_maps: Per-head [CLS] attention, nearest-upsampled, (heads, H, W).
+        head_masks: Per-head masks keeping `threshold` of the attention mass, (heads, H, W) bool.
+        mean_map: Mean over heads, (H, W).
+        head_colors: One RGB colour in [0, 1] per head, (heads, 3).
+        photo: The photo itself, (H', W', 3) float in [0, 1], or None when the foreground was not asked for.
+        foreground: The foreground mask (attention diffusion, :mod:`apps.segmentation.diffusion`), (H', W') bool, or
+            None when not asked for.
+    """
+
+    image: np.ndarray
+    head_maps: np.ndarray
+    head_masks: np.ndarray
+    mean_map: np.ndarray
+    head_colors: np.ndarray
+    photo: np.ndarray | None = None
+    foreground: np.ndarray | None = None
+
+    def head_overlay(self, head: int) -> np.ndarray:
+        """The network input with head `head`'s mask blended in its colour, (H, W, 3) in [0, 1]."""
+        return overlay_masks(self.image.clip(0, 1), self.head_masks[head : head + 1], self.head_colors[[head]])
+
+    def heads_overlay(self) -> np.ndarray:
+        """The network input with every head's mask blended in, each in its colour, (H, W, 3) in [0, 1]."""
+        return overlay_masks(self.image.clip(0, 1), self.head_masks, self.head_colors)
+
+    def foreground_overlay(self) -> np.ndarray | None:
+        """The photo with the foreground mask blended in (as the summary figure colours it), (H', W', 3) in [0, 1];
+        None without a foreground mask."""
+        if self.photo is None or self.foreground is None:
+            return None
+        return overlay_masks(self.photo, self.foreground[None], np.array([FOREGROUND_COLOR]))
+
+
+def attention_views(
+    item: ImageAttention,
+    threshold: float,
+    patch_size: int,
+    photo: Image.Image | None = None,
+    resized: tuple[int, int] | None = None,
+) -> AttentionViews:
+    """The views of one image's attention (from :func:`apps.segmentation.inference.iter_attention`).
+
+    Args:
+        item: The image's attention maps and keys.
+        threshold: Fraction of each head's attention mass the masks keep.
+        patch_size: The backbone's patch size (one attention cell covers patch_size² input pixels).
+        photo: The photo itself (RGB): also compute the foreground mask at its size.
+        resized: (height, width) of the photo after the attention preprocessing's resize, before its crop
+            (:func:`apps.segmentation.diffusion.resized_size`); required with `photo`.
+    """
+    foreground = pixels = None
+    if photo is not None:
+        if resized is None:
+            raise ValueError("the foreground mask needs the photo's resized size")
+        foreground = diffusion_foreground(item.maps, item.keys, photo, patch_size, resized)
+        pixels = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+    return AttentionViews(
+        image=denormalize(item.image).permute(1, 2, 0).numpy(),
+        head_maps=upsample_nearest(item.maps, patch_size).numpy(),
+        head_masks=upsample_nearest(threshold_attention(item.maps, threshold), patch_size).numpy(),
+        mean_map=upsample_nearest(mean_attention(item.maps), patch_size).numpy(),
+        head_colors=head_colors(item.maps.shape[0]),
+        photo=pixels,
+        foreground=foreground,
+    )
+
+
+def photo_attention_views(
+    model: VisionTransformer,
+    photo: Image.Image,
+    threshold: float = DEFAULT_THRESHOLD,
+    size: int = REFERENCE_IMAGE_SIZE,
+    foreground: bool = True,
+    device: str = "auto",
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+) -> AttentionViews:
+    """The views of one photo in memory, its aspect ratio kept (so that overlays fit the photo).
+
+    Args:
+        model: The backbone.
+        photo: An RGB photo.
+        threshold: Fraction of each head's attention mass the masks keep.
+        size: Short side of the network input.
+        foreground: Also compute the foreground mask at the photo's size.
+        device: Where the forward pass runs.
+        max_tokens: Most patch tokens the network input may make; None for no limit.
+
+    Raises:
+        TokenBudgetError: The photo at `size` makes more than `max_tokens` patch tokens (before any resizing).
+    """
+    item = next(
+        iter_attention(
+            model,
+            [photo],
+            size=size,
+            keep_aspect=True,
+            device=device,
+            batch_size=1,
+            num_workers=0,
+            progress=False,
+            max_tokens=max_tokens,
+        )
+    )
+    if not foreground:
+        return attention_views(item, threshold, model.patch_size)
+    resized = resized_size((photo.height, photo.width), size, keep_aspect=True)
+    return attention_views(item, threshold, model.patch_size, photo, resized)
 
 
 def output_folders(paths: Sequence[Path], out: Path) -> list[Path]:
@@ -93,43 +216,122 @@ def save_attention_figures(
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     paths = list_images(inputs, required=True)
     folders = output_folders(paths, Path(out))
-    patch = model.patch_size
-    tag = f"th{threshold:g}"
-    colors = head_colors(model.num_heads)
+    recipe = _FigureRecipe(threshold, size, keep_aspect, foreground, ncut)
     attention = iter_attention(
         model, paths, size, keep_aspect, device, dtype, batch_size, num_workers, progress, max_tokens
     )
     for item in attention:
-        folder = folders[item.index]
-        folder.mkdir(parents=True, exist_ok=True)
-        image = denormalize(item.image).permute(1, 2, 0).numpy()
-        head_maps = upsample_nearest(item.maps, patch).numpy()
-        head_masks = upsample_nearest(threshold_attention(item.maps, threshold), patch).numpy()
-        mean_map = upsample_nearest(mean_attention(item.maps), patch).numpy()
-        save_image(folder / "img.png", image)
-        save_heatmap(folder / "attn-mean.png", mean_map, cmap=MEAN_CMAP)
-        for head in range(head_maps.shape[0]):
-            save_heatmap(folder / f"attn-head{head}.png", head_maps[head])
-            save_mask_overlay(folder / f"mask_{tag}_head{head}.png", image, head_masks[head : head + 1], colors[[head]])
-        save_mask_overlay(folder / f"mask_{tag}_heads.png", image, head_masks, colors)
-        photo = open_image(paths[item.index]) if foreground or ncut else None
-        shown = None
-        if photo is not None:
-            resized = resized_size((photo.height, photo.width), size, keep_aspect)
-        if foreground and photo is not None:
-            mask = diffusion_foreground(item.maps, item.keys, photo, patch, resized)
-            write_indexed_png(folder / "mask.png", mask.astype(np.uint8))
-            photo_pixels = np.asarray(photo, dtype=np.float32) / 255.0
-            save_mask_overlay(folder / "mask-overlay.png", photo_pixels, mask[None], colors[:1])
-            shown = _at_input_size(mask, resized, image.shape[:2])
-        if ncut and photo is not None:
-            grid_mask = ncut_foreground(item.keys, item.grid).astype(np.float32)
-            ncut_mask = grid_to_photo(grid_mask, patch, resized, (photo.height, photo.width), smooth=False) > 0.5
-            write_indexed_png(folder / "ncut-mask.png", ncut_mask.astype(np.uint8))
-            shown = shown if shown is not None else _at_input_size(ncut_mask, resized, image.shape[:2])
-        title = f"{paths[item.index].name} — {getattr(model, 'weights_source', '')}, {tag}"
-        save_summary(folder / "summary.png", image, head_maps, head_masks, mean_map, threshold, shown, title)
+        _save_image_figures(model, item, paths[item.index], folders[item.index], recipe)
     return folders
+
+
+@dataclass(frozen=True)
+class _FigureRecipe:
+    """The options of :func:`save_attention_figures` that shape each image's figures."""
+
+    threshold: float
+    size: int
+    keep_aspect: bool
+    foreground: bool
+    ncut: bool
+
+    @property
+    def tag(self) -> str:
+        """The threshold as the mask files name it (``th0.6``)."""
+        return f"th{self.threshold:g}"
+
+
+def _save_image_figures(
+    model: VisionTransformer, item: ImageAttention, path: Path, folder: Path, recipe: _FigureRecipe
+) -> None:
+    """Every file of one image into `folder`: the attention maps, the photo-sized masks asked for, the summary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = open_image(path) if recipe.foreground or recipe.ncut else None
+    resized = None if photo is None else resized_size((photo.height, photo.width), recipe.size, recipe.keep_aspect)
+    views = attention_views(item, recipe.threshold, model.patch_size, photo if recipe.foreground else None, resized)
+    _save_attention_maps(folder, views, recipe.tag)
+    shown = None
+    if photo is not None and resized is not None:
+        shown = _save_photo_masks(folder, item, views, model.patch_size, photo, resized, recipe.ncut)
+    _save_summary(folder, model, path, views, recipe, shown)
+
+
+def _save_photo_masks(
+    folder: Path,
+    item: ImageAttention,
+    views: AttentionViews,
+    patch_size: int,
+    photo: Image.Image,
+    resized: tuple[int, int],
+    ncut: bool,
+) -> np.ndarray | None:
+    """The masks at the photo's size: the foreground mask when `views` has it, TokenCut's with `ncut`.
+
+    Returns:
+        The mask the summary shows, on the network input (the foreground mask, else TokenCut's), or None.
+    """
+    shown = None
+    if views.foreground is not None:
+        _save_foreground(folder, views)
+        shown = _at_input_size(views.foreground, resized, views.image.shape[:2])
+    if ncut:
+        ncut_mask = _save_ncut_mask(folder, item, patch_size, photo, resized)
+        shown = shown if shown is not None else _at_input_size(ncut_mask, resized, views.image.shape[:2])
+    return shown
+
+
+def _save_attention_maps(folder: Path, views: AttentionViews, tag: str) -> None:
+    """``img.png``, ``attn-mean.png``, and per head ``attn-head{j}.png`` and ``mask_{tag}_head{j}.png``, then
+    ``mask_{tag}_heads.png``."""
+    save_image(folder / "img.png", views.image)
+    save_heatmap(folder / "attn-mean.png", views.mean_map, cmap=MEAN_CMAP)
+    colors = views.head_colors
+    for head in range(views.head_maps.shape[0]):
+        save_heatmap(folder / f"attn-head{head}.png", views.head_maps[head])
+        save_mask_overlay(
+            folder / f"mask_{tag}_head{head}.png", views.image, views.head_masks[head : head + 1], colors[[head]]
+        )
+    save_mask_overlay(folder / f"mask_{tag}_heads.png", views.image, views.head_masks, colors)
+
+
+def _save_foreground(folder: Path, views: AttentionViews) -> None:
+    """``mask.png`` (indexed, 1 = foreground) and ``mask-overlay.png`` (on the photo), at the photo's size."""
+    assert views.foreground is not None and views.photo is not None
+    write_indexed_png(folder / "mask.png", views.foreground.astype(np.uint8))
+    save_mask_overlay(folder / "mask-overlay.png", views.photo, views.foreground[None], views.head_colors[:1])
+
+
+def _save_ncut_mask(
+    folder: Path, item: ImageAttention, patch_size: int, photo: Image.Image, resized: tuple[int, int]
+) -> np.ndarray:
+    """``ncut-mask.png``: TokenCut's mask at the photo's size (indexed, 1 = foreground); returns it, (H', W') bool."""
+    grid_mask = ncut_foreground(item.keys, item.grid).astype(np.float32)
+    mask = grid_to_photo(grid_mask, patch_size, resized, (photo.height, photo.width), smooth=False) > 0.5
+    write_indexed_png(folder / "ncut-mask.png", mask.astype(np.uint8))
+    return mask
+
+
+def _save_summary(
+    folder: Path,
+    model: VisionTransformer,
+    path: Path,
+    views: AttentionViews,
+    recipe: _FigureRecipe,
+    foreground: np.ndarray | None,
+) -> None:
+    """``summary.png``: every view in one figure at the network input's size, with `foreground` (H, W) if given,
+    titled with the image's name, the weights and the threshold."""
+    title = f"{path.name} — {getattr(model, 'weights_source', '')}, {recipe.tag}"
+    save_summary(
+        folder / "summary.png",
+        views.image,
+        views.head_maps,
+        views.head_masks,
+        views.mean_map,
+        recipe.threshold,
+        foreground,
+        title,
+    )
 
 
 def _at_input_size(mask: np.ndarray, resized: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:

@@ -77,7 +77,6 @@ def test_each_tab_queues_its_model_work_separately(demo_server) -> None:
     assert demo_server.page._queue.default_concurrency_limit == 1
 
 
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_a_search_is_answered_while_the_attention_tab_is_busy(demo_server, demo_cache, monkeypatch) -> None:
     from gradio_client import Client
 
@@ -137,7 +136,6 @@ def _server_paths(value) -> list[str]:
     return []
 
 
-@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_identical_requests_get_files_of_their_own(demo_server, demo_cache) -> None:
     from gradio_client import Client
 
@@ -156,7 +154,6 @@ def test_identical_requests_get_files_of_their_own(demo_server, demo_cache) -> N
 
 
 # ---------------------------------------------------------------------------- attention
-@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_attention_gives_one_heatmap_and_mask_per_head(client, demo_server, demo_cache) -> None:
     mean_map, cut, heads, masks = client.predict(
         _file(_photo(demo_cache, "skimage-chelsea")), 0.6, 224, True, api_name="/attention"
@@ -170,7 +167,6 @@ def test_attention_gives_one_heatmap_and_mask_per_head(client, demo_server, demo
     assert np.asarray(Image.open(cut)).shape[:2] == (300, 451)  # the foreground mask: at the photo's own size
 
 
-@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_attention_threshold_changes_the_masks_but_not_the_heatmaps(client, demo_cache) -> None:
     photo = _file(_photo(demo_cache, "skimage-astronaut"))
     _, _, heads_low, masks_low = client.predict(photo, 0.2, 224, False, api_name="/attention")
@@ -198,7 +194,6 @@ def test_attention_names_a_truncated_photo_without_server_paths(client, demo_cac
     assert str(tmp_path) not in message and "/tmp/" not in message
 
 
-@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_attention_refuses_a_strip_over_the_demo_token_budget_at_once(client, tmp_path) -> None:
     from demo.config import DEMO_MAX_TOKENS
 
@@ -219,7 +214,6 @@ def test_attention_refuses_images_with_too_many_pixels_before_decoding(client, t
     assert huge.startswith("huge.png is 8000×7000 pixels, too large")
 
 
-@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_attention_shows_the_better_mask_of_a_large_photo_at_a_bounded_size(client, tmp_path) -> None:
     from apps.segmentation.diffusion import MAX_REFINE_PIXELS
 
@@ -243,7 +237,6 @@ def test_uploads_over_the_limit_are_refused(demo_server) -> None:
 
 
 # ---------------------------------------------------------------------------- search
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_search_finds_the_query_itself_first_with_cosine_one(client, demo_cache) -> None:
     results = client.predict(_file(_photo(demo_cache, "skimage-rocket")), 5, api_name="/search")
     assert len(results) == 5
@@ -254,14 +247,12 @@ def test_search_finds_the_query_itself_first_with_cosine_one(client, demo_cache)
     assert scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_search_returns_at_most_the_gallery(client, demo_cache) -> None:
     results = client.predict(_file(_photo(demo_cache, "skimage-rocket")), 16, api_name="/search")
     assert len(results) == len(sample_gallery(demo_cache))
 
 
 # ---------------------------------------------------------------------------- copy check
-@pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
 def test_copy_check_of_an_image_with_itself_is_a_copy(client, demo_server, demo_cache) -> None:
     photo = _file(_photo(demo_cache, "skimage-chelsea"))
     similarity, verdict = client.predict(photo, photo, api_name="/copy_check")
@@ -270,7 +261,6 @@ def test_copy_check_of_an_image_with_itself_is_a_copy(client, demo_server, demo_
     assert f"threshold {demo_server.page.dino_settings.copy_threshold:.3f}" in verdict
 
 
-@pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
 def test_copy_check_verdict_follows_the_verified_matches(client, demo_server, demo_cache) -> None:
     pair = sample_copy(demo_cache)
     model = load_backbone("default")  # what the demo server serves (conftest.TEST_WEIGHTS)
@@ -285,7 +275,6 @@ def test_copy_check_verdict_follows_the_verified_matches(client, demo_server, de
         assert similarity < demo_server.page.dino_settings.copy_threshold
 
 
-@pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
 def test_copy_search_finds_the_image_itself_in_the_index(client, demo_server, demo_cache) -> None:
     summary, matches = client.predict(_file(_photo(demo_cache, "skimage-coffee")), api_name="/copy_search")
     assert matches[0]["caption"] == "1.000 · skimage-coffee.jpg"
@@ -300,7 +289,6 @@ def test_copy_check_needs_both_images(client, demo_cache) -> None:
 
 
 # ---------------------------------------------------------------------------- video
-@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
 def test_video_is_cut_to_the_frame_limit_with_a_notice(client, demo_server, demo_cache) -> None:
     limit = demo_server.max_video_frames
     clip = sample_video(demo_cache)
@@ -317,7 +305,6 @@ def test_video_is_cut_to_the_frame_limit_with_a_notice(client, demo_server, demo
     assert f"only its first {limit} frames were used" in notice
 
 
-@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
 def test_video_follows_a_mask_drawn_on_the_first_frame(client, demo_cache, tmp_path) -> None:
     clip = sample_video(demo_cache)
     layer = np.zeros((240, 320, 4), np.uint8)
@@ -345,7 +332,6 @@ def test_video_refuses_a_file_that_is_not_a_video(client, demo_cache, tmp_path) 
     assert "holiday.mp4: OpenCV cannot decode this video" in message
 
 
-@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
 def test_video_of_strips_is_refused_at_once_over_the_demo_token_budget(client, tmp_path) -> None:
     from demo.config import DEMO_MAX_TOKENS
 

@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]' (or '.[dev]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
 
-from demo import adapters  # noqa: E402
 from demo.gallery import sample_copy, sample_gallery, sample_video  # noqa: E402
 
 # Debian's package; Playwright's own browser download is not used (it needs a CDN this project cannot assume).
@@ -103,7 +102,6 @@ def test_page_states_the_weights_and_their_quality(browser_page) -> None:
     assert "dinov2_vits14_imgfocus" in notice and "MODEL_CARD" in notice and "fine-tuned for saliency" in notice
 
 
-@pytest.mark.skipif(not adapters.available("attention"), reason="apps.segmentation not installed")
 def test_attention_tab_shows_heatmaps_and_masks(browser_page, demo_server, screenshots) -> None:
     page = browser_page
     photo = next(path for path in sample_gallery(demo_server.cache_dir) if path.stem == "dino-butterfly")
@@ -118,7 +116,6 @@ def test_attention_tab_shows_heatmaps_and_masks(browser_page, demo_server, scree
     _shoot(page, screenshots, "attention")
 
 
-@pytest.mark.skipif(not adapters.available("search"), reason="dino.search.index not installed")
 def test_search_tab_shows_results(browser_page, demo_server, screenshots) -> None:
     page = browser_page
     query = next(path for path in sample_gallery(demo_server.cache_dir) if path.stem == "skimage-astronaut")
@@ -128,7 +125,6 @@ def test_search_tab_shows_results(browser_page, demo_server, screenshots) -> Non
     _shoot(page, screenshots, "search")
 
 
-@pytest.mark.skipif(not adapters.available("copy"), reason="apps.copy_detection not installed")
 def test_copy_tab_gives_a_verdict(browser_page, demo_server, screenshots) -> None:
     page = browser_page
     pair = sample_copy(demo_server.cache_dir)
@@ -137,7 +133,6 @@ def test_copy_tab_gives_a_verdict(browser_page, demo_server, screenshots) -> Non
     _shoot(page, screenshots, "copy")
 
 
-@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
 def test_video_tab_returns_a_playable_overlay(browser_page, demo_server, screenshots) -> None:
     page = browser_page
     clip = sample_video(demo_server.cache_dir)
@@ -151,7 +146,6 @@ def test_video_tab_returns_a_playable_overlay(browser_page, demo_server, screens
     _shoot(page, screenshots, "video")
 
 
-@pytest.mark.skipif(not adapters.available("video"), reason="apps.video_seg not installed")
 def test_video_tab_propagates_a_mask_drawn_on_the_first_frame(browser_page, demo_server) -> None:
     page = browser_page
     page.reload()  # a fresh page: no mask left uploaded by another test, so the drawing is what counts
