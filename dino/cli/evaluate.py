@@ -23,8 +23,8 @@ __all__ = ["register"]
 
 
 def _knn(args: argparse.Namespace) -> int:
+    from dino.distributed import init_distributed
     from dino.eval.knn import run_knn
-    from dino.train.distributed import init_distributed
 
     context = init_distributed(args.device)
     model = backbone_from_args(args)

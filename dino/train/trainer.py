@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from dino.atomic import atomic_write, remove_stale_temporaries
 from dino.data.multicrop import DataAugmentationDINO, MultiCropDataset
 from dino.data.samplers import EpochBatchSampler
+from dino.distributed import DistributedContext, all_gather_objects, all_reduce_sum, init_distributed
 from dino.layers.dino_head import DINOHead
-from dino.loss import DINOLoss
 from dino.models.architectures import ARCHITECTURES
 from dino.models.vision_transformer import build_vit
 from dino.runtime import autocast_context
@@ -40,7 +40,7 @@ from dino.train.checkpoint import (
     save_training_checkpoint,
 )
 from dino.train.config import TrainConfig, config_to_dict, save_config
-from dino.train.distributed import DistributedContext, all_gather_objects, all_reduce_sum, init_distributed
+from dino.train.loss import DINOLoss
 from dino.train.optim import (
     build_optimizer,
     cancel_gradients_last_layer,
