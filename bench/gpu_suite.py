@@ -587,8 +587,8 @@ def _step_run(config: Any, device: torch.device, plan: Plan) -> dict[str, Any]:
     on the global crops, the student on all, the DINO loss, backward, per-parameter clipping, the frozen last layer
     of epoch 0, AdamW and the EMA teacher; the lr held at its peak, weight decay and teacher momentum at their
     starting values (and fp16 without its GradScaler, which costs little)."""
-    from dino.loss import DINOLoss
     from dino.runtime import autocast_context, autocast_dtype
+    from dino.train.loss import DINOLoss
     from dino.train.optim import (
         build_optimizer,
         cancel_gradients_last_layer,

@@ -12,12 +12,12 @@ from typing import Any
 import torch.distributed as dist
 
 from dino.data.io import list_images
+from dino.distributed import init_distributed
 from dino.features import OnError
 from dino.models.vision_transformer import VisionTransformer
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe, fit_descriptor_whitening
 from dino.search.index import ImageIndex, UpdateReport, build_index, describe_shard, update_index
 from dino.search.whitening import Whitening
-from dino.train.distributed import init_distributed
 
 __all__ = ["fit_whitening", "index_folders", "update_folders"]
 

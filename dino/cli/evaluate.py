@@ -23,8 +23,8 @@ __all__ = ["register"]
 
 
 def _knn(args: argparse.Namespace) -> int:
+    from dino.distributed import init_distributed
     from dino.eval.knn import run_knn
-    from dino.train.distributed import init_distributed
 
     context = init_distributed(args.device)
     model = backbone_from_args(args)
@@ -57,6 +57,7 @@ def _knn(args: argparse.Namespace) -> int:
 
 def _linear(args: argparse.Namespace) -> int:
     from dino.eval.linear import run_linear
+    from dino.runtime import Runtime
 
     model = backbone_from_args(args)
     result = run_linear(
@@ -69,7 +70,13 @@ def _linear(args: argparse.Namespace) -> int:
         avgpool=args.avgpool_patchtokens,
         linear_input=args.linear_input,
         output_dir=args.output_dir,
-        **extractor_options(args),
+        runtime=Runtime(
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            progress=not args.no_progress,
+        ),
     )
     print(f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch}")
     if args.output_dir:

@@ -20,10 +20,10 @@ from dino.checkpoint import state_dict_sha256
 from dino.data.datasets import ImageFolderDataset
 from dino.data.davis import davis_frames, davis_sequences
 from dino.data.transforms import knn_transform
+from dino.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 from dino.eval.defaults import DEFAULT_KS, DEFAULT_TEMPERATURE
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
-from dino.train.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 
 __all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn", "write_davis_knn_task"]
 

@@ -6,6 +6,7 @@ validation top-1 over epochs reported."""
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +21,25 @@ from dino.data.datasets import ImageFolderDataset
 from dino.data.transforms import knn_transform, normalize
 from dino.eval.defaults import BASE_LR, LINEAR_INPUTS, N_LAST_BLOCKS, LinearInput
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import autocast_context, autocast_dtype, pick_device
+from dino.runtime import Runtime, autocast_context
 
-__all__ = ["LINEAR_INPUTS", "LinearClassifier", "LinearInput", "LinearResult", "linear_features", "run_linear"]
+__all__ = [
+    "LINEAR_INPUTS",
+    "LINEAR_RUNTIME",
+    "LinearClassifier",
+    "LinearInput",
+    "LinearResult",
+    "linear_features",
+    "run_linear",
+]
 
 # SPEC §9.
 LR_REFERENCE_BATCH = 256
 SGD_MOMENTUM = 0.9
 INIT_STD = 0.01
 TRAIN_CROP = 224
+# A protocol evaluation runs in fp32, the reference's precision; batch 128 and 2 workers as ``dino linear``.
+LINEAR_RUNTIME = Runtime(dtype="fp32", batch_size=128, num_workers=2)
 
 
 class LinearClassifier(nn.Module):
@@ -72,48 +83,28 @@ class LinearResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _accuracy(model, classifier, loader, device, n_last_blocks, avgpool, linear_input, autocast) -> tuple[float, float]:
-    correct1 = correct5 = total = 0
-    classifier.eval()
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        with torch.no_grad(), autocast():
-            logits = classifier(linear_features(model, images, n_last_blocks, avgpool, linear_input).float())
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
-        total += labels.numel()
-    return 100.0 * correct1 / total, 100.0 * correct5 / total
+@dataclass(frozen=True)
+class _FrozenBackbone:
+    """The frozen backbone on its device, in the runtime's precision, and the linear input it makes."""
+
+    model: VisionTransformer
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    n_last_blocks: int
+    avgpool: bool
+    layout: LinearInput
+
+    def autocast(self) -> AbstractContextManager:
+        return autocast_context(self.device, self.autocast_dtype)
+
+    def features(self, images: Tensor) -> Tensor:
+        """:func:`linear_features` of `images` (already on the device); call under ``no_grad`` and :meth:`autocast`."""
+        return linear_features(self.model, images, self.n_last_blocks, self.avgpool, self.layout)
 
 
-def run_linear(
-    model: VisionTransformer,
-    train_folder: str | os.PathLike[str],
-    val_folder: str | os.PathLike[str],
-    epochs: int = 100,
-    lr: float = BASE_LR,
-    batch_size: int = 128,
-    n_last_blocks: int = N_LAST_BLOCKS,
-    avgpool: bool = False,
-    linear_input: LinearInput = "dino",
-    device: str = "auto",
-    dtype: str = "fp32",
-    num_workers: int = 2,
-    output_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    seed: int = 0,
-) -> LinearResult:
-    """Train a linear classifier on a frozen backbone and report the best validation top-1 (SPEC §9).
-
-    `lr` is for a batch of 256 and scaled linearly. With `output_dir`, the best classifier is saved as
-    ``linear_weights.pth`` in the released layout (``{'state_dict': {'module.linear.weight', …}}``).
-    `linear_input` ``dinov2`` feeds [CLS] of the last `n_last_blocks` blocks ⊕ the last block's mean patch token
-    (DINOv2's linear input, any n); ``dino`` is the reference's (see :func:`linear_features`).
-
-    Raises:
-        ValueError: `epochs` < 1, `n_last_blocks` outside 1..depth, or `avgpool` with `n_last_blocks` ≠ 1 (the
-            reference's layout interleaves one [CLS] with the mean patch token; ViT-B uses n = 1 with it).
-    """
+def _check_settings(
+    model: VisionTransformer, epochs: int, n_last_blocks: int, avgpool: bool, linear_input: LinearInput
+) -> None:
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if not 1 <= n_last_blocks <= len(model.blocks):
@@ -127,50 +118,109 @@ def run_linear(
             f"the mean patch token (avgpool) is appended to one [CLS] only, as in the reference: use n_last_blocks "
             f"1 with it, not {n_last_blocks}"
         )
-    torch.manual_seed(seed)
-    torch_device = pick_device(device)
-    model = model.eval().to(torch_device)
-    for param in model.parameters():
-        param.requires_grad = False
+
+
+def _loaders(
+    train_folder: str | os.PathLike[str], val_folder: str | os.PathLike[str], runtime: Runtime
+) -> tuple[DataLoader, DataLoader, int]:
+    """Augmented, shuffled training crops and centre-cropped validation images (SPEC §9), and the class count."""
     train_transform = T.Compose([T.RandomResizedCrop(TRAIN_CROP), T.RandomHorizontalFlip(), normalize()])
     train_set = ImageFolderDataset(train_folder, train_transform)
     val_set = ImageFolderDataset(val_folder, knn_transform())
     if train_set.classes != val_set.classes:
         raise ValueError(f"{train_folder} and {val_folder} have different class subfolders")
+    batch_size, num_workers = runtime.batch_size, runtime.num_workers
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=False)
     val_loader = DataLoader(val_set, batch_size=batch_size, num_workers=num_workers)
+    return train_loader, val_loader, len(train_set.classes)
+
+
+def _train_epoch(
+    backbone: _FrozenBackbone, classifier: LinearClassifier, optimizer: torch.optim.Optimizer, loader: DataLoader
+) -> float:
+    """One pass over the training crops; returns the loss of the last batch."""
+    classifier.train()
+    for images, labels in loader:
+        images, labels = images.to(backbone.device), labels.to(backbone.device)
+        with torch.no_grad(), backbone.autocast():
+            features = backbone.features(images).float()
+        loss = nn.functional.cross_entropy(classifier(features), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+def _accuracy(backbone: _FrozenBackbone, classifier: LinearClassifier, loader: DataLoader) -> tuple[float, float]:
+    """Top-1 and top-5 validation accuracy in percent (top-5 capped at the number of classes)."""
+    correct1 = correct5 = total = 0
+    classifier.eval()
+    for images, labels in loader:
+        images, labels = images.to(backbone.device), labels.to(backbone.device)
+        with torch.no_grad(), backbone.autocast():
+            logits = classifier(backbone.features(images).float())
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+        total += labels.numel()
+    return 100.0 * correct1 / total, 100.0 * correct5 / total
+
+
+def _save_classifier(classifier: LinearClassifier, epoch: int, top1: float, output_dir: str | os.PathLike[str]) -> None:
+    """``linear_weights.pth`` in the released layout (``{'state_dict': {'module.linear.weight', …}}``)."""
+    state = {f"module.{k}": v.cpu() for k, v in classifier.state_dict().items()}
+    atomic_torch_save({"state_dict": state, "epoch": epoch, "best_acc": top1}, Path(output_dir) / "linear_weights.pth")
+
+
+def run_linear(
+    model: VisionTransformer,
+    train_folder: str | os.PathLike[str],
+    val_folder: str | os.PathLike[str],
+    epochs: int = 100,
+    lr: float = BASE_LR,
+    n_last_blocks: int = N_LAST_BLOCKS,
+    avgpool: bool = False,
+    linear_input: LinearInput = "dino",
+    output_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    runtime: Runtime | None = None,
+) -> LinearResult:
+    """Train a linear classifier on a frozen backbone and report the best validation top-1 (SPEC §9).
+
+    `lr` is for a batch of 256 and scaled linearly to ``runtime.batch_size``. With `output_dir`, the best classifier
+    is saved as ``linear_weights.pth`` in the released layout (``{'state_dict': {'module.linear.weight', …}}``).
+    `linear_input` ``dinov2`` feeds [CLS] of the last `n_last_blocks` blocks ⊕ the last block's mean patch token
+    (DINOv2's linear input, any n); ``dino`` is the reference's (see :func:`linear_features`). `runtime` (device,
+    precision, batch size, workers, progress) defaults to :data:`LINEAR_RUNTIME`: fp32, the reference's precision.
+
+    Raises:
+        ValueError: `epochs` < 1, `n_last_blocks` outside 1..depth, or `avgpool` with `n_last_blocks` ≠ 1 (the
+            reference's layout interleaves one [CLS] with the mean patch token; ViT-B uses n = 1 with it).
+    """
+    runtime = LINEAR_RUNTIME if runtime is None else runtime
+    _check_settings(model, epochs, n_last_blocks, avgpool, linear_input)
+    torch.manual_seed(seed)
+    device = runtime.torch_device()
+    model = model.eval().to(device)
+    for param in model.parameters():
+        param.requires_grad = False
+    train_loader, val_loader, num_classes = _loaders(train_folder, val_folder, runtime)
     dim = model.embed_dim * (n_last_blocks + int(avgpool or linear_input == "dinov2"))
-    classifier = LinearClassifier(dim, len(train_set.classes)).to(torch_device)
+    classifier = LinearClassifier(dim, num_classes).to(device)
     optimizer = torch.optim.SGD(
-        classifier.parameters(), lr * batch_size / LR_REFERENCE_BATCH, momentum=SGD_MOMENTUM, weight_decay=0
+        classifier.parameters(), lr * runtime.batch_size / LR_REFERENCE_BATCH, momentum=SGD_MOMENTUM, weight_decay=0
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=0)
-    cast = autocast_dtype(torch_device, dtype)  # type: ignore[arg-type]
-
-    def autocast():
-        return autocast_context(torch_device, cast)
+    backbone = _FrozenBackbone(model, device, runtime.autocast_dtype(device), n_last_blocks, avgpool, linear_input)
 
     result = LinearResult(best_top1=-1.0, best_epoch=-1)
-    for epoch in tqdm(range(epochs), desc="linear", disable=not progress):
-        classifier.train()
-        for images, labels in train_loader:
-            images, labels = images.to(torch_device), labels.to(torch_device)
-            with torch.no_grad(), autocast():
-                features = linear_features(model, images, n_last_blocks, avgpool, linear_input).float()
-            loss = nn.functional.cross_entropy(classifier(features), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    for epoch in tqdm(range(epochs), desc="linear", disable=not runtime.progress):
+        loss = _train_epoch(backbone, classifier, optimizer, train_loader)
         scheduler.step()
-        top1, top5 = _accuracy(
-            model, classifier, val_loader, torch_device, n_last_blocks, avgpool, linear_input, autocast
-        )
-        result.history.append({"epoch": epoch, "top1": top1, "top5": top5, "loss": loss.item()})
+        top1, top5 = _accuracy(backbone, classifier, val_loader)
+        result.history.append({"epoch": epoch, "top1": top1, "top5": top5, "loss": loss})
         if top1 > result.best_top1:
             result.best_top1, result.best_epoch = top1, epoch
             if output_dir is not None:
-                state = {f"module.{k}": v.cpu() for k, v in classifier.state_dict().items()}
-                atomic_torch_save(
-                    {"state_dict": state, "epoch": epoch, "best_acc": top1}, Path(output_dir) / "linear_weights.pth"
-                )
+                _save_classifier(classifier, epoch, top1, output_dir)
     return result

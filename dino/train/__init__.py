@@ -1,1 +1,1 @@
-"""DINO pretraining: config, schedules, optimisation, distributed set-up and the trainer (SPEC §3–§7)."""
+"""DINO pretraining: config, schedules, the DINO loss, optimisation, checkpoints and the trainer (SPEC §3–§7)."""

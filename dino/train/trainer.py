@@ -1,5 +1,10 @@
 """DINO pretraining loop (SPEC §3–§7): student and EMA teacher, multi-crop, schedules, precision,
 distributed data parallelism, checkpoints with exact resume, and run monitoring.
+
+Laid out as dinov2's ``do_train``: :func:`setup_training` builds the :class:`TrainingState` (data, networks, loss,
+optimiser, precision, schedules), :func:`resume_training` restores a checkpoint into it, and the loop runs
+:func:`train_step` and :func:`update_teacher` on each batch, while a :class:`CheckpointPolicy` decides when and where
+checkpoints are written and a :class:`LoggingPolicy` writes ``metrics.jsonl``, ``log.txt`` and the progress bar.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from tqdm.auto import tqdm
 from dino.atomic import atomic_write, remove_stale_temporaries
 from dino.data.multicrop import DataAugmentationDINO, MultiCropDataset
 from dino.data.samplers import EpochBatchSampler
+from dino.distributed import DistributedContext, all_gather_objects, all_reduce_sum, init_distributed
 from dino.layers.dino_head import DINOHead
-from dino.loss import DINOLoss
 from dino.models.architectures import ARCHITECTURES
 from dino.models.vision_transformer import build_vit
 from dino.runtime import autocast_context
@@ -39,8 +44,8 @@ from dino.train.checkpoint import (
     restore_rng_state,
     save_training_checkpoint,
 )
-from dino.train.config import TrainConfig, config_to_dict, save_config
-from dino.train.distributed import DistributedContext, all_gather_objects, all_reduce_sum, init_distributed
+from dino.train.config import OptimConfig, TrainConfig, config_to_dict, save_config
+from dino.train.loss import DINOLoss
 from dino.train.optim import (
     build_optimizer,
     cancel_gradients_last_layer,
@@ -50,7 +55,28 @@ from dino.train.optim import (
 )
 from dino.train.schedules import cosine_scheduler
 
-__all__ = ["MultiCropWrapper", "NonFiniteLossError", "TrainResult", "build_networks", "train"]
+__all__ = [
+    "CheckpointPolicy",
+    "LoggingPolicy",
+    "LoopPosition",
+    "MultiCropWrapper",
+    "NonFiniteLossError",
+    "Precision",
+    "ResumePoint",
+    "Schedules",
+    "TrainResult",
+    "TrainingData",
+    "TrainingState",
+    "build_data",
+    "build_loss",
+    "build_networks",
+    "build_schedules",
+    "resume_training",
+    "setup_training",
+    "train",
+    "train_step",
+    "update_teacher",
+]
 
 # SPEC §5: the lr is given for a total batch of 256 and scaled linearly.
 LR_REFERENCE_BATCH = 256
@@ -129,7 +155,9 @@ class TrainResult:
 
 
 @dataclass
-class _Precision:
+class Precision:
+    """The training precision (``run.precision``): the autocast dtype (None: fp32) and fp16's GradScaler."""
+
     autocast_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
 
@@ -137,16 +165,16 @@ class _Precision:
         return autocast_context(device, self.autocast_dtype)
 
 
-def _precision(name: str, device: torch.device) -> _Precision:
+def _precision(name: str, device: torch.device) -> Precision:
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
     if name == "fp32":
-        return _Precision(None, None)
+        return Precision(None, None)
     if name == "bf16":
-        return _Precision(torch.bfloat16, None)
+        return Precision(torch.bfloat16, None)
     if device.type != "cuda":
         raise ValueError("run.precision=fp16 needs a CUDA device (GradScaler); use fp32 or bf16 on CPU")
-    return _Precision(torch.float16, torch.amp.GradScaler("cuda"))
+    return Precision(torch.float16, torch.amp.GradScaler("cuda"))
 
 
 def _seed_everything(seed: int) -> None:
@@ -155,70 +183,456 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _fresh_epoch_stats() -> dict[str, float]:
+    return {"loss_sum": 0.0, "entropy_sum": 0.0, "steps": 0}
+
+
 class _StopRequest:
     """SIGINT/SIGTERM set a flag; the loop checkpoints after the current step and stops."""
 
     def __init__(self) -> None:
         self.requested = False
 
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        def handler(signum: int, frame: Any) -> None:
-            self.requested = True
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
 
+    @contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
         previous = {}
         try:
             for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, handler)
+                previous[signum] = signal.signal(signum, self._handle)
         except ValueError:  # not the main thread: signals stay with the caller
             pass
         try:
-            yield
+            yield self
         finally:
             for signum, old in previous.items():
                 signal.signal(signum, old)
 
 
-class _Monitor:
-    """Rank-0 logging: JSON lines per logged step and per epoch, optional TensorBoard."""
+@dataclass(frozen=True)
+class TrainingData:
+    """This rank's multi-crop loader and the batch sampler that positions it (epoch, first batch)."""
+
+    sampler: EpochBatchSampler
+    loader: DataLoader
+    ncrops: int
+
+
+def build_data(config: TrainConfig, ctx: DistributedContext) -> TrainingData:
+    """The multi-crop data set of ``run.data_path`` (augmentations seeded per rank) and its resumable loader."""
+    crops_cfg = config.crops
+    augmentation = DataAugmentationDINO(
+        crops_cfg.global_crops_scale,
+        crops_cfg.local_crops_scale,
+        crops_cfg.local_crops_number,
+        crops_cfg.global_crops_size,
+        crops_cfg.local_crops_size,
+    )
+    dataset = MultiCropDataset(config.run.data_path, augmentation, seed=config.run.seed, rank=ctx.rank)
+    sampler = EpochBatchSampler(
+        len(dataset), config.optim.batch_size_per_gpu, ctx.rank, ctx.world_size, seed=config.run.seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.run.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        # A private generator: creating the loader iterator must not consume the global torch RNG,
+        # otherwise a mid-epoch resume would shift the drop-path stream.
+        generator=torch.Generator(),
+    )
+    return TrainingData(sampler, loader, augmentation.ncrops)
+
+
+def build_loss(config: TrainConfig, ncrops: int, device: torch.device) -> DINOLoss:
+    """The DINO loss of the recipe's temperatures and center momentum (SPEC §3), on `device`."""
+    loss_cfg = config.loss
+    return DINOLoss(
+        config.model.out_dim,
+        ncrops,
+        loss_cfg.warmup_teacher_temp,
+        loss_cfg.teacher_temp,
+        loss_cfg.warmup_teacher_temp_epochs,
+        config.optim.epochs,
+        loss_cfg.student_temp,
+        loss_cfg.center_momentum,
+    ).to(device)
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """The per-iteration values of the recipe (SPEC §5), indexed by the global step."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray
+    iterations_per_epoch: int
+    total_batch: int
+
+    def apply(self, optimizer: torch.optim.Optimizer, it: int) -> None:
+        """Set the lr of every parameter group and the weight decay of group 0 (the decayed one) for step `it`."""
+        for index, group in enumerate(optimizer.param_groups):
+            group["lr"] = float(self.lr[it])
+            if index == 0:
+                group["weight_decay"] = float(self.weight_decay[it])
+
+
+def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, world_size: int) -> Schedules:
+    """Cosine lr (scaled by the total batch, with warm-up), weight decay and teacher momentum (→ 1)."""
+    niter = iterations_per_epoch
+    total_batch = optim_cfg.batch_size_per_gpu * world_size
+    lr = cosine_scheduler(
+        optim_cfg.lr * total_batch / LR_REFERENCE_BATCH,
+        optim_cfg.min_lr,
+        optim_cfg.epochs,
+        niter,
+        optim_cfg.warmup_epochs,
+    )
+    weight_decay = cosine_scheduler(optim_cfg.weight_decay, optim_cfg.weight_decay_end, optim_cfg.epochs, niter)
+    momentum = cosine_scheduler(optim_cfg.momentum_teacher, 1.0, optim_cfg.epochs, niter)
+    return Schedules(lr, weight_decay, momentum, niter, total_batch)
+
+
+@dataclass
+class TrainingState:
+    """Everything one rank trains with, built once by :func:`setup_training`.
+
+    ``student`` is what the forward pass calls (wrapped in DistributedDataParallel under torchrun);
+    ``student_module`` is the bare network, whose parameters are clipped, averaged into the teacher and saved.
+    """
+
+    config: TrainConfig
+    ctx: DistributedContext
+    output_dir: Path
+    data: TrainingData
+    student: nn.Module
+    student_module: MultiCropWrapper
+    teacher: MultiCropWrapper
+    dino_loss: DINOLoss
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    schedules: Schedules
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.optim.epochs * self.schedules.iterations_per_epoch
+
+
+def setup_training(config: TrainConfig, ctx: DistributedContext, output_dir: Path) -> TrainingState:
+    """Data, networks, loss, optimiser, precision and schedules, from the same seed on every rank; the global
+    RNGs are then reseeded per rank, for drop path."""
+    _seed_everything(config.run.seed)
+    data = build_data(config, ctx)
+    student, teacher = build_networks(config)
+    student, teacher = student.to(ctx.device), teacher.to(ctx.device)
+    student_module = student
+    if ctx.world_size > 1:
+        student = DistributedDataParallel(student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    dino_loss = build_loss(config, data.ncrops, ctx.device)
+    optimizer = build_optimizer(get_params_groups(student_module), config.optim.optimizer)
+    precision = _precision(config.run.precision, ctx.device)
+    schedules = build_schedules(config.optim, len(data.sampler), ctx.world_size)
+    _seed_everything(config.run.seed + ctx.rank)
+    return TrainingState(
+        config, ctx, output_dir, data, student, student_module, teacher, dino_loss, optimizer, precision, schedules
+    )
+
+
+@dataclass
+class ResumePoint:
+    """Where a run starts: the epoch and batch of its first step, and what its checkpoint (if any) carried over.
+
+    ``logged_step`` is the step the checkpointed run's ``metrics.jsonl`` rows are numbered against (counted with
+    that run's iterations per epoch).
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    logged_step: int = 0
+    epoch_stats: dict[str, float] = field(default_factory=_fresh_epoch_stats)
+    resumed: bool = False
+
+
+def resume_training(state: TrainingState, resume: bool = True) -> ResumePoint:
+    """Restore ``checkpoint.pth`` (networks, optimiser, center, scaler, RNG states) into `state` when `resume` is
+    set and it exists; otherwise the start of a fresh run.
+
+    Raises:
+        ValueError: The checkpoint was written by another model, head or optimiser.
+    """
+    path = state.checkpoint_path
+    if not (resume and path.exists()):
+        return ResumePoint()
+    checkpoint = load_training_checkpoint(path)
+    _load_checkpoint_states(state, checkpoint)
+    niter = state.schedules.iterations_per_epoch
+    start_epoch = int(checkpoint["epoch"])
+    start_batch = int(checkpoint.get("step_in_epoch", 0))
+    saved_niter = checkpoint.get("iterations_per_epoch", niter)
+    point = ResumePoint(
+        epoch=start_epoch,
+        step_in_epoch=start_batch,
+        logged_step=int(checkpoint.get("global_step", start_epoch * saved_niter + start_batch)),
+        epoch_stats=dict(checkpoint.get("epoch_stats", _fresh_epoch_stats())),
+        resumed=True,
+    )
+    rng_states = checkpoint.get("rng_states", [])
+    if len(rng_states) == state.ctx.world_size:
+        restore_rng_state(rng_states[state.ctx.rank])
+    elif state.ctx.is_main:
+        warnings.warn(
+            f"{path}: saved with {len(rng_states)} processes, resuming with {state.ctx.world_size}; "
+            "the run continues but is not bit-identical to an uninterrupted one",
+            stacklevel=3,  # the caller of train()
+        )
+    if saved_niter != niter and state.ctx.is_main:
+        warnings.warn(
+            f"{path}: {saved_niter} iterations per epoch when saved, {niter} now (different data, "
+            "batch size or world size); the schedules are re-indexed (SPEC §7)",
+            stacklevel=3,  # the caller of train()
+        )
+    return point
+
+
+def _load_checkpoint_states(state: TrainingState, checkpoint: dict[str, Any]) -> None:
+    try:
+        state.student_module.load_state_dict(_strip_prefix(checkpoint["student"], "module."))
+        state.teacher.load_state_dict(checkpoint["teacher"])
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        state.dino_loss.load_state_dict(checkpoint["dino_loss"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        reason = " ".join(str(error).split())
+        reason = reason if len(reason) <= 200 else reason[:200] + " …"
+        raise ValueError(
+            f"{state.checkpoint_path}: this run cannot resume with the settings given, which build another model, "
+            f"head or optimiser ({reason}); resume with the settings of {state.output_dir / CONFIG_NAME}, or start "
+            "a new run in another --output-dir"
+        ) from None
+    if state.precision.scaler is not None and "fp16_scaler" in checkpoint:
+        state.precision.scaler.load_state_dict(checkpoint["fp16_scaler"])
+
+
+@dataclass
+class LoopPosition:
+    """Where the loop stands: the epoch, the batches of it done, the global step and the epoch's running sums."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    epoch_stats: dict[str, float]
+
+    @classmethod
+    def at(cls, start: ResumePoint, iterations_per_epoch: int) -> LoopPosition:
+        global_step = start.epoch * iterations_per_epoch + start.step_in_epoch
+        return cls(start.epoch, start.step_in_epoch, global_step, start.epoch_stats)
+
+    def record_step(self, it: int, loss: float, entropy: float) -> None:
+        """Count step `it` (0-based, global) done, with its rank-averaged loss and teacher entropy."""
+        self.step_in_epoch += 1
+        self.global_step = it + 1
+        self.epoch_stats["loss_sum"] += loss
+        self.epoch_stats["entropy_sum"] += entropy
+        self.epoch_stats["steps"] += 1
+
+
+def train_step(state: TrainingState, crops: list[Tensor], epoch: int, it: int) -> tuple[float, float]:
+    """One optimisation step of the student on a multi-crop batch: the teacher on the two global crops, the student
+    on all, the DINO loss, backward, gradient clipping, the frozen last layer of the first epochs, the optimiser step.
+
+    Args:
+        epoch: Selects the teacher temperature and whether the last layer is frozen.
+        it: The global step (0-based), for the error message.
+
+    Returns:
+        The loss and the teacher entropy, averaged over ranks.
+
+    Raises:
+        NonFiniteLossError: The loss is NaN or infinite; no gradient was applied.
+    """
+    device, optim_cfg, scaler = state.ctx.device, state.config.optim, state.precision.scaler
+    crops = [crop.to(device, non_blocking=True) for crop in crops]
+    with state.precision.autocast(device):
+        with torch.no_grad():
+            teacher_output = state.teacher(crops[:2])
+        student_output = state.student(crops)
+        loss = state.dino_loss(student_output, teacher_output, epoch)
+
+    reduced = (
+        all_reduce_sum(torch.stack([loss.detach(), state.dino_loss.last_teacher_entropy.detach()]).float())
+        / state.ctx.world_size
+    )
+    mean_loss, mean_entropy = reduced.tolist()
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(_non_finite_message(mean_loss, epoch, it, state.output_dir))
+
+    state.optimizer.zero_grad()
+    if scaler is None:
+        loss.backward()
+        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
+        cancel_gradients_last_layer(epoch, state.student_module, optim_cfg.freeze_last_layer)
+        state.optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        if optim_cfg.clip_grad:
+            scaler.unscale_(state.optimizer)
+        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
+        cancel_gradients_last_layer(epoch, state.student_module, optim_cfg.freeze_last_layer)
+        scaler.step(state.optimizer)
+        scaler.update()
+    return mean_loss, mean_entropy
+
+
+@torch.no_grad()
+def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
+    """The EMA teacher (SPEC §4): ``teacher ← momentum · teacher + (1 − momentum) · student``, parameter by
+    parameter (the teacher's BatchNorm statistics, if any, are not averaged, as in the reference)."""
+    for param_q, param_k in zip(student.parameters(), teacher.parameters(), strict=True):
+        param_k.data.mul_(momentum).add_((1 - momentum) * param_q.detach().data)
+
+
+class CheckpointPolicy:
+    """When and where the run's checkpoints are written.
+
+    ``checkpoint.pth`` is replaced atomically at the end of every epoch, every ``run.checkpoint_every_steps`` steps
+    within an epoch, and when the run stops mid-epoch (``run.max_steps``, SIGINT/SIGTERM); every
+    ``run.saveckp_freq`` epochs a ``checkpoint{epoch:04}.pth`` copy is kept too. Every rank takes part in a save
+    (the RNG states are gathered); rank 0 writes.
+    """
+
+    def __init__(self, state: TrainingState) -> None:
+        self.path = state.checkpoint_path
+        self.every_steps = state.config.run.checkpoint_every_steps
+        self.copy_every_epochs = state.config.run.saveckp_freq
+        #: The last checkpoint written (or found at the start), for :class:`TrainResult`.
+        self.last: Path | None = self.path if self.path.exists() else None
+
+    def due_within_epoch(self, position: LoopPosition, iterations_per_epoch: int) -> bool:
+        """Whether ``run.checkpoint_every_steps`` asks for a checkpoint now (the epoch's end saves anyway)."""
+        return (
+            bool(self.every_steps)
+            and position.global_step % self.every_steps == 0
+            and position.step_in_epoch < iterations_per_epoch
+        )
+
+    def save_within_epoch(self, state: TrainingState, position: LoopPosition) -> None:
+        """A checkpoint that resumes after the batches of ``position.epoch`` done so far."""
+        self._save(state, position, position.epoch, position.step_in_epoch, None)
+
+    def save_epoch_end(self, state: TrainingState, position: LoopPosition) -> None:
+        """A checkpoint that resumes at the next epoch, plus the epoch copy when ``run.saveckp_freq`` says so."""
+        completed = position.epoch + 1
+        copy = completed if self.copy_every_epochs and completed % self.copy_every_epochs == 0 else None
+        self._save(state, position, completed, 0, copy)
+
+    def _save(
+        self, state: TrainingState, position: LoopPosition, epoch: int, step_in_epoch: int, epoch_copy: int | None
+    ) -> None:
+        contents = self.contents(state, position, epoch, step_in_epoch)  # collective: every rank takes part
+        if state.ctx.is_main:
+            self.last = save_training_checkpoint(contents, state.output_dir, epoch_copy)
+
+    @staticmethod
+    def contents(state: TrainingState, position: LoopPosition, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        """The checkpoint's keys (:mod:`dino.train.checkpoint`): resuming at batch `step_in_epoch` of `epoch`."""
+        contents: dict[str, Any] = {
+            "student": {f"module.{k}": v for k, v in state.student_module.state_dict().items()},
+            "teacher": state.teacher.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": position.global_step,
+            "iterations_per_epoch": state.schedules.iterations_per_epoch,
+            "dino_loss": state.dino_loss.state_dict(),
+            "config": config_to_dict(state.config),
+            "epoch_stats": dict(position.epoch_stats),
+            "rng_states": all_gather_objects(capture_rng_state()),
+        }
+        if state.precision.scaler is not None:
+            contents["fp16_scaler"] = state.precision.scaler.state_dict()
+        return contents
+
+
+class LoggingPolicy:
+    """What the run reports: on rank 0 a ``metrics.jsonl`` row every ``run.log_every`` steps and at each epoch's
+    last step, a ``log.txt`` row per epoch, TensorBoard scalars with ``run.tensorboard``, and the progress bar.
+    Every step's row is also kept in :attr:`history` (on every rank).
+    """
 
     def __init__(self, config: TrainConfig, ctx: DistributedContext, output_dir: Path) -> None:
+        self.config = config
         self.enabled = ctx.is_main
+        self.output_dir = output_dir
         self.metrics_path = output_dir / METRICS_NAME
         self.epoch_log_path = output_dir / EPOCH_LOG_NAME
-        self.writer = None
-        if self.enabled and config.run.tensorboard:
+        self.history: list[dict[str, Any]] = []
+        self.writer: Any = None
+        self.progress = tqdm(disable=True)  # replaced by :meth:`open`
+
+    def trim(self, logged_step: int, completed_epochs: int) -> None:
+        """Cut the logs back to where the run starts: metrics rows up to `logged_step`, epoch rows of the
+        `completed_epochs` (both empty for a fresh run)."""
+        _keep_log_rows(self.metrics_path, "step", below=logged_step + 1)
+        _keep_log_rows(self.epoch_log_path, "epoch", below=completed_epochs)
+
+    def open(self, global_step: int, total_steps: int) -> None:
+        """Start TensorBoard (when asked for and installed) and the progress bar at `global_step`."""
+        if self.enabled and self.config.run.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+                self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
             except ImportError:
                 warnings.warn(
                     "run.tensorboard=true but the tensorboard package is not installed; skipping", stacklevel=2
                 )
+        self.progress = tqdm(
+            total=total_steps,
+            initial=global_step,
+            unit="it",
+            dynamic_ncols=True,
+            disable=not (self.enabled and self.config.run.progress),
+        )
 
-    def _append(self, path: Path, record: dict[str, Any]) -> None:
-        # An append-only log: a crash loses at most the line being written, and rewriting the file
-        # atomically at every step would be quadratic in the run length.
-        with open(path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    def start_epoch(self, epoch: int) -> None:
+        self.progress.set_description(f"epoch {epoch}")
 
-    def step(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
+    def step(self, record: dict[str, Any], last_of_epoch: bool) -> None:
+        """Report a step done: its row goes to :attr:`history`, and to ``metrics.jsonl`` when it is due."""
+        self.progress.update(1)
+        self.history.append(record)
+        if record["step"] % max(self.config.run.log_every, 1) != 0 and not last_of_epoch:
             return
-        self._append(self.metrics_path, record)
-        if self.writer is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+        if self.enabled:
+            _append_row(self.metrics_path, record)
+            if self.writer is not None:
+                for key, value in record.items():
+                    if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                        self.writer.add_scalar(f"train/{key}", value, record["step"])
+        self.progress.set_postfix(
+            loss=f"{record['loss']:.3f}", H=f"{record['teacher_entropy']:.2f}", lr=f"{record['lr']:.2e}"
+        )
 
     def epoch(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            self._append(self.epoch_log_path, record)
+            _append_row(self.epoch_log_path, record)
 
     def close(self) -> None:
+        self.progress.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _append_row(path: Path, record: dict[str, Any]) -> None:
+    # An append-only log: a crash loses at most the line being written, and rewriting the file
+    # atomically at every step would be quadratic in the run length.
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def _non_finite_message(loss: float, epoch: int, step: int, output_dir: Path) -> str:
@@ -279,296 +693,168 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(output_dir)
-
-    # Identical initialisation on every rank, then per-rank streams for drop path.
-    _seed_everything(config.run.seed)
-    crops_cfg, optim_cfg, loss_cfg = config.crops, config.optim, config.loss
-    augmentation = DataAugmentationDINO(
-        crops_cfg.global_crops_scale,
-        crops_cfg.local_crops_scale,
-        crops_cfg.local_crops_number,
-        crops_cfg.global_crops_size,
-        crops_cfg.local_crops_size,
-    )
-    dataset = MultiCropDataset(config.run.data_path, augmentation, seed=config.run.seed, rank=ctx.rank)
-    sampler = EpochBatchSampler(
-        len(dataset), optim_cfg.batch_size_per_gpu, ctx.rank, ctx.world_size, seed=config.run.seed
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=config.run.num_workers,
-        pin_memory=ctx.device.type == "cuda",
-        # A private generator: creating the loader iterator must not consume the global torch RNG,
-        # otherwise a mid-epoch resume would shift the drop-path stream.
-        generator=torch.Generator(),
-    )
-
-    student, teacher = build_networks(config)
-    student, teacher = student.to(ctx.device), teacher.to(ctx.device)
-    student_module = student
-    if ctx.world_size > 1:
-        student = DistributedDataParallel(student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-        student_module = student.module
-    dino_loss = DINOLoss(
-        config.model.out_dim,
-        augmentation.ncrops,
-        loss_cfg.warmup_teacher_temp,
-        loss_cfg.teacher_temp,
-        loss_cfg.warmup_teacher_temp_epochs,
-        optim_cfg.epochs,
-        loss_cfg.student_temp,
-        loss_cfg.center_momentum,
-    ).to(ctx.device)
-    optimizer = build_optimizer(get_params_groups(student_module), optim_cfg.optimizer)
-    precision = _precision(config.run.precision, ctx.device)
-
-    niter = len(sampler)
-    total_batch = optim_cfg.batch_size_per_gpu * ctx.world_size
-    lr_schedule = cosine_scheduler(
-        optim_cfg.lr * total_batch / LR_REFERENCE_BATCH,
-        optim_cfg.min_lr,
-        optim_cfg.epochs,
-        niter,
-        optim_cfg.warmup_epochs,
-    )
-    wd_schedule = cosine_scheduler(optim_cfg.weight_decay, optim_cfg.weight_decay_end, optim_cfg.epochs, niter)
-    momentum_schedule = cosine_scheduler(optim_cfg.momentum_teacher, 1.0, optim_cfg.epochs, niter)
-    _seed_everything(config.run.seed + ctx.rank)
-
-    start_epoch, start_batch, logged_step = 0, 0, 0
-    epoch_stats = {"loss_sum": 0.0, "entropy_sum": 0.0, "steps": 0}
-    checkpoint_path = output_dir / CHECKPOINT_NAME
-    resumed = resume and checkpoint_path.exists()
-    if resumed:
-        checkpoint = load_training_checkpoint(checkpoint_path)
-        try:
-            student_module.load_state_dict(_strip_prefix(checkpoint["student"], "module."))
-            teacher.load_state_dict(checkpoint["teacher"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            dino_loss.load_state_dict(checkpoint["dino_loss"])
-        except (RuntimeError, KeyError, ValueError) as error:
-            reason = " ".join(str(error).split())
-            reason = reason if len(reason) <= 200 else reason[:200] + " …"
-            raise ValueError(
-                f"{checkpoint_path}: this run cannot resume with the settings given, which build another model, "
-                f"head or optimiser ({reason}); resume with the settings of {output_dir / CONFIG_NAME}, or start a "
-                "new run in another --output-dir"
-            ) from None
-        if precision.scaler is not None and "fp16_scaler" in checkpoint:
-            precision.scaler.load_state_dict(checkpoint["fp16_scaler"])
-        start_epoch = int(checkpoint["epoch"])
-        start_batch = int(checkpoint.get("step_in_epoch", 0))
-        saved_niter = checkpoint.get("iterations_per_epoch", niter)
-        # The step the killed run's metrics rows are numbered against (its own iterations per epoch).
-        logged_step = int(checkpoint.get("global_step", start_epoch * saved_niter + start_batch))
-        epoch_stats = dict(checkpoint.get("epoch_stats", epoch_stats))
-        rng_states = checkpoint.get("rng_states", [])
-        if len(rng_states) == ctx.world_size:
-            restore_rng_state(rng_states[ctx.rank])
-        elif ctx.is_main:
-            warnings.warn(
-                f"{checkpoint_path}: saved with {len(rng_states)} processes, resuming with {ctx.world_size}; "
-                "the run continues but is not bit-identical to an uninterrupted one",
-                stacklevel=2,
-            )
-        if saved_niter != niter and ctx.is_main:
-            warnings.warn(
-                f"{checkpoint_path}: {saved_niter} iterations per epoch when saved, {niter} now (different data, "
-                "batch size or world size); the schedules are re-indexed (SPEC §7)",
-                stacklevel=2,
-            )
-    global_step = start_epoch * niter + start_batch
-    total_steps = optim_cfg.epochs * niter
-    if config.run.max_steps and config.run.max_steps <= global_step < total_steps:
+    state = setup_training(config, ctx, output_dir)
+    start = resume_training(state, resume)
+    position = LoopPosition.at(start, state.schedules.iterations_per_epoch)
+    if config.run.max_steps and config.run.max_steps <= position.global_step < state.total_steps:
         if ctx.is_main:
             print(
-                f"{checkpoint_path} is at step {global_step}, at or past run.max_steps={config.run.max_steps}: "
-                "nothing to do; raise run.max_steps or drop it to continue",
+                f"{state.checkpoint_path} is at step {position.global_step}, at or past run.max_steps="
+                f"{config.run.max_steps}: nothing to do; raise run.max_steps or drop it to continue",
                 file=sys.stderr,
             )
-        return TrainResult(
-            output_dir=output_dir,
-            checkpoint=checkpoint_path if ctx.is_main else None,
-            global_step=global_step,
-            completed=False,
-            teacher=teacher,
-            student=student_module,
-            center=dino_loss.center.detach().clone(),
-        )
+        return _result(state, position, state.checkpoint_path, [])
+    logs = LoggingPolicy(config, ctx, output_dir)
     if ctx.is_main:
-        if resumed:
-            print(f"resumed from {checkpoint_path} at epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
-        else:
-            # A fresh run owns the folder: an old checkpoint left until this run's first save would be resumed by
-            # a plain rerun, under this run's logs.
-            checkpoint_path.unlink(missing_ok=True)
-        _keep_log_rows(output_dir / METRICS_NAME, "step", below=logged_step + 1)
-        _keep_log_rows(output_dir / EPOCH_LOG_NAME, "epoch", below=start_epoch)
-        # Written once the checkpoint (if any) has loaded, so that a refused resume leaves the run's config as it was.
-        save_config(config, output_dir / CONFIG_NAME)
+        _prepare_output(state, start, logs)
+    logs.open(position.global_step, state.total_steps)
+    checkpoints = CheckpointPolicy(state)
+    with _StopRequest().installed() as stop:
+        _train_epochs(state, start, position, checkpoints, logs, stop)
+    logs.close()
+    return _result(state, position, checkpoints.last, logs.history)
 
-    monitor = _Monitor(config, ctx, output_dir)
-    stop = _StopRequest()
-    history: list[dict[str, Any]] = []
-    last_checkpoint: Path | None = checkpoint_path if checkpoint_path.exists() else None
-    ln_k = dino_loss.uniform_loss
 
-    def checkpoint_state(epoch: int, step_in_epoch: int) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "student": {f"module.{k}": v for k, v in student_module.state_dict().items()},
-            "teacher": teacher.state_dict(),
-            "optimizer": optimizer.state_dict(),
+def _prepare_output(state: TrainingState, start: ResumePoint, logs: LoggingPolicy) -> None:
+    """Rank 0, once the checkpoint (if any) has loaded: a fresh run takes the folder over, the logs are cut back
+    to the start, and the config is written (so that a refused resume leaves the run's config as it was)."""
+    if start.resumed:
+        print(
+            f"resumed from {state.checkpoint_path} at epoch {start.epoch}, batch {start.step_in_epoch}",
+            file=sys.stderr,
+        )
+    else:
+        # An old checkpoint left until this run's first save would be resumed by a plain rerun, under this run's logs.
+        state.checkpoint_path.unlink(missing_ok=True)
+    logs.trim(start.logged_step, start.epoch)
+    save_config(state.config, state.output_dir / CONFIG_NAME)
+
+
+def _train_epochs(
+    state: TrainingState,
+    start: ResumePoint,
+    position: LoopPosition,
+    checkpoints: CheckpointPolicy,
+    logs: LoggingPolicy,
+    stop: _StopRequest,
+) -> None:
+    """The epochs from `start` on, until the last, ``run.max_steps`` or a stop request; `position` follows."""
+    for epoch in range(start.epoch, state.config.optim.epochs):
+        first_batch = start.step_in_epoch if epoch == start.epoch else 0
+        state.data.sampler.set_epoch(epoch, first_batch)
+        if first_batch == 0:
+            position.epoch_stats = _fresh_epoch_stats()
+        logs.start_epoch(epoch)
+        position.epoch, position.step_in_epoch = epoch, state.data.sampler.start_batch
+        if _train_epoch(state, position, checkpoints, logs, stop):
+            return
+        _finish_epoch(state, position, checkpoints, logs)
+        if stop.requested or _max_steps_reached(state.config, position.global_step):
+            return
+
+
+def _train_epoch(
+    state: TrainingState,
+    position: LoopPosition,
+    checkpoints: CheckpointPolicy,
+    logs: LoggingPolicy,
+    stop: _StopRequest,
+) -> bool:
+    """The remaining batches of ``position.epoch``; True when the run stopped (and checkpointed) mid-epoch."""
+    niter = state.schedules.iterations_per_epoch
+    tick = time.perf_counter()
+    for crops in state.data.loader:
+        it = niter * position.epoch + position.step_in_epoch
+        state.schedules.apply(state.optimizer, it)
+        mean_loss, mean_entropy = train_step(state, crops, position.epoch, it)
+        momentum = float(state.schedules.momentum[it])
+        update_teacher(state.student_module, state.teacher, momentum)
+        position.record_step(it, mean_loss, mean_entropy)
+        if state.ctx.device.type == "cuda":
+            torch.cuda.synchronize(state.ctx.device)
+        now = time.perf_counter()
+        record = _step_record(state, position, it, mean_loss, mean_entropy, momentum, now - tick)
+        tick = now
+        logs.step(record, last_of_epoch=position.step_in_epoch == niter)
+        if _stop_now(state, stop, position.global_step) and position.step_in_epoch < niter:
+            checkpoints.save_within_epoch(state, position)
+            return True
+        if checkpoints.due_within_epoch(position, niter):
+            checkpoints.save_within_epoch(state, position)
+    return False
+
+
+def _step_record(
+    state: TrainingState, position: LoopPosition, it: int, loss: float, entropy: float, momentum: float, seconds: float
+) -> dict[str, Any]:
+    schedules = state.schedules
+    return {
+        "epoch": position.epoch,
+        "step": position.global_step,
+        "loss": loss,
+        "teacher_entropy": entropy,
+        "kl_teacher_student": loss - entropy,
+        "lr": float(schedules.lr[it]),
+        "wd": float(schedules.weight_decay[it]),
+        "momentum": momentum,
+        "teacher_temp": float(state.dino_loss.teacher_temp_schedule[position.epoch]),
+        "images_per_s": schedules.total_batch / max(seconds, 1e-9),
+    }
+
+
+def _max_steps_reached(config: TrainConfig, global_step: int) -> bool:
+    return bool(config.run.max_steps and global_step >= config.run.max_steps)
+
+
+def _stop_now(state: TrainingState, stop: _StopRequest, global_step: int) -> bool:
+    """A stop request or ``run.max_steps``, agreed by all ranks (any rank's request stops them all)."""
+    stop_now = stop.requested or _max_steps_reached(state.config, global_step)
+    if state.ctx.world_size > 1:
+        stop_now = bool(all_reduce_sum(torch.tensor([float(stop_now)], device=state.ctx.device)).item())
+    return stop_now
+
+
+def _finish_epoch(
+    state: TrainingState, position: LoopPosition, checkpoints: CheckpointPolicy, logs: LoggingPolicy
+) -> None:
+    """The epoch's ``log.txt`` row, the collapse check and the epoch-end checkpoint."""
+    epoch, stats, niter = position.epoch, position.epoch_stats, state.schedules.iterations_per_epoch
+    steps = max(int(stats["steps"]), 1)
+    epoch_loss = stats["loss_sum"] / steps
+    last = niter * (epoch + 1) - 1
+    logs.epoch(
+        {
+            "train_loss": epoch_loss,
+            "train_lr": float(state.schedules.lr[last]),
+            "train_wd": float(state.schedules.weight_decay[last]),
+            "train_teacher_entropy": stats["entropy_sum"] / steps,
+            "train_kl_teacher_student": epoch_loss - stats["entropy_sum"] / steps,
             "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "iterations_per_epoch": niter,
-            "dino_loss": dino_loss.state_dict(),
-            "config": config_to_dict(config),
-            "epoch_stats": dict(epoch_stats),
-            "rng_states": all_gather_objects(capture_rng_state()),
         }
-        if precision.scaler is not None:
-            state["fp16_scaler"] = precision.scaler.state_dict()
-        return state
-
-    def save(epoch: int, step_in_epoch: int, epoch_copy: int | None = None) -> Path | None:
-        state = checkpoint_state(epoch, step_in_epoch)  # collective: every rank takes part
-        if not ctx.is_main:
-            return None
-        return save_training_checkpoint(state, output_dir, epoch_copy)
-
-    progress = tqdm(
-        total=total_steps,
-        initial=global_step,
-        unit="it",
-        dynamic_ncols=True,
-        disable=not (ctx.is_main and config.run.progress),
     )
-    stopped = False
-    with stop.installed():
-        for epoch in range(start_epoch, optim_cfg.epochs):
-            sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-            if epoch != start_epoch or start_batch == 0:
-                epoch_stats = {"loss_sum": 0.0, "entropy_sum": 0.0, "steps": 0}
-            progress.set_description(f"epoch {epoch}")
-            step_in_epoch = sampler.start_batch
-            tick = time.perf_counter()
-            for crops in loader:
-                it = niter * epoch + step_in_epoch
-                for index, group in enumerate(optimizer.param_groups):
-                    group["lr"] = float(lr_schedule[it])
-                    if index == 0:
-                        group["weight_decay"] = float(wd_schedule[it])
-                crops = [crop.to(ctx.device, non_blocking=True) for crop in crops]
-                with precision.autocast(ctx.device):
-                    with torch.no_grad():
-                        teacher_output = teacher(crops[:2])
-                    student_output = student(crops)
-                    loss = dino_loss(student_output, teacher_output, epoch)
+    ln_k = state.dino_loss.uniform_loss
+    if state.ctx.is_main and epoch >= 1 and abs(epoch_loss - ln_k) < COLLAPSE_TOLERANCE * ln_k:
+        warnings.warn(
+            f"epoch {epoch}: mean loss {epoch_loss:.3f} sits at ln K = {ln_k:.3f}: the teacher has collapsed "
+            "to the uniform distribution (SPEC §3/§17.1). Try a lower optim.momentum_teacher (0.99), a smaller "
+            "model.out_dim, or a different optim.lr / batch size.",
+            stacklevel=4,  # the caller of train()
+        )
+    checkpoints.save_epoch_end(state, position)
+    position.epoch_stats = _fresh_epoch_stats()
 
-                reduced = (
-                    all_reduce_sum(torch.stack([loss.detach(), dino_loss.last_teacher_entropy.detach()]).float())
-                    / ctx.world_size
-                )
-                mean_loss, mean_entropy = reduced.tolist()
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLossError(_non_finite_message(mean_loss, epoch, it, output_dir))
 
-                optimizer.zero_grad()
-                if precision.scaler is None:
-                    loss.backward()
-                    _clip(student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
-                    cancel_gradients_last_layer(epoch, student_module, optim_cfg.freeze_last_layer)
-                    optimizer.step()
-                else:
-                    precision.scaler.scale(loss).backward()
-                    if optim_cfg.clip_grad:
-                        precision.scaler.unscale_(optimizer)
-                    _clip(student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
-                    cancel_gradients_last_layer(epoch, student_module, optim_cfg.freeze_last_layer)
-                    precision.scaler.step(optimizer)
-                    precision.scaler.update()
-
-                momentum = float(momentum_schedule[it])
-                with torch.no_grad():
-                    for param_q, param_k in zip(student_module.parameters(), teacher.parameters(), strict=True):
-                        param_k.data.mul_(momentum).add_((1 - momentum) * param_q.detach().data)
-
-                step_in_epoch += 1
-                global_step = it + 1
-                epoch_stats["loss_sum"] += mean_loss
-                epoch_stats["entropy_sum"] += mean_entropy
-                epoch_stats["steps"] += 1
-                progress.update(1)
-                if ctx.device.type == "cuda":
-                    torch.cuda.synchronize(ctx.device)
-                now = time.perf_counter()
-                record = {
-                    "epoch": epoch,
-                    "step": global_step,
-                    "loss": mean_loss,
-                    "teacher_entropy": mean_entropy,
-                    "kl_teacher_student": mean_loss - mean_entropy,
-                    "lr": float(lr_schedule[it]),
-                    "wd": float(wd_schedule[it]),
-                    "momentum": momentum,
-                    "teacher_temp": float(dino_loss.teacher_temp_schedule[epoch]),
-                    "images_per_s": total_batch / max(now - tick, 1e-9),
-                }
-                tick = now
-                history.append(record)
-                if global_step % max(config.run.log_every, 1) == 0 or step_in_epoch == niter:
-                    monitor.step(record)
-                    progress.set_postfix(loss=f"{mean_loss:.3f}", H=f"{mean_entropy:.2f}", lr=f"{record['lr']:.2e}")
-
-                stop_now = stop.requested or (config.run.max_steps and global_step >= config.run.max_steps)
-                if ctx.world_size > 1:
-                    stop_now = bool(all_reduce_sum(torch.tensor([float(stop_now)], device=ctx.device)).item())
-                if stop_now and step_in_epoch < niter:
-                    last_checkpoint = save(epoch, step_in_epoch) or last_checkpoint
-                    stopped = True
-                    break
-                if config.run.checkpoint_every_steps and global_step % config.run.checkpoint_every_steps == 0:
-                    if step_in_epoch < niter:
-                        last_checkpoint = save(epoch, step_in_epoch) or last_checkpoint
-            if stopped:
-                break
-
-            steps = max(int(epoch_stats["steps"]), 1)
-            epoch_loss = epoch_stats["loss_sum"] / steps
-            monitor.epoch(
-                {
-                    "train_loss": epoch_loss,
-                    "train_lr": float(lr_schedule[niter * (epoch + 1) - 1]),
-                    "train_wd": float(wd_schedule[niter * (epoch + 1) - 1]),
-                    "train_teacher_entropy": epoch_stats["entropy_sum"] / steps,
-                    "train_kl_teacher_student": epoch_loss - epoch_stats["entropy_sum"] / steps,
-                    "epoch": epoch,
-                }
-            )
-            if ctx.is_main and epoch >= 1 and abs(epoch_loss - ln_k) < COLLAPSE_TOLERANCE * ln_k:
-                warnings.warn(
-                    f"epoch {epoch}: mean loss {epoch_loss:.3f} sits at ln K = {ln_k:.3f}: the teacher has collapsed "
-                    "to the uniform distribution (SPEC §3/§17.1). Try a lower optim.momentum_teacher (0.99), a smaller "
-                    "model.out_dim, or a different optim.lr / batch size.",
-                    stacklevel=2,
-                )
-            copy = epoch + 1 if config.run.saveckp_freq and (epoch + 1) % config.run.saveckp_freq == 0 else None
-            last_checkpoint = save(epoch + 1, 0, copy) or last_checkpoint
-            epoch_stats = {"loss_sum": 0.0, "entropy_sum": 0.0, "steps": 0}
-            if stop.requested or (config.run.max_steps and global_step >= config.run.max_steps):
-                break
-    progress.close()
-    monitor.close()
+def _result(
+    state: TrainingState, position: LoopPosition, checkpoint: Path | None, history: list[dict[str, Any]]
+) -> TrainResult:
     return TrainResult(
-        output_dir=output_dir,
-        checkpoint=last_checkpoint if ctx.is_main else None,
-        global_step=global_step,
-        completed=global_step >= total_steps,
-        teacher=teacher,
-        student=student_module,
-        center=dino_loss.center.detach().clone(),
+        output_dir=state.output_dir,
+        checkpoint=checkpoint if state.ctx.is_main else None,
+        global_step=position.global_step,
+        completed=position.global_step >= state.total_steps,
+        teacher=state.teacher,
+        student=state.student_module,
+        center=state.dino_loss.center.detach().clone(),
         history=history,
     )
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dino.loss import DINOLoss
+from dino.train.loss import DINOLoss
 from dino.train.optim import cancel_gradients_last_layer, clip_gradients, get_params_groups
 from dino.train.schedules import cosine_scheduler, teacher_temperature_schedule
 from dino.train.trainer import MultiCropWrapper, build_networks

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dino.cli import main
-from dino.loss import DINOLoss
+from dino.train.loss import DINOLoss
 from dino.train.trainer import NonFiniteLossError, train
 
 # Wall-clock throughput differs between two runs of the same steps; no other logged value may.

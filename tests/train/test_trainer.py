@@ -63,7 +63,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(make_config, image_fold
     config = make_config(image_folder, tmp_path / "run", **{"optim.epochs": "2"})
     train(make_config(image_folder, tmp_path / "run", **{"optim.epochs": "2", "run.max_steps": "4"}))
     before = (tmp_path / "run" / "checkpoint.pth").read_bytes()
-    from dino.loss import DINOLoss
+    from dino.train.loss import DINOLoss
 
     original = DINOLoss.forward
     monkeypatch.setattr(DINOLoss, "forward", lambda self, *a: original(self, *a) * float("nan"))

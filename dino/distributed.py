@@ -4,6 +4,9 @@ The same command runs alone or under ``torchrun --nproc_per_node=N`` (and multi-
 rendezvous): torchrun exports ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``, and we initialise from those
 (``env://``) with NCCL on GPUs and gloo on CPU. Without them we run single-process with no process group,
 unlike the reference, which refuses to train without a GPU launcher (SPEC §17.4).
+
+Shared by training (:mod:`dino.train`), k-NN feature extraction (:mod:`dino.eval.knn`) and index sharding
+(:mod:`apps.retrieval.indexing`), hence a top-level module rather than a part of training.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dino.train.distributed import all_reduce_sum, get_world_size
+from dino.distributed import all_reduce_sum, get_world_size
 from dino.train.schedules import teacher_temperature_schedule
 
 __all__ = ["DINOLoss"]
