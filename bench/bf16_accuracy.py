@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from copy_detection_real_check import SPLIT, collect_photos
+from davis_knn_task import write_davis_knn_task
 from torch import Tensor
 
 from apps.copy_detection.copydays import STRONG_BLOCK, read_copydays
@@ -63,7 +64,7 @@ from dino.data.datasets import ImageFolderDataset
 from dino.data.io import list_images, open_image
 from dino.data.masks import davis_annotations, davis_frames, davis_sequences, read_indexed_png
 from dino.data.transforms import knn_transform
-from dino.eval.knn import DEFAULT_TEMPERATURE, knn_classifier, write_davis_knn_task
+from dino.eval.knn import DEFAULT_TEMPERATURE, knn_classifier
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import cpu_has_native_bf16

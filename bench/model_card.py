@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 from copy_detection_real_check import run_eval as copy_detection_eval
+from davis_knn_task import write_davis_knn_task
 
 from dino.atomic import atomic_write_json
 from dino.checkpoint import load_backbone
 from dino.cli import main as dino
-from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.eval.knn import run_knn
 
 SEGMENTATION_RUNS = {
     "attention, best head": ["--method", "attention", "--heads", "best"],

@@ -18,14 +18,13 @@ from torch import Tensor
 from dino.atomic import atomic_output_path, atomic_write_json
 from dino.checkpoint import state_dict_sha256
 from dino.data.datasets import ImageFolderDataset
-from dino.data.masks import davis_frames, davis_sequences
 from dino.data.transforms import knn_transform
 from dino.eval.defaults import DEFAULT_KS, DEFAULT_TEMPERATURE
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
 from dino.train.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 
-__all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn", "write_davis_knn_task"]
+__all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn"]
 
 NUM_CHUNKS = 100
 TOP5 = 5
@@ -157,31 +156,3 @@ def run_knn(
         knn_classifier(train_features, train_labels, val_features, val_labels, k, temperature, len(train_classes))
         for k in dict.fromkeys(min(k, len(train_labels)) for k in ks)
     ]
-
-
-def write_davis_knn_task(
-    davis_root: str | os.PathLike[str], out: str | os.PathLike[str], every: int = 1
-) -> tuple[int, int]:
-    """A k-NN task from DAVIS frames (the model card's sequence-identity task): class = sequence; the first half
-    of each sequence's frames (every `every`-th) is the bank ``out/train/<seq>/``, the second half the queries
-    ``out/val/<seq>/``, as symbolic links. Sequences are those of ``ImageSets/2017/val.txt``.
-
-    Returns:
-        (bank size, query count).
-    """
-    bank = queries = 0
-    for sequence in davis_sequences(davis_root, split="val", year="2017"):
-        frames = davis_frames(davis_root, sequence)
-        half = len(frames) // 2
-        for split, chosen in (("train", frames[:half:every]), ("val", frames[half::every])):
-            folder = Path(out) / split / sequence
-            folder.mkdir(parents=True, exist_ok=True)
-            for frame in chosen:
-                link = folder / frame.name
-                if not link.exists():
-                    os.symlink(frame.resolve(), link)
-            if split == "train":
-                bank += len(chosen)
-            else:
-                queries += len(chosen)
-    return bank, queries

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.davis_knn_task import write_davis_knn_task
 from dino.checkpoint import (
     BUNDLED_WEIGHTS_DIR,
     CheckpointError,
@@ -21,7 +22,7 @@ from dino.checkpoint import (
     state_dict_sha256,
 )
 from dino.cli import build_parser, main
-from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.eval.knn import run_knn
 from dino.hub.releases import BUNDLED_VIT_TINY, DEFAULT_WEIGHTS, IMGFOCUS_WEIGHTS
 from dino.models.vision_transformer import build_vit
 
