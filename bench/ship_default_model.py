@@ -22,6 +22,7 @@ from dino.atomic import atomic_write_json
 from dino.checkpoint import BUNDLED_WEIGHTS_DIR, export_backbone, load_backbone, model_identity
 from dino.eval.knn import run_knn
 from dino.hub.releases import BUNDLED_VIT_TINY
+from dino.runtime import Runtime
 
 FILE_NAME = "dino_vittiny16_default.pth"
 # Tolerance in points: two of the 108 queries (0.93 points each) may flip between machines and PyTorch versions;
@@ -37,7 +38,11 @@ def ship(checkpoint: Path, data_dir: Path, out_dir: Path = BUNDLED_WEIGHTS_DIR) 
     with tempfile.TemporaryDirectory() as task:
         write_davis_knn_task(data_dir / "davis2016-dev", task, every=KNN_CHECK["every"])
         (result,) = run_knn(
-            model, Path(task) / "train", Path(task) / "val", ks=[KNN_CHECK["k"]], device="cpu", progress=False
+            model,
+            Path(task) / "train",
+            Path(task) / "val",
+            ks=[KNN_CHECK["k"]],
+            runtime=Runtime(device="cpu", progress=False),
         )
     entry = {
         "file": FILE_NAME,

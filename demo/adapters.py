@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dino.features import DEFAULT_MAX_TOKENS
+from dino.features import DEFAULT_MAX_TOKENS, OnError
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import autocast_dtype
+from dino.runtime import Runtime
 
 __all__ = [
     "TAB_MODULES",
@@ -186,12 +186,18 @@ def attention_colormaps() -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------- (b) search
-def build_search_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
-    """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.search.index."""
+def build_search_index(
+    model: VisionTransformer,
+    images: Sequence[str | os.PathLike[str]],
+    on_error: OnError = "raise",
+    runtime: Runtime | None = None,
+) -> Any:
+    """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.search.index; `on_error`
+    ``skip`` leaves unusable images out (listed in the index's ``skipped``)."""
     index = _app("dino.search.index", "search")
     from dino.search.descriptors import DescriptorRecipe
 
-    return index.build_index(images, model, DescriptorRecipe.retrieval(), **options)
+    return index.build_index(images, model, DescriptorRecipe.retrieval(), on_error=on_error, runtime=runtime)
 
 
 def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) -> Any:
@@ -201,9 +207,11 @@ def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) ->
     return index
 
 
-def search_similar(index: Any, model: VisionTransformer, query: Image.Image, k: int, **options: Any) -> list[Any]:
+def search_similar(
+    index: Any, model: VisionTransformer, query: Image.Image, k: int, runtime: Runtime | None = None
+) -> list[Any]:
     """The `k` indexed images most similar to `query`, best first, as :class:`dino.search.index.Hit`."""
-    return _app("dino.search.index", "search").search_images(index, [query], model, k=k, **options)[0]
+    return _app("dino.search.index", "search").search_images(index, [query], model, k=k, runtime=runtime)[0]
 
 
 # ---------------------------------------------------------------------------- (c) copy check
@@ -230,18 +238,29 @@ def copy_threshold(model: VisionTransformer) -> float:
     return float(_app("apps.copy_detection.find", "copy").calibration_for(model).threshold)
 
 
-def build_copy_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
-    """An in-memory index of `images` under the copy-detection descriptor (SPEC §12), by the copy app."""
-    return _app("apps.copy_detection.find", "copy").build_copy_index(images, model, **options)
+def build_copy_index(
+    model: VisionTransformer,
+    images: Sequence[str | os.PathLike[str]],
+    on_error: OnError = "raise",
+    runtime: Runtime | None = None,
+) -> Any:
+    """An in-memory index of `images` under the copy-detection descriptor (SPEC §12), by the copy app; `on_error`
+    ``skip`` leaves unusable images out (listed in the index's ``skipped``)."""
+    find = _app("apps.copy_detection.find", "copy")
+    return find.build_copy_index(images, model, on_error=on_error, runtime=runtime)
 
 
 def find_copies(
-    index: Any, model: VisionTransformer, query: str | os.PathLike[str], threshold: float, **options: Any
+    index: Any,
+    model: VisionTransformer,
+    query: str | os.PathLike[str],
+    threshold: float,
+    runtime: Runtime | None = None,
 ) -> list[Any]:
     """The indexed images the copy app calls copies of `query` at `threshold`, best first."""
     find = _app("apps.copy_detection.find", "copy")
     candidates = min(find.DEFAULT_CANDIDATES, len(index))
-    return find.find_copies([query], index, model, threshold=threshold, candidates=candidates, **options)[0]
+    return find.find_copies([query], index, model, threshold=threshold, candidates=candidates, runtime=runtime)[0]
 
 
 def compare_copies(
@@ -250,7 +269,7 @@ def compare_copies(
     second: str | os.PathLike[str],
     threshold: float,
     verify: str | None = None,
-    **options: Any,
+    runtime: Runtime | None = None,
 ) -> CopyVerdict:
     """Similarity of two image files under the copy-detection descriptor, and the verdict.
 
@@ -264,10 +283,10 @@ def compare_copies(
         threshold: The similarity a copy reaches, without verification.
         verify: A verifier of the copy app (``dino``, ``sift``): the verdict is then its calibrated minimum of
             verified matches.
-        **options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
     """
     find = _app("apps.copy_detection.find", "copy")
-    index = find.build_copy_index([second], model, **options)
+    index = find.build_copy_index([second], model, runtime=runtime)
     (hit,) = find.find_copies(
         [first],
         index,
@@ -277,7 +296,7 @@ def compare_copies(
         include_self=True,
         verify=verify,
         min_inliers=0,
-        **options,
+        runtime=runtime,
     )[0]
     minimum = copy_min_matches(model, verify) if verify else None
     return CopyVerdict(hit.score, threshold, hit.inliers, minimum)
@@ -320,7 +339,7 @@ def propagate_mask(
     pipeline = _app("apps.video_seg.pipeline", "video")
     device = torch.device(device)
     # The demo applies the model, it does not report protocol numbers: bf16 where the hardware has it.
-    autocast = autocast_dtype(device, "auto")
+    autocast = Runtime().autocast_dtype(device)
     frames = pipeline.segment_frames(
         frames_bgr, first_labels, model, device=device, autocast=autocast, max_tokens=max_tokens, name=name
     )

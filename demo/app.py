@@ -61,7 +61,7 @@ from dino.hub.releases import (  # noqa: E402
     weights_provenance,
 )
 from dino.models.vision_transformer import VisionTransformer  # noqa: E402
-from dino.runtime import pick_device  # noqa: E402
+from dino.runtime import Runtime, pick_device  # noqa: E402
 
 __all__ = ["build_demo", "check_port", "launch_demo", "weights_notice"]
 
@@ -390,10 +390,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: Any) ->
             model,
             image,
             min(int(k), len(index)),
-            device=settings.device,
-            num_workers=0,
-            progress=False,
-            max_tokens=DEMO_MAX_TOKENS,
+            runtime=Runtime(device=str(settings.device), num_workers=0, progress=False, max_tokens=DEMO_MAX_TOKENS),
         )
         return _hit_thumbnails(hits)
 
@@ -485,10 +482,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
             path_b,
             settings.copy_threshold,
             verify=adapters.copy_verifier(model),
-            device=settings.device,
-            num_workers=0,
-            progress=False,
-            max_tokens=DEMO_MAX_TOKENS,
+            runtime=Runtime(device=str(settings.device), num_workers=0, progress=False, max_tokens=DEMO_MAX_TOKENS),
         )
         return result.similarity, _verdict_text(result)
 
@@ -502,10 +496,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Any)
             model,
             path,
             settings.copy_threshold,
-            device=settings.device,
-            num_workers=0,
-            progress=False,
-            max_tokens=DEMO_MAX_TOKENS,
+            runtime=Runtime(device=str(settings.device), num_workers=0, progress=False, max_tokens=DEMO_MAX_TOKENS),
         )
         summary = f"**{len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}** at threshold "
         summary += f"{settings.copy_threshold:.3f}."
@@ -687,7 +678,7 @@ def _search_indexes(
     Gallery images that cannot be used (unreadable, too small, too large) are left out of both indexes and listed
     in ``settings.skipped``. The page names the gallery folder by its name only: server paths mean nothing to users.
     """
-    options = {"device": settings.device, "num_workers": 0, "progress": False, "max_tokens": DEMO_MAX_TOKENS}
+    runtime = Runtime(device=str(settings.device), num_workers=0, progress=False, max_tokens=DEMO_MAX_TOKENS)
     built = []
     if index_path is not None:
         search_index = adapters.open_search_index(index_path, model)
@@ -699,12 +690,12 @@ def _search_indexes(
             raise ValueError(f"{gallery_folder}: no images found")
         search_index = None
         if adapters.available("search"):
-            search_index = adapters.build_search_index(model, images, on_error="skip", **options)
+            search_index = adapters.build_search_index(model, images, on_error="skip", runtime=runtime)
             built.append(search_index)
         settings.index_source = f"`{_bare_name(gallery_folder)}`" if gallery_folder else "the sample gallery"
     copy_index = None
     if adapters.available("copy"):
-        copy_index = adapters.build_copy_index(model, images, on_error="skip", **options)
+        copy_index = adapters.build_copy_index(model, images, on_error="skip", runtime=runtime)
         built.append(copy_index)
     for index in built:
         settings.skipped.update(index.skipped)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from apps.segmentation.masks import attention_transform, cls_attention_maps
 from dino.features import DEFAULT_MAX_TOKENS, FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import DTypeName
+from dino.runtime import DTypeName, Runtime
 
 __all__ = ["ImageAttention", "iter_attention"]
 
@@ -66,9 +66,8 @@ def iter_attention(
         One :class:`ImageAttention` per image, grouped by batch (use ``.index`` for the input position).
     """
     transform = attention_transform(model.patch_size, size, keep_aspect)
-    extractor = FeatureExtractor(
-        model, transform, device, dtype, batch_size, num_workers, progress=False, max_tokens=max_tokens
-    )
+    runtime = Runtime(device, dtype, batch_size, num_workers, progress=False, max_tokens=max_tokens)
+    extractor = FeatureExtractor(model, transform, runtime)
     with tqdm(total=len(images), desc="attention", unit="img", disable=not progress) as bar:
         for tensors, indices in extractor.iter_images(images):
             batch = extractor.forward(tensors, attention=True, attention_rows="cls")

@@ -10,11 +10,11 @@ from dino.cli.arguments import (
     add_runtime_arguments,
     add_weights_arguments,
     backbone_from_args,
-    extractor_options,
     output_file,
     output_folder,
     positive_float,
     positive_int,
+    runtime_from_args,
 )
 from dino.eval.defaults import BASE_LR, DEFAULT_KS, DEFAULT_TEMPERATURE, LINEAR_INPUTS, N_LAST_BLOCKS
 from dino.hub.releases import weights_provenance
@@ -35,7 +35,7 @@ def _knn(args: argparse.Namespace) -> int:
         ks=args.nb_knn,
         temperature=args.temperature,
         cache_dir=args.cache_dir,
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     if not context.is_main:
         return 0
@@ -59,6 +59,7 @@ def _linear(args: argparse.Namespace) -> int:
     from dino.eval.linear import run_linear
 
     model = backbone_from_args(args)
+    runtime = runtime_from_args(args)
     result = run_linear(
         model,
         args.train,
@@ -69,7 +70,11 @@ def _linear(args: argparse.Namespace) -> int:
         avgpool=args.avgpool_patchtokens,
         linear_input=args.linear_input,
         output_dir=args.output_dir,
-        **extractor_options(args),
+        device=runtime.device,
+        dtype=runtime.dtype,
+        batch_size=runtime.batch_size,
+        num_workers=runtime.num_workers,
+        progress=runtime.progress,
     )
     print(f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch}")
     if args.output_dir:

@@ -22,6 +22,7 @@ from dino.data.transforms import knn_transform
 from dino.eval.defaults import DEFAULT_KS, DEFAULT_TEMPERATURE
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import Runtime
 from dino.train.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 
 __all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn"]
@@ -81,14 +82,15 @@ def extract_folder_features(
     model: VisionTransformer,
     folder: str | os.PathLike[str],
     cache: str | os.PathLike[str] | None = None,
-    **extractor_options: object,
+    runtime: Runtime | None = None,
 ) -> tuple[Tensor, Tensor, list[str]]:
     """L2-normalised [CLS] features and labels of a class-subfolder folder, with the k-NN preprocessing.
 
     Under torchrun (an initialised process group) the extraction is split across ranks. With `cache`,
     features are read from ``<cache>.npy`` / labels from ``<cache>.labels.npy`` when ``<cache>.json`` says they
     were computed by these weights from these files (paths, sizes, modification times), and otherwise computed
-    and written there (atomically, the fingerprint last).
+    and written there (atomically, the fingerprint last). `runtime` says how the backbone runs (``Runtime()`` when
+    None; ``dino knn`` passes ``dtype="fp32"``, the reference's precision).
     """
     dataset = ImageFolderDataset(folder)
     if cache is not None:
@@ -98,7 +100,7 @@ def extract_folder_features(
             if key_file.is_file() and json.loads(key_file.read_text()) == fingerprint:
                 return torch.from_numpy(np.load(feature_file)), torch.from_numpy(np.load(label_file)), dataset.classes
             print(f"note: {feature_file} holds features of other images or weights; recomputing", file=sys.stderr)
-    features = F.normalize(_extract_sharded(model, dataset.paths, extractor_options), dim=1, p=2)
+    features = F.normalize(_extract_sharded(model, dataset.paths, runtime), dim=1, p=2)
     labels = torch.tensor(dataset.targets, dtype=torch.long)
     if cache is not None and is_main_process():
         # The old fingerprint goes first: an interrupted rewrite must not leave it vouching for new arrays.
@@ -119,12 +121,12 @@ def _cache_fingerprint(model: VisionTransformer, paths: Sequence[Path]) -> dict[
     return {"backbone_sha256": state_dict_sha256(model), "files_sha256": files.hexdigest()}
 
 
-def _extract_sharded(model: VisionTransformer, paths: list[Path], extractor_options: dict) -> Tensor:
+def _extract_sharded(model: VisionTransformer, paths: list[Path], runtime: Runtime | None) -> Tensor:
     """[CLS] features of `paths`; under torchrun each rank extracts every world_size-th image and the
     shards are all-gathered, so every rank ends with the full, ordered bank (SPEC §8)."""
     rank, world_size = get_rank(), get_world_size()
     shard = paths[rank::world_size]
-    extractor = FeatureExtractor(model, knn_transform(), **extractor_options)
+    extractor = FeatureExtractor(model, knn_transform(), runtime)
     local = extractor.extract(shard).cls if shard else torch.zeros(0, model.embed_dim)
     features = torch.empty(len(paths), model.embed_dim)
     for index, part in enumerate(all_gather_objects(local)):
@@ -139,17 +141,16 @@ def run_knn(
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = DEFAULT_TEMPERATURE,
     cache_dir: str | os.PathLike[str] | None = None,
-    **extractor_options: object,
+    runtime: Runtime | None = None,
 ) -> list[KNNResult]:
     """k-NN accuracy of `model` with `train_folder` as the bank and `val_folder` as queries (same classes).
 
-    A k above the bank's size is capped to it, and each resulting k is reported once.
+    A k above the bank's size is capped to it, and each resulting k is reported once. `runtime` says how the
+    backbone runs (``Runtime()`` when None; ``dino knn`` passes ``dtype="fp32"``, the reference's precision).
     """
     caches = (None, None) if cache_dir is None else (Path(cache_dir) / "train", Path(cache_dir) / "val")
-    train_features, train_labels, train_classes = extract_folder_features(
-        model, train_folder, caches[0], **extractor_options
-    )
-    val_features, val_labels, val_classes = extract_folder_features(model, val_folder, caches[1], **extractor_options)
+    train_features, train_labels, train_classes = extract_folder_features(model, train_folder, caches[0], runtime)
+    val_features, val_labels, val_classes = extract_folder_features(model, val_folder, caches[1], runtime)
     if train_classes != val_classes:
         raise ValueError(f"{train_folder} and {val_folder} have different class subfolders")
     return [
