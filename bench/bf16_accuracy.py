@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from copy_detection_real_check import SPLIT, collect_photos
+from davis_knn_task import write_davis_knn_task
 from torch import Tensor
 
 from apps.copy_detection.copydays import STRONG_BLOCK, read_copydays
@@ -64,10 +65,10 @@ from dino.data.davis import davis_annotations, davis_frames, davis_sequences
 from dino.data.io import list_images, open_image
 from dino.data.masks import read_indexed_png
 from dino.data.transforms import knn_transform
-from dino.eval.knn import DEFAULT_TEMPERATURE, knn_classifier, write_davis_knn_task
+from dino.eval.knn import DEFAULT_TEMPERATURE, knn_classifier
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import cpu_has_native_bf16
+from dino.runtime import Runtime, cpu_has_native_bf16
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.search.whitening import Whitening
 
@@ -107,7 +108,10 @@ def paired_features(
     """([CLS] by dtype, patch tokens by dtype) of each batch of `paths`, both dtypes on the same preprocessed
     batch (k-NN preprocessing)."""
     extractors = {
-        dtype: FeatureExtractor(model, knn_transform(), "cpu", dtype, batch_size, progress=False) for dtype in DTYPES
+        dtype: FeatureExtractor(
+            model, knn_transform(), Runtime(device="cpu", dtype=dtype, batch_size=batch_size, progress=False)
+        )
+        for dtype in DTYPES
     }
     for tensors, _ in extractors["fp32"].iter_images(paths):
         batches = {dtype: extractor.forward(tensors, patch_tokens=True) for dtype, extractor in extractors.items()}
@@ -193,7 +197,11 @@ def _paired_masks(model: VisionTransformer, samples: Sequence[SegmentationSample
     """Each frame's diffusion mask under both dtypes: their Jaccards against the labels and their IoU."""
     streams = {
         dtype: iter_attention(
-            model, [s.image for s in samples], REFERENCE_IMAGE_SIZE, True, "cpu", dtype, 1, 0, progress=False
+            model,
+            [s.image for s in samples],
+            REFERENCE_IMAGE_SIZE,
+            True,
+            Runtime(device="cpu", dtype=dtype, batch_size=1, progress=False),
         )
         for dtype in DTYPES
     }
@@ -265,8 +273,8 @@ def copy_detection(model: VisionTransformer, photos: Sequence[Path], split: dict
     descriptors: dict[str, CopydaysDescriptors] = {}
     whitening_raw: dict[str, np.ndarray] = {}
     for dtype in DTYPES:
-        options = {"device": "cpu", "dtype": dtype, "batch_size": 16, "num_workers": 0, "progress": False}
-        extractor = DescriptorExtractor(model, DescriptorRecipe.copy_detection(), **options)
+        runtime = Runtime(device="cpu", dtype=dtype, batch_size=16, num_workers=0, progress=False)
+        extractor = DescriptorExtractor(model, DescriptorRecipe.copy_detection(), runtime=runtime)
         descriptors[dtype] = describe_copydays(layout, extractor, list_images(distractors))
         whitening_raw[dtype] = extractor.extract_raw(list_images(whitening_dir))
     result: dict[str, Any] = {

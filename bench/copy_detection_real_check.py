@@ -41,6 +41,7 @@ from apps.copy_detection.metrics import holidays_ap, positive_ranks
 from dino.atomic import atomic_write, atomic_write_json
 from dino.checkpoint import load_backbone, model_identity
 from dino.data.io import list_images
+from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.search.whitening import Whitening
 
@@ -76,7 +77,7 @@ def collect_photos(data_dir: Path) -> list[Path]:
     )
 
 
-def run_eval(work: Path, weights: str, options: dict) -> dict:
+def run_eval(work: Path, weights: str, runtime: Runtime) -> dict:
     from apps.copy_detection.generate import make_benchmark
 
     bench, distractors, whitening_dir = work / "bench", work / "distractors", work / "whitening"
@@ -94,7 +95,7 @@ def run_eval(work: Path, weights: str, options: dict) -> dict:
         )
     layout = read_copydays(bench)
     model = load_backbone(weights)
-    extractor = DescriptorExtractor(model, DescriptorRecipe.copy_detection(), **options)
+    extractor = DescriptorExtractor(model, DescriptorRecipe.copy_detection(), runtime=runtime)
     cache = work / f"descriptors_{_slug(weights)}.npz"
     start = time.time()
     if cache.is_file():  # raw descriptors of an earlier run: rescoring takes seconds
@@ -179,7 +180,7 @@ def _slug(weights: str) -> str:
     return weights.replace(":", "_").replace("/", "_")
 
 
-def run_find(work: Path, weights: str, threshold: float | None, verify: str | None, options: dict) -> None:
+def run_find(work: Path, weights: str, threshold: float | None, verify: str | None, runtime: Runtime) -> None:
     """Index the photos as one collection and look up the real near-duplicate pairs as ``find`` does.
 
     Without verification the 5 most similar images are listed and a pair is a copy at `threshold` (find's
@@ -198,13 +199,15 @@ def run_find(work: Path, weights: str, threshold: float | None, verify: str | No
         threshold = DEFAULT_MIN_INLIERS[verify] if verify else DEFAULT_THRESHOLD
     photos = collect_photos(Path(os.environ.get("DINO_DATA_DIR", "../shared/data")))
     model = load_backbone(weights)
-    index = build_copy_index(photos, model, out=work / "collection_index", **options)
+    index = build_copy_index(photos, model, out=work / "collection_index", runtime=runtime)
     by_name = {p.name: p for p in photos}
     queries = [by_name[query] for query, _ in REAL_PAIRS]
     if verify:
-        top = find_copies(queries, index, model, verify=verify, min_inliers=0, candidates=DEFAULT_CANDIDATES, **options)
+        top = find_copies(
+            queries, index, model, verify=verify, min_inliers=0, candidates=DEFAULT_CANDIDATES, runtime=runtime
+        )
     else:
-        top = find_copies(queries, index, model, threshold=-1.0, candidates=5, **options)
+        top = find_copies(queries, index, model, threshold=-1.0, candidates=5, runtime=runtime)
     report = []
     for (query, expected), hits in zip(REAL_PAIRS, top, strict=True):
         names = [Path(h.path).name for h in hits]
@@ -230,7 +233,7 @@ def run_find(work: Path, weights: str, threshold: float | None, verify: str | No
     atomic_write_json(work / name, {"threshold": threshold, "verify": verify, "pairs": report})
 
 
-def run_verify_calibration(work: Path, weights: str, verifier: str, candidates: int, options: dict) -> dict:
+def run_verify_calibration(work: Path, weights: str, verifier: str, candidates: int, runtime: Runtime) -> dict:
     """Calibrate ``find --verify``'s minimum of matches on the benchmark written by :func:`run_eval`.
 
     The unwhitened descriptors of that run shortlist the candidates
@@ -244,7 +247,7 @@ def run_verify_calibration(work: Path, weights: str, verifier: str, candidates: 
     with np.load(work / f"descriptors_{_slug(weights)}.npz") as saved:
         descriptors = CopydaysDescriptors(saved["database"], saved["queries"], int(saved["distractors"]))
     database_images = list(layout.originals) + list_images(work / "distractors")
-    local = make_local_extractor(verifier, load_backbone(weights), **options)
+    local = make_local_extractor(verifier, load_backbone(weights), runtime)
     start = time.time()
     calibration, inliers = calibrate_verification(layout, descriptors, database_images, local, candidates)
     is_copy = _copy_pairs(layout, len(database_images))
@@ -280,13 +283,13 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=10, help="shortlist verified per query")
     parser.add_argument("--verify", choices=VERIFIERS, help="with --find, decide by verified local-feature matches")
     args = parser.parse_args()
-    options = {"device": "cpu", "batch_size": args.batch_size, "num_workers": 1, "progress": False}
+    runtime = Runtime(device="cpu", batch_size=args.batch_size, num_workers=1, progress=False)
     if args.calibrate_verify:
-        run_verify_calibration(args.work, args.weights, args.calibrate_verify, args.candidates, options)
+        run_verify_calibration(args.work, args.weights, args.calibrate_verify, args.candidates, runtime)
     elif args.find:
-        run_find(args.work, args.weights, args.threshold, args.verify, options)
+        run_find(args.work, args.weights, args.threshold, args.verify, runtime)
     else:
-        print(json.dumps(run_eval(args.work, args.weights, options)["database"]))
+        print(json.dumps(run_eval(args.work, args.weights, runtime)["database"]))
 
 
 if __name__ == "__main__":

@@ -261,7 +261,7 @@ def _vit_case(model: Any, case: ViTCase, device: torch.device, plan: Plan, compi
     """One throughput row: random normalised-range images already on the device (on the host for the extractor,
     whose forward copies them in and its features out, as it does in use)."""
     from dino.features import FeatureExtractor
-    from dino.runtime import autocast_context, autocast_dtype
+    from dino.runtime import Runtime, autocast_context, autocast_dtype
 
     record: dict[str, Any] = {
         "model": _model_name(model),
@@ -276,7 +276,9 @@ def _vit_case(model: Any, case: ViTCase, device: torch.device, plan: Plan, compi
     }
     reset_peak(device)
     if case.entry == "FeatureExtractor.forward":
-        extractor = FeatureExtractor(model, device=str(device), dtype=case.dtype, batch_size=case.batch)
+        extractor = FeatureExtractor(
+            model, runtime=Runtime(device=str(device), dtype=case.dtype, batch_size=case.batch)
+        )
         host_images = torch.randn(case.batch, 3, case.height, case.width)
 
         def call() -> Any:

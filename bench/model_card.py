@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 
 from copy_detection_real_check import run_eval as copy_detection_eval
+from davis_knn_task import write_davis_knn_task
 
 from dino.atomic import atomic_write_json
 from dino.checkpoint import load_backbone
 from dino.cli import main as dino
-from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.eval.knn import run_knn
+from dino.runtime import Runtime
 
 SEGMENTATION_RUNS = {
     "attention, best head": ["--method", "attention", "--heads", "best"],
@@ -51,7 +53,12 @@ def knn(weights: str, davis: Path, work: Path) -> dict:
     if not task.exists():
         write_davis_knn_task(davis, task)
     results = run_knn(
-        load_backbone(weights), task / "train", task / "val", ks=(10, 20), cache_dir=work / "knn_cache", device="cpu"
+        load_backbone(weights),
+        task / "train",
+        task / "val",
+        ks=(10, 20),
+        cache_dir=work / "knn_cache",
+        runtime=Runtime(device="cpu"),
     )
     return {f"{r.k}-NN": {"top1": round(r.top1, 2), "top5": round(r.top5, 2)} for r in results}
 
@@ -82,8 +89,8 @@ def video(weights: str, davis: Path, work: Path) -> dict:
 
 
 def copy_detection(weights: str, copy_work: Path) -> dict:
-    options = {"device": "cpu", "batch_size": 16, "num_workers": 1, "progress": False}
-    runs = copy_detection_eval(copy_work, weights, options)["runs"]
+    runtime = Runtime(device="cpu", batch_size=16, num_workers=1, progress=False)
+    runs = copy_detection_eval(copy_work, weights, runtime)["runs"]
     strong = {name: next(b["mAP"] for b in run["blocks"] if b["block"] == "strong") for name, run in runs.items()}
     max_f1 = next(c for c in runs["none"]["calibration"] if c["criterion"] == "max_f1")
     return {

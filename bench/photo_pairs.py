@@ -21,6 +21,7 @@ import numpy as np
 from dino.atomic import atomic_write_json
 from dino.checkpoint import load_backbone, model_identity
 from dino.data.io import list_images
+from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 PAIRS = (
@@ -39,7 +40,9 @@ def pair_ranks(weights: str, data_dir: Path) -> dict:
     paths = sorted(list_images([data_dir / "images" / "opencv", data_dir / "images" / "imageio"], required=True))
     names = [Path(p).stem for p in paths]
     model = load_backbone(weights)
-    extractor = DescriptorExtractor(model, DescriptorRecipe.retrieval(), device="cpu", num_workers=0, progress=False)
+    extractor = DescriptorExtractor(
+        model, DescriptorRecipe.retrieval(), runtime=Runtime(device="cpu", num_workers=0, progress=False)
+    )
     descriptors = extractor.extract(paths)
     similarity = descriptors @ descriptors.T
     np.fill_diagonal(similarity, -np.inf)

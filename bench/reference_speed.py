@@ -19,7 +19,7 @@ of their magnitude), or the bench stops. Each workload runs once on a small part
 `--repeats` rounds of reference and project, the order swapped every round; the table gives the medians and the
 ratio reference / project, and how far their outputs agree. The reference always runs in fp32; the project in
 what ``--dtype`` resolves to on this machine (``auto``: bf16 only on CPUs that compute it natively, see
-``dino.features.autocast_dtype``), printed with the results.
+``dino.runtime.autocast_dtype``), printed with the results.
 
 The DAVIS reference builds its (h·w)² neighbourhood mask with a quadruple Python loop once per video; it is
 built once here, timed on its own (``mask build``) and given to every reference round, so the DAVIS ratio
@@ -73,7 +73,7 @@ from dino.data.masks import read_indexed_png
 from dino.data.transforms import IMAGENET_MEAN, IMAGENET_STD, knn_transform
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import autocast_dtype, cpu_has_native_bf16
+from dino.runtime import Runtime, autocast_dtype, cpu_has_native_bf16
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -334,11 +334,9 @@ def knn_workload(model, reference, label, paths, args, sizes: Sizes) -> Workload
         extractor = FeatureExtractor(
             model,
             knn_transform(sizes.knn_resize, sizes.knn_crop),
-            device="cpu",
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=False,
+            runtime=Runtime(
+                device="cpu", dtype=args.dtype, batch_size=args.batch_size, num_workers=args.workers, progress=False
+            ),
         )
         return extractor.extract(images).cls
 
@@ -368,11 +366,13 @@ def attention_workload(model, reference, label, paths, args, sizes: Sizes) -> Wo
             images,
             size=sizes.attention,
             keep_aspect=False,
-            device="cpu",
-            dtype=args.dtype,
-            batch_size=args.attention_batch,
-            num_workers=args.workers,
-            progress=False,
+            runtime=Runtime(
+                device="cpu",
+                dtype=args.dtype,
+                batch_size=args.attention_batch,
+                num_workers=args.workers,
+                progress=False,
+            ),
         ):
             heatmaps = upsample_nearest(item.maps, patch).numpy()
             masks = upsample_nearest(threshold_attention(item.maps, DEFAULT_THRESHOLD), patch).numpy()
@@ -400,11 +400,9 @@ def copy_workload(model, reference, label, paths, args, sizes: Sizes) -> Workloa
         extractor = DescriptorExtractor(
             model,
             DescriptorRecipe.copy_detection(sizes.copy),
-            device="cpu",
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=False,
+            runtime=Runtime(
+                device="cpu", dtype=args.dtype, batch_size=args.batch_size, num_workers=args.workers, progress=False
+            ),
         )
         return extractor.extract_raw(images)
 

@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from davis_knn_task import write_davis_knn_task
 
 from dino.atomic import atomic_write_json
 from dino.checkpoint import BUNDLED_WEIGHTS_DIR, export_backbone, load_backbone, model_identity
-from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.eval.knn import run_knn
 from dino.hub.releases import BUNDLED_VIT_TINY
+from dino.runtime import Runtime
 
 FILE_NAME = "dino_vittiny16_default.pth"
 # Tolerance in points: two of the 108 queries (0.93 points each) may flip between machines and PyTorch versions;
@@ -36,7 +38,11 @@ def ship(checkpoint: Path, data_dir: Path, out_dir: Path = BUNDLED_WEIGHTS_DIR) 
     with tempfile.TemporaryDirectory() as task:
         write_davis_knn_task(data_dir / "davis2016-dev", task, every=KNN_CHECK["every"])
         (result,) = run_knn(
-            model, Path(task) / "train", Path(task) / "val", ks=[KNN_CHECK["k"]], device="cpu", progress=False
+            model,
+            Path(task) / "train",
+            Path(task) / "val",
+            ks=[KNN_CHECK["k"]],
+            runtime=Runtime(device="cpu", progress=False),
         )
     entry = {
         "file": FILE_NAME,
@@ -49,7 +55,8 @@ def ship(checkpoint: Path, data_dir: Path, out_dir: Path = BUNDLED_WEIGHTS_DIR) 
         "network": "teacher",
         "card": "docs/MODEL_CARD.md",
         "knn_check": {
-            "task": "DAVIS-2016 dev sequence identity, dino.eval.knn.write_davis_knn_task(every=3), 20-NN, T=0.07",
+            "task": "DAVIS-2016 dev sequence identity, bench/davis_knn_task.py write_davis_knn_task(every=3), "
+            "20-NN, T=0.07",
             **KNN_CHECK,
             "top1": round(result.top1, 2),
             "top5": round(result.top5, 2),

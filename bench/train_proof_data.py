@@ -20,10 +20,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from davis_knn_task import write_davis_knn_task
 from PIL import Image
 
 from dino.data.io import list_images, open_image
-from dino.eval.knn import write_davis_knn_task
 
 VIDEO_FRAMES = 100  # default number of frames kept per video, evenly spaced
 SKIMAGE_PHOTOS = (

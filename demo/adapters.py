@@ -5,27 +5,26 @@ Nothing here computes a mask, a descriptor or a label itself.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from apps.copy_detection import find as copy_find
+from apps.copy_detection.find import CopyHit
 from apps.segmentation.diffusion import MAX_REFINE_PIXELS
 from apps.segmentation.figures import HEATMAP_CMAP, MEAN_CMAP
 from apps.segmentation.visualize import AttentionViews, photo_attention_views
 from apps.video_seg import pipeline
 from apps.video_seg.video import overlay, read_video_frames
-from dino.features import DEFAULT_MAX_TOKENS
+from dino.features import DEFAULT_MAX_TOKENS, OnError
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import autocast_dtype
-from dino.search.index import ImageIndex
+from dino.runtime import Runtime
+from dino.search.descriptors import DescriptorRecipe
+from dino.search.index import Hit, ImageIndex, build_index, search_images
 
 __all__ = [
     "CopyVerdict",
@@ -45,12 +44,6 @@ __all__ = [
     "read_video",
     "search_similar",
 ]
-
-
-def _app(module: str, tab: str) -> ModuleType:
-    """The app module named `module`, already imported above (`tab` is unused): the search and copy adapters still
-    reach their apps by name."""
-    return importlib.import_module(module)
 
 
 # ---------------------------------------------------------------------------- (a) attention
@@ -93,12 +86,15 @@ def attention_colormaps() -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------- (b) search
-def build_search_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
-    """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.search.index."""
-    index = _app("dino.search.index", "search")
-    from dino.search.descriptors import DescriptorRecipe
-
-    return index.build_index(images, model, DescriptorRecipe.retrieval(), **options)
+def build_search_index(
+    model: VisionTransformer,
+    images: Sequence[str | os.PathLike[str]],
+    on_error: OnError = "raise",
+    runtime: Runtime | None = None,
+) -> ImageIndex:
+    """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.search.index; `on_error`
+    ``skip`` leaves unusable images out (listed in the index's ``skipped``)."""
+    return build_index(images, model, DescriptorRecipe.retrieval(), on_error=on_error, runtime=runtime)
 
 
 def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) -> ImageIndex:
@@ -108,9 +104,11 @@ def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) ->
     return index
 
 
-def search_similar(index: Any, model: VisionTransformer, query: Image.Image, k: int, **options: Any) -> list[Any]:
-    """The `k` indexed images most similar to `query`, best first, as :class:`dino.search.index.Hit`."""
-    return _app("dino.search.index", "search").search_images(index, [query], model, k=k, **options)[0]
+def search_similar(
+    index: ImageIndex, model: VisionTransformer, query: Image.Image, k: int, runtime: Runtime | None = None
+) -> list[Hit]:
+    """The `k` indexed images most similar to `query`, best first."""
+    return search_images(index, [query], model, k=k, runtime=runtime)[0]
 
 
 # ---------------------------------------------------------------------------- (c) copy check
@@ -137,18 +135,27 @@ def copy_threshold(model: VisionTransformer) -> float:
     return float(copy_find.calibration_for(model).threshold)
 
 
-def build_copy_index(model: VisionTransformer, images: Sequence[str | os.PathLike[str]], **options: Any) -> Any:
-    """An in-memory index of `images` under the copy-detection descriptor (SPEC §12), by the copy app."""
-    return _app("apps.copy_detection.find", "copy").build_copy_index(images, model, **options)
+def build_copy_index(
+    model: VisionTransformer,
+    images: Sequence[str | os.PathLike[str]],
+    on_error: OnError = "raise",
+    runtime: Runtime | None = None,
+) -> ImageIndex:
+    """An in-memory index of `images` under the copy-detection descriptor (SPEC §12), by the copy app; `on_error`
+    ``skip`` leaves unusable images out (listed in the index's ``skipped``)."""
+    return copy_find.build_copy_index(images, model, on_error=on_error, runtime=runtime)
 
 
 def find_copies(
-    index: Any, model: VisionTransformer, query: str | os.PathLike[str], threshold: float, **options: Any
-) -> list[Any]:
+    index: ImageIndex,
+    model: VisionTransformer,
+    query: str | os.PathLike[str],
+    threshold: float,
+    runtime: Runtime | None = None,
+) -> list[CopyHit]:
     """The indexed images the copy app calls copies of `query` at `threshold`, best first."""
-    find = _app("apps.copy_detection.find", "copy")
-    candidates = min(find.DEFAULT_CANDIDATES, len(index))
-    return find.find_copies([query], index, model, threshold=threshold, candidates=candidates, **options)[0]
+    candidates = min(copy_find.DEFAULT_CANDIDATES, len(index))
+    return copy_find.find_copies([query], index, model, threshold=threshold, candidates=candidates, runtime=runtime)[0]
 
 
 def compare_copies(
@@ -157,7 +164,7 @@ def compare_copies(
     second: str | os.PathLike[str],
     threshold: float,
     verify: str | None = None,
-    **options: Any,
+    runtime: Runtime | None = None,
 ) -> CopyVerdict:
     """Similarity of two image files under the copy-detection descriptor, and the verdict.
 
@@ -171,11 +178,10 @@ def compare_copies(
         threshold: The similarity a copy reaches, without verification.
         verify: A verifier of the copy app (``dino``, ``sift``): the verdict is then its calibrated minimum of
             verified matches.
-        **options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
     """
-    find = _app("apps.copy_detection.find", "copy")
-    index = find.build_copy_index([second], model, **options)
-    (hit,) = find.find_copies(
+    index = copy_find.build_copy_index([second], model, runtime=runtime)
+    (hit,) = copy_find.find_copies(
         [first],
         index,
         model,
@@ -184,7 +190,7 @@ def compare_copies(
         include_self=True,
         verify=verify,
         min_inliers=0,
-        **options,
+        runtime=runtime,
     )[0]
     minimum = copy_min_matches(model, verify) if verify else None
     return CopyVerdict(hit.score, threshold, hit.inliers, minimum)
@@ -226,7 +232,7 @@ def propagate_mask(
     """
     device = torch.device(device)
     # The demo applies the model, it does not report protocol numbers: bf16 where the hardware has it.
-    autocast = autocast_dtype(device, "auto")
+    autocast = Runtime().autocast_dtype(device)
     frames = pipeline.segment_frames(
         frames_bgr, first_labels, model, device=device, autocast=autocast, max_tokens=max_tokens, name=name
     )

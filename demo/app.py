@@ -372,10 +372,7 @@ def _search_tab(model: VisionTransformer, settings: DemoSettings, index: ImageIn
             model,
             image,
             min(int(k), len(index)),
-            device=settings.device,
-            num_workers=0,
-            progress=False,
-            max_tokens=DEMO_MAX_TOKENS,
+            runtime=settings.runtime,
         )
         return _hit_thumbnails(hits)
 
@@ -467,10 +464,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Imag
             path_b,
             settings.copy_threshold,
             verify=adapters.copy_verifier(model),
-            device=settings.device,
-            num_workers=0,
-            progress=False,
-            max_tokens=DEMO_MAX_TOKENS,
+            runtime=settings.runtime,
         )
         return result.similarity, _verdict_text(result)
 
@@ -482,10 +476,7 @@ def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: Imag
             model,
             path,
             settings.copy_threshold,
-            device=settings.device,
-            num_workers=0,
-            progress=False,
-            max_tokens=DEMO_MAX_TOKENS,
+            runtime=settings.runtime,
         )
         summary = f"**{len(hits)} likely cop{'y' if len(hits) == 1 else 'ies'}** at threshold "
         summary += f"{settings.copy_threshold:.3f}."
@@ -678,7 +669,7 @@ def _search_indexes(
     Gallery images that cannot be used (unreadable, too small, too large) are left out of both indexes and listed
     in ``settings.skipped``. The page names the gallery folder by its name only: server paths mean nothing to users.
     """
-    options = {"device": settings.device, "num_workers": 0, "progress": False, "max_tokens": DEMO_MAX_TOKENS}
+    runtime = settings.runtime
     built = []
     if index_path is not None:
         search_index = adapters.open_search_index(index_path, model)
@@ -688,10 +679,10 @@ def _search_indexes(
         images = list_images([gallery_folder]) if gallery_folder else settings.gallery
         if not images:
             raise ValueError(f"{gallery_folder}: no images found")
-        search_index = adapters.build_search_index(model, images, on_error="skip", **options)
+        search_index = adapters.build_search_index(model, images, on_error="skip", runtime=runtime)
         built.append(search_index)
         settings.index_source = f"`{_bare_name(gallery_folder)}`" if gallery_folder else "the sample gallery"
-    copy_index = adapters.build_copy_index(model, images, on_error="skip", **options)
+    copy_index = adapters.build_copy_index(model, images, on_error="skip", runtime=runtime)
     built.append(copy_index)
     for index in built:
         settings.skipped.update(index.skipped)

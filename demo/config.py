@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from dino.runtime import Runtime
+
 __all__ = ["DemoSettings"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -67,3 +69,11 @@ class DemoSettings:
     copy_threshold: float = float("nan")
     served_folders: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> Runtime:
+        """How every tab runs the backbone: on :attr:`device`, ``auto`` precision (the demo applies the model, it
+        reports no protocol numbers), decoding in the serving process, no progress bars, the demo's token budget."""
+        from dino.runtime import Runtime  # torch: the settings are read by `dino --help`, which must not load it
+
+        return Runtime(device=str(self.device), num_workers=0, progress=False, max_tokens=DEMO_MAX_TOKENS)

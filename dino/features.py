@@ -22,7 +22,7 @@ from dino.data.io import ImageLoadError, list_images, open_image, to_rgb
 from dino.data.transforms import ImageTransform, knn_transform, make_transform, planned_size
 from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import AttentionRows, VisionTransformer
-from dino.runtime import DTypeName, autocast_context, autocast_dtype, pick_device
+from dino.runtime import Runtime, autocast_context
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -209,19 +209,18 @@ class FeatureExtractor:
     Args:
         model: The backbone (see :func:`dino.checkpoint.load_backbone`).
         transform: PIL image -> normalised tensor; the k-NN protocol (resize 256, crop 224) by default.
-        device: ``auto`` (CUDA, then MPS, then CPU) or a device string.
-        dtype: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
-        batch_size: Images per forward pass.
-        num_workers: DataLoader workers that decode and preprocess images.
-        progress: Show a progress bar (counting images).
+        runtime: Device, precision, batch size, decoding workers, progress bar (counting images) and token budget
+            (a preprocessed image over ``runtime.max_tokens`` patch tokens is refused with a
+            :class:`TokenBudgetError` before it is resized); ``Runtime()`` when None.
         min_side: Smallest preprocessed side accepted (a smaller image raises an error that names it); one
             patch by default.
-        max_tokens: Most patch tokens one preprocessed image may make (:data:`DEFAULT_MAX_TOKENS`; None for no
-            limit); a larger one is refused with a :class:`TokenBudgetError` before it is resized.
         on_error: What an unusable image does (unreadable, too small, over the token budget): ``raise`` its
             one-line error, or ``skip`` it, recording it in :attr:`skipped`.
 
     Attributes:
+        runtime: The runtime it was built with.
+        device: The device the model runs on (``runtime.device`` resolved).
+        autocast_dtype: The autocast dtype on that device, None for plain fp32 (``runtime.dtype`` resolved once).
         skipped: The images the last pass over a list left out (``on_error="skip"``), in input order.
     """
 
@@ -229,28 +228,19 @@ class FeatureExtractor:
         self,
         model: VisionTransformer,
         transform: ImageTransform | None = None,
-        device: str = "auto",
-        dtype: DTypeName = "auto",
-        batch_size: int = 32,
-        num_workers: int = 0,
-        progress: bool = True,
+        runtime: Runtime | None = None,
+        *,
         min_side: int | None = None,
-        max_tokens: int | None = DEFAULT_MAX_TOKENS,
         on_error: OnError = "raise",
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1 (or None for no limit), got {max_tokens}")
-        self.device = pick_device(device)
+        self.runtime = runtime or Runtime()
+        self.device = self.runtime.torch_device()
         self.model = model.eval().to(self.device)
         self.transform = transform or knn_transform()
-        self.autocast_dtype = autocast_dtype(self.device, dtype)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.progress = progress
+        self.autocast_dtype = self.runtime.autocast_dtype(self.device)
         self.min_side = min_side or model.patch_size
-        self.max_tokens = max_tokens
         self.on_error = on_error
         self.skipped: list[SkippedImage] = []
 
@@ -283,8 +273,8 @@ class FeatureExtractor:
     ) -> Iterator[tuple[Tensor, list[int]]]:
         """Preprocessed images as same-size batches (B, 3, H, W) with their positions in `images`.
 
-        Decoding runs in `num_workers` processes; images of different sizes are split into same-size
-        sub-batches. The progress bar (`progress`, the extractor's setting by default) counts the images of
+        Decoding runs in ``runtime.num_workers`` processes; images of different sizes are split into same-size
+        sub-batches. The progress bar (`progress`, ``runtime.progress`` by default) counts the images of
         a sub-batch once the caller has used it. With ``on_error="skip"`` unusable images are left out and
         listed in :attr:`skipped`.
 
@@ -294,13 +284,13 @@ class FeatureExtractor:
         """
         self.skipped = []
         loader = DataLoader(
-            _ImageList(images, self.transform, self.min_side, self.model.patch_size, self.max_tokens),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            _ImageList(images, self.transform, self.min_side, self.model.patch_size, self.runtime.max_tokens),
+            batch_size=self.runtime.batch_size,
+            num_workers=self.runtime.num_workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
         )
-        show = self.progress if progress is None else progress
+        show = self.runtime.progress if progress is None else progress
         with tqdm(total=len(images), desc=desc, unit="img", disable=not show) as bar:
             for items in loader:
                 usable = []
@@ -382,7 +372,7 @@ def extract_features_to_file(
     preprocessing: str = "knn",
     size: int | None = None,
     on_error: str = "skip",
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> FeatureFile:
     """Extract [CLS] features (N, D) or patch-token grids (N, h, w, D) of images and save them as .npy.
 
@@ -392,6 +382,7 @@ def extract_features_to_file(
     Args:
         on_error: ``skip`` leaves unusable images out (and lists them); ``fail`` (or ``raise``) stops at the
             first with its error, writing nothing.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
 
     Returns:
         The .npy path, its row count and the skipped images.
@@ -404,9 +395,7 @@ def extract_features_to_file(
     paths = list_images(inputs, required=True)
     refuse_overwriting_inputs(out, paths)
     refuse_overwriting_inputs(Path(out).with_suffix(".json"), paths)
-    extractor = FeatureExtractor(
-        model, transform, on_error="skip" if on_error == "skip" else "raise", **extractor_options
-    )
+    extractor = FeatureExtractor(model, transform, runtime, on_error="skip" if on_error == "skip" else "raise")
     features = extractor.extract(paths, patch_tokens=what == "patch")
     array = features.cls if what == "cls" else features.patch_tokens
     if isinstance(array, list):

@@ -21,11 +21,11 @@ from dino.cli.arguments import (
     backbone_for_index,
     backbone_from_args,
     cosine_threshold,
-    extractor_options,
     non_negative_int,
     output_file,
     positive_int,
     report_skipped,
+    runtime_from_args,
 )
 from dino.search.defaults import COPY_DETECTION_SIZE
 
@@ -121,11 +121,11 @@ def _eval(args: argparse.Namespace) -> int:
     if args.save_whitening and not args.whitening:
         raise ValueError("--save-whitening needs --whitening, the images to fit it on")
     model = backbone_from_args(args)
-    options = extractor_options(args)
+    runtime = runtime_from_args(args)
     recipe = DescriptorRecipe.copy_detection(args.size)
     whitening = None
     if args.whitening:
-        extractor = DescriptorExtractor(model, recipe, **options)
+        extractor = DescriptorExtractor(model, recipe, runtime=runtime)
         whitening = load_or_fit_whitening(args.whitening, extractor, centered=args.centered_whitening)
         if args.save_whitening:
             whitening.save(args.save_whitening)
@@ -138,7 +138,7 @@ def _eval(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         verify=args.verify,
         candidates=args.candidates,
-        **options,
+        runtime=runtime,
     )
     print(format_table(report))
     if args.out:
@@ -239,7 +239,7 @@ def _index(args: argparse.Namespace) -> int:
         factory=args.factory,
         size=args.size,
         on_error="skip" if args.on_error == "skip" else "raise",
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     print(f"wrote {args.out}: {len(index)} images")
     skipped = [SkippedImage(i, path, reason) for i, (path, reason) in enumerate(index.skipped.items())]
@@ -323,7 +323,7 @@ def _find(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         verify=args.verify,
         min_inliers=min_inliers,
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     results = []
     for query, hits in zip(queries, copies, strict=True):

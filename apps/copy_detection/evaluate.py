@@ -33,6 +33,7 @@ from apps.copy_detection.verify import (
 from dino.checkpoint import model_identity
 from dino.data.io import list_images
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import Runtime
 from dino.search.descriptors import (
     DescriptorExtractor,
     DescriptorRecipe,
@@ -301,7 +302,7 @@ def evaluate_copydays(
     top_k: int = TOP_K,
     verify: str | None = None,
     candidates: int = DEFAULT_CANDIDATES,
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> CopydaysReport:
     """Run the Copydays protocol on a Copydays-layout folder.
 
@@ -317,11 +318,13 @@ def evaluate_copydays(
         verify: Also calibrate ``find --verify`` with this verifier (``dino``, ``sift``):
             :func:`calibrate_verification` over `candidates` per query.
         candidates: Database images verified per query.
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`), for the descriptors and the ``dino``
+            verifier; ``Runtime()`` when None (``copy-detect eval`` passes ``dtype="fp32"``, the reference's).
     """
     layout = read_copydays(root)
     recipe = recipe or DescriptorRecipe.copy_detection()
-    extractor = DescriptorExtractor(model, recipe, **extractor_options)
+    runtime = runtime or Runtime()
+    extractor = DescriptorExtractor(model, recipe, runtime=runtime)
     distractor_images = list_images(distractors) if distractors is not None else []
     if distractors is not None and not distractor_images:
         raise ValueError(f"{distractors}: no distractor images found")
@@ -331,10 +334,10 @@ def evaluate_copydays(
     blocks, calibration = score_copydays(layout, descriptors, whitening, top_k)
     verification = None
     if verify is not None:
-        local = make_local_extractor(verify, model, **extractor_options)
+        local = make_local_extractor(verify, model, runtime)
         database_images = list(layout.originals) + list(distractor_images)
         verified, _ = calibrate_verification(
-            layout, descriptors, database_images, local, candidates, whitening, extractor_options.get("progress", True)
+            layout, descriptors, database_images, local, candidates, whitening, runtime.progress
         )
         verification = {"verifier": verify, "candidates": candidates, "calibration": vars(verified)}
     return CopydaysReport(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -41,6 +41,7 @@ from apps.copy_detection.verify import (
 from dino.data.io import list_images
 from dino.features import OnError
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import Runtime
 from dino.search.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
 from dino.search.index import ImageIndex, IndexMismatchError, build_index, search_images
 from dino.search.whitening import Whitening
@@ -94,7 +95,7 @@ def build_copy_index(
     factory: str = "Flat",
     size: int = COPY_DETECTION_SIZE,
     on_error: OnError = "raise",
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> ImageIndex:
     """Index image files and folders (searched recursively) with the copy-detection descriptor.
 
@@ -109,15 +110,15 @@ def build_copy_index(
         size: Side of the square the images are resized to.
         on_error: An unusable image of the collection: ``raise`` its error, or ``skip`` it, leaving it out of the
             index and listing it in :attr:`ImageIndex.skipped` (see :func:`dino.search.index.build_index`).
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``, ``max_tokens``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
     """
     paths = list_images(images, required=True)
     recipe = DescriptorRecipe.copy_detection(size)
     if isinstance(whitening, (str, os.PathLike)):
-        extractor = DescriptorExtractor(model, recipe, **extractor_options)
+        extractor = DescriptorExtractor(model, recipe, runtime=runtime)
         whitening = load_or_fit_whitening(whitening, extractor, centered=centered_whitening)
     return build_index(
-        paths, model, recipe, whitening=whitening, factory=factory, out=out, on_error=on_error, **extractor_options
+        paths, model, recipe, whitening=whitening, factory=factory, out=out, on_error=on_error, runtime=runtime
     )
 
 
@@ -130,7 +131,7 @@ def find_copies(
     include_self: bool = False,
     verify: str | None = None,
     min_inliers: int | None = None,
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> list[list[CopyHit]]:
     """The indexed images that are likely copies of each query, best first.
 
@@ -150,7 +151,8 @@ def find_copies(
         verify: Decide by verified matches of these local features (``dino`` patch tokens or ``sift``) instead
             of the global similarity.
         min_inliers: Minimum verified matches of a copy; the one calibrated for `model` and the verifier when None.
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`), for the queries' descriptors and the
+            ``dino`` verifier; ``Runtime()`` when None.
 
     Returns:
         Per query, its copies.
@@ -168,15 +170,16 @@ def find_copies(
             f"{recipe.preprocessing} preprocessing) than copy detection's, for which the thresholds are calibrated; "
             "index the collection with 'dino copy-detect index'"
         )
-    local = make_local_extractor(verify, model, **extractor_options) if verify is not None else None
+    runtime = runtime or Runtime()
+    local = make_local_extractor(verify, model, runtime) if verify is not None else None
     indexed = FeatureCache(_indexed_file_reader(local)) if local is not None else None
     if threshold is None:
         threshold = calibration_for(model).threshold
     if verify is not None and min_inliers is None:
         min_inliers = calibrated_min_inliers(model, verify)
-    results = search_images(index, queries, model, k=min(candidates, len(index)), **extractor_options)
+    results = search_images(index, queries, model, k=min(candidates, len(index)), runtime=runtime)
     copies = []
-    progress = extractor_options.get("progress", True) and local is not None
+    progress = runtime.progress and local is not None
     for query, hits in zip(queries, tqdm(results, desc="verifying", unit="query", disable=not progress), strict=True):
         own_path = None if isinstance(query, Image.Image) or include_self else Path(query).resolve()
         hits = [hit for hit in hits if Path(hit.path).resolve() != own_path]

@@ -23,7 +23,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -35,7 +34,7 @@ from apps.copy_detection.defaults import VERIFIERS
 from dino.data.io import open_image
 from dino.data.transforms import normalize
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import DTypeName, autocast_context, autocast_dtype, pick_device
+from dino.runtime import Runtime, autocast_context
 
 __all__ = [
     "DEFAULT_SIDES",
@@ -83,8 +82,8 @@ class PatchTokenExtractor:
         model: The backbone.
         sides: Longer sides (pixels) the image is resized to, rounded to whole patches.
         block: The block whose tokens are used (1-based); the middle one by default.
-        device: ``auto`` or a device string.
-        dtype: ``auto``, ``fp32``, ``bf16`` or ``fp16`` autocast.
+        runtime: Its device and dtype (autocast) serve here; one image at a time, so its batch size, workers and
+            progress do not apply. ``Runtime()`` when None.
     """
 
     def __init__(
@@ -92,16 +91,16 @@ class PatchTokenExtractor:
         model: VisionTransformer,
         sides: Sequence[int] = DEFAULT_SIDES,
         block: int | None = None,
-        device: str = "auto",
-        dtype: DTypeName = "auto",
+        runtime: Runtime | None = None,
     ) -> None:
         if not sides or min(sides) < model.patch_size:
             raise ValueError(f"sides must be at least one patch ({model.patch_size} px), got {list(sides)}")
-        self.device = pick_device(device)
+        runtime = runtime or Runtime()
+        self.device = runtime.torch_device()
         self.model = model.eval().to(self.device)
         self.sides = tuple(sides)
         self.block = block if block is not None else (len(model.blocks) + 1) // 2
-        self.autocast_dtype = autocast_dtype(self.device, dtype)
+        self.autocast_dtype = runtime.autocast_dtype(self.device)
         self._to_tensor = normalize()
 
     @torch.inference_mode()
@@ -156,16 +155,15 @@ class SiftFeatureExtractor:
 
 
 def make_local_extractor(
-    kind: str, model: VisionTransformer, **extractor_options: Any
+    kind: str, model: VisionTransformer, runtime: Runtime | None = None
 ) -> PatchTokenExtractor | SiftFeatureExtractor:
     """The local-feature extractor of a verifier in :data:`VERIFIERS`.
 
-    `model` and the ``device`` and ``dtype`` of `extractor_options` serve ``dino``; the other options of the
-    global-descriptor extractor (batch size, workers, progress) do not apply to one image at a time and are ignored.
+    `model` and the device and dtype of `runtime` (``Runtime()`` when None) serve ``dino``; its other options
+    (batch size, workers, progress) do not apply to one image at a time and are ignored.
     """
     if kind == "dino":
-        runtime = {key: extractor_options[key] for key in ("device", "dtype") if key in extractor_options}
-        return PatchTokenExtractor(model, **runtime)
+        return PatchTokenExtractor(model, runtime=runtime)
     if kind == "sift":
         return SiftFeatureExtractor()
     raise ValueError(f"unknown verifier {kind!r}; choose one of {', '.join(VERIFIERS)}")

@@ -17,10 +17,10 @@ from dino.cli.arguments import (
     add_weights_arguments,
     backbone_for_index,
     backbone_from_args,
-    extractor_options,
     output_file,
     positive_int,
     report_skipped,
+    runtime_from_args,
 )
 from dino.search.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, POOLINGS, RETRIEVAL_SIZE
 
@@ -156,7 +156,7 @@ def _index(args: argparse.Namespace) -> int:
         recursive=not args.no_recursive,
         checkpoint_every=args.checkpoint_every,
         on_error=_on_error(args),
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     if index is not None:
         print(f"indexed {len(index)} images ({index.dim}-d, {index.factory}) into {index.path}")
@@ -201,7 +201,9 @@ def _query(args: argparse.Namespace) -> int:
     queries = [str(path) for path in list_images(args.queries, recursive=False)]
     if args.sheet:
         refuse_overwriting_inputs(args.sheet, queries)
-    hits = search_images(index, queries, model, k=args.top_k, params=args.search_params, **extractor_options(args))
+    hits = search_images(
+        index, queries, model, k=args.top_k, params=args.search_params, runtime=runtime_from_args(args)
+    )
     if args.json:
         results = [
             {
@@ -247,7 +249,12 @@ def _update(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index)
     model = backbone_for_index(args, index)
     report = update_folders(
-        index, args.inputs, model, recursive=not args.no_recursive, on_error=_on_error(args), **extractor_options(args)
+        index,
+        args.inputs,
+        model,
+        recursive=not args.no_recursive,
+        on_error=_on_error(args),
+        runtime=runtime_from_args(args),
     )
     print(
         f"{args.index}: {report.added} added, {report.updated} updated, {report.removed} removed, "
@@ -291,7 +298,7 @@ def _whiten(args: argparse.Namespace) -> int:
         dim=args.dim,
         centered=args.centered,
         recursive=not args.no_recursive,
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     print(
         f"wrote {args.out}: {whitening.in_dim}-d -> {whitening.out_dim}-d, fitted on "
@@ -348,7 +355,13 @@ def _eval(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     whitening = load_descriptor_whitening(args.whitening, model, recipe) if args.whitening else None
     results = evaluate_retrieval(
-        args.root, args.dataset, model, recipe, whitening, crop_queries=args.crop_queries, **extractor_options(args)
+        args.root,
+        args.dataset,
+        model,
+        recipe,
+        whitening,
+        crop_queries=args.crop_queries,
+        runtime=runtime_from_args(args),
     )
     print(format_results(results))
     out = args.out or f"retrieval_{args.dataset}.json"

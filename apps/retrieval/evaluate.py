@@ -18,6 +18,7 @@ from apps.retrieval.revisitop import KAPPAS, PROTOCOLS, RevisitopDataset, evalua
 from dino.checkpoint import model_identity
 from dino.data.io import open_image
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.search.whitening import Whitening
 
@@ -49,7 +50,7 @@ def evaluate_retrieval(
     recipe: DescriptorRecipe | None = None,
     whitening: Whitening | None = None,
     crop_queries: bool = False,
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Run the protocol on ``ROOT/<dataset_name>`` (revisitop layout).
 
@@ -60,7 +61,8 @@ def evaluate_retrieval(
         recipe: The descriptor; :meth:`DescriptorRecipe.retrieval` (the reference) by default.
         whitening: Applied to database and query descriptors (not in the reference).
         crop_queries: Crop queries to their bounding box (standard revisitop; the reference does not).
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None (``dino search eval``
+            passes ``dtype="fp32"`` and a batch of 1, the reference's).
 
     Returns:
         A JSON-serialisable dict: the setup and, per protocol, ``mAP``, ``mP@k`` (fractions) and per-query ``AP``.
@@ -68,7 +70,7 @@ def evaluate_retrieval(
     recipe = recipe or DescriptorRecipe.retrieval()
     dataset = load_dataset(root, dataset_name)
     start = time.perf_counter()
-    extractor = DescriptorExtractor(model, recipe, whitening, **extractor_options)
+    extractor = DescriptorExtractor(model, recipe, whitening, runtime)
     database = extractor.extract(dataset.database)
     queries = extractor.extract(query_images(dataset, crop_queries))
     ranks = rank_database(database, queries)

@@ -11,10 +11,10 @@ from dino.cli.arguments import (
     add_runtime_arguments,
     add_weights_arguments,
     backbone_from_args,
-    extractor_options,
     output_folder,
     positive_float,
     positive_int,
+    runtime_from_args,
 )
 
 __all__ = ["register"]
@@ -62,7 +62,7 @@ def _attention(args: argparse.Namespace) -> int:
         keep_aspect=args.keep_aspect,
         foreground=args.mask,
         ncut=args.ncut,
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     print(f"wrote figures of {len(folders)} image(s) under {args.out} (see */summary.png)")
     return 0
@@ -100,7 +100,7 @@ def _seg_eval(args: argparse.Namespace) -> int:
         void=args.void,
         tau=args.tau,
         eps=args.eps,
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
         protocol=protocol,
     )
     summary, rows = write_results(result, args.out)

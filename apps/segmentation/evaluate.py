@@ -24,7 +24,7 @@ from torchvision.transforms import InterpolationMode
 
 from apps.segmentation.defaults import DEFAULT_THRESHOLD, MASK_METHODS, NCUT_EPS, NCUT_TAU, REFERENCE_IMAGE_SIZE
 from apps.segmentation.diffusion import DiffusionSettings, diffusion_foreground, grid_to_photo, resized_size
-from apps.segmentation.inference import ImageAttention, iter_attention
+from apps.segmentation.inference import EVALUATION_RUNTIME, ImageAttention, iter_attention
 from apps.segmentation.jaccard import ImageJaccard, VoidMode, best_mask_jaccard
 from apps.segmentation.masks import (
     HeadMerge,
@@ -37,10 +37,9 @@ from apps.segmentation.voc import SegmentationSample, read_labels
 from dino.atomic import atomic_write, atomic_write_json
 from dino.data.io import open_image
 from dino.data.transforms import denormalize
-from dino.features import DEFAULT_MAX_TOKENS
 from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import DTypeName
+from dino.runtime import Runtime
 
 __all__ = [
     "EvaluationResult",
@@ -133,12 +132,7 @@ def evaluate_masks(
     void: VoidMode = "count",
     tau: float = NCUT_TAU,
     eps: float = NCUT_EPS,
-    device: str = "auto",
-    dtype: DTypeName = "fp32",
-    batch_size: int = 8,
-    num_workers: int = 0,
-    progress: bool = True,
-    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    runtime: Runtime | None = None,
     protocol: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """The paper's Jaccard of `method`'s masks on `samples`: best candidate mask per ground-truth object, mean
@@ -146,25 +140,17 @@ def evaluate_masks(
 
     ``resolution="photo"`` compares the masks, mapped back to each photo's own size, with the labels as they
     are; ``"input"`` (the paper's) compares at the network input's resolution: labels resized like the image
-    (nearest) and cropped to a multiple of the patch size. `protocol` adds entries (dataset, split…) to the record.
+    (nearest) and cropped to a multiple of the patch size. `runtime` is how the backbone runs (the reference's fp32,
+    :data:`apps.segmentation.inference.EVALUATION_RUNTIME`, when None). `protocol` adds entries (dataset, split…) to
+    the record.
     """
     if not samples:
         raise ValueError("no images to evaluate")
     if resolution not in ("photo", "input"):
         raise ValueError(f"resolution must be 'photo' or 'input', got {resolution!r}")
     rows: list[dict[str, Any]] = [{}] * len(samples)
-    for item in iter_attention(
-        model,
-        [s.image for s in samples],
-        size,
-        keep_aspect,
-        device,
-        dtype,
-        batch_size,
-        num_workers,
-        progress,
-        max_tokens,
-    ):
+    images = [s.image for s in samples]
+    for item in iter_attention(model, images, size, keep_aspect, runtime or EVALUATION_RUNTIME):
         sample = samples[item.index]
         masks, labels = _masks_and_labels(
             item, sample, model.patch_size, method, heads, threshold, tau, eps, size, keep_aspect, resolution

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from apps.segmentation.masks import attention_transform, cls_attention_maps
-from dino.features import DEFAULT_MAX_TOKENS, FeatureExtractor
+from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import DTypeName
+from dino.runtime import Runtime
 
-__all__ = ["ImageAttention", "iter_attention"]
+__all__ = ["ATTENTION_RUNTIME", "EVALUATION_RUNTIME", "ImageAttention", "iter_attention"]
+
+# Attention maps at 480² hold heads × N² weights per image: batches of 8 (``dino attention``'s --batch-size).
+ATTENTION_RUNTIME = Runtime(batch_size=8)
+# seg-eval reports the paper's numbers: the reference's fp32.
+EVALUATION_RUNTIME = Runtime(dtype="fp32", batch_size=8)
 
 
 @dataclass
@@ -45,12 +50,7 @@ def iter_attention(
     images: Sequence[str | os.PathLike[str] | Image.Image],
     size: int = 480,
     keep_aspect: bool = False,
-    device: str = "auto",
-    dtype: DTypeName = "auto",
-    batch_size: int = 8,
-    num_workers: int = 0,
-    progress: bool = True,
-    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    runtime: Runtime | None = None,
 ) -> Iterator[ImageAttention]:
     """Attention maps and keys of each image, from one forward pass per image, batched over same-size images.
 
@@ -59,17 +59,16 @@ def iter_attention(
         images: Paths or PIL images.
         size: Square side (reference: 480), or the short side with `keep_aspect`.
         keep_aspect: Resize the short side instead of forcing a square.
-        device, dtype, batch_size, num_workers, max_tokens: See :class:`dino.features.FeatureExtractor`.
-        progress: Show a progress bar that counts each image once the caller is done with it.
+        runtime: How the backbone runs (:data:`ATTENTION_RUNTIME` when None); its progress bar counts each image
+            once the caller is done with it.
 
     Yields:
         One :class:`ImageAttention` per image, grouped by batch (use ``.index`` for the input position).
     """
     transform = attention_transform(model.patch_size, size, keep_aspect)
-    extractor = FeatureExtractor(
-        model, transform, device, dtype, batch_size, num_workers, progress=False, max_tokens=max_tokens
-    )
-    with tqdm(total=len(images), desc="attention", unit="img", disable=not progress) as bar:
+    runtime = runtime or ATTENTION_RUNTIME
+    extractor = FeatureExtractor(model, transform, replace(runtime, progress=False))
+    with tqdm(total=len(images), desc="attention", unit="img", disable=not runtime.progress) as bar:
         for tensors, indices in extractor.iter_images(images):
             batch = extractor.forward(tensors, attention=True, attention_rows="cls")
             assert batch.attention is not None and batch.keys is not None

@@ -35,7 +35,7 @@ from dino.data.masks import write_indexed_png
 from dino.data.transforms import denormalize
 from dino.features import DEFAULT_MAX_TOKENS
 from dino.models.vision_transformer import VisionTransformer
-from dino.runtime import DTypeName
+from dino.runtime import Runtime
 
 __all__ = ["AttentionViews", "attention_views", "output_folders", "photo_attention_views", "save_attention_figures"]
 
@@ -146,11 +146,7 @@ def photo_attention_views(
             [photo],
             size=size,
             keep_aspect=True,
-            device=device,
-            batch_size=1,
-            num_workers=0,
-            progress=False,
-            max_tokens=max_tokens,
+            runtime=Runtime(device=str(device), batch_size=1, progress=False, max_tokens=max_tokens),
         )
     )
     if not foreground:
@@ -181,12 +177,7 @@ def save_attention_figures(
     keep_aspect: bool = False,
     foreground: bool = True,
     ncut: bool = False,
-    device: str = "auto",
-    dtype: DTypeName = "auto",
-    batch_size: int = 8,
-    num_workers: int = 0,
-    progress: bool = True,
-    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    runtime: Runtime | None = None,
 ) -> list[Path]:
     """Write, for each image, into ``out/<image stem>/``:
 
@@ -206,8 +197,7 @@ def save_attention_figures(
         keep_aspect: Resize the short side to `size` instead of forcing a square.
         foreground: Also compute the foreground mask from the same forward pass.
         ncut: Also compute the normalized-cut (TokenCut) mask from the same forward pass.
-        device, dtype, batch_size, num_workers, progress, max_tokens: See
-            :class:`dino.features.FeatureExtractor`.
+        runtime: How the backbone runs (:data:`apps.segmentation.inference.ATTENTION_RUNTIME` when None).
 
     Returns:
         The per-image output folders, in input order.
@@ -217,9 +207,7 @@ def save_attention_figures(
     paths = list_images(inputs, required=True)
     folders = output_folders(paths, Path(out))
     recipe = _FigureRecipe(threshold, size, keep_aspect, foreground, ncut)
-    attention = iter_attention(
-        model, paths, size, keep_aspect, device, dtype, batch_size, num_workers, progress, max_tokens
-    )
+    attention = iter_attention(model, paths, size, keep_aspect, runtime)
     for item in attention:
         _save_image_figures(model, item, paths[item.index], folders[item.index], recipe)
     return folders

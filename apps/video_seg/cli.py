@@ -69,7 +69,7 @@ def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
 def _setup(args: argparse.Namespace):
     from apps.video_seg.preprocess import FramePreprocessing
     from apps.video_seg.propagation import PropagationConfig
-    from dino.runtime import autocast_dtype, pick_device
+    from dino.runtime import Runtime
 
     config = PropagationConfig(
         n_last_frames=args.n_last_frames,
@@ -81,9 +81,10 @@ def _setup(args: argparse.Namespace):
         affinity_dtype=args.affinity_dtype,
     )
     preprocessing = FramePreprocessing(reference_std=not args.imagenet_std)
-    device = pick_device(args.device)
+    runtime = Runtime(device=args.device, dtype=backbone_precision(args))
+    device = runtime.torch_device()
     model = backbone_from_args(args).to(device)
-    return model, config, preprocessing, device, autocast_dtype(device, backbone_precision(args))
+    return model, config, preprocessing, device, runtime.autocast_dtype(device)
 
 
 def backbone_precision(args: argparse.Namespace) -> str:

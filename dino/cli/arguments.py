@@ -19,6 +19,7 @@ from dino.models.architectures import ARCHITECTURES
 if TYPE_CHECKING:
     from dino.features import SkippedImage
     from dino.models.vision_transformer import VisionTransformer
+    from dino.runtime import Runtime
     from dino.search.index import ImageIndex
 
 __all__ = [
@@ -32,13 +33,13 @@ __all__ = [
     "backbone_for_index",
     "backbone_from_args",
     "cosine_threshold",
-    "extractor_options",
     "non_negative_int",
     "output_file",
     "output_folder",
     "positive_float",
     "positive_int",
     "report_skipped",
+    "runtime_from_args",
 ]
 
 # Skipped images whose reason a summary prints; the rest are only listed in the output.
@@ -209,19 +210,23 @@ def report_skipped(skipped: Sequence[SkippedImage], total: int, listed_in: str |
         print(f"  … and {len(skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
-def extractor_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options of :func:`add_runtime_arguments` as keyword arguments of the Python API
-    (:class:`dino.features.FeatureExtractor` and everything that takes its options)."""
-    options: dict[str, object] = {
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "progress": not args.no_progress,
-    }
-    if hasattr(args, "max_tokens"):
-        options["max_tokens"] = args.max_tokens or None
-    return options
+def runtime_from_args(args: argparse.Namespace) -> Runtime:
+    """The options of :func:`add_runtime_arguments` as the :class:`dino.runtime.Runtime` the Python API takes.
+
+    ``--max-tokens 0`` means no limit; a verb without --max-tokens (fixed-size preprocessing) keeps the default
+    budget. Runtime is imported here, not at module level, so that ``dino --help`` stays free of PyTorch.
+    """
+    from dino.runtime import Runtime
+
+    max_tokens = (args.max_tokens or None) if hasattr(args, "max_tokens") else DEFAULT_MAX_TOKENS
+    return Runtime(
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        max_tokens=max_tokens,
+    )
 
 
 def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:

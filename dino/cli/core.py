@@ -15,10 +15,10 @@ from dino.cli.arguments import (
     add_runtime_arguments,
     add_weights_arguments,
     backbone_from_args,
-    extractor_options,
     output_file,
     positive_int,
     report_skipped,
+    runtime_from_args,
 )
 from dino.cli.plugins import plugin_names
 from dino.data.constants import PREPROCESSING
@@ -80,7 +80,7 @@ def _features(args: argparse.Namespace) -> int:
         preprocessing=args.preprocess,
         size=args.size,
         on_error=args.on_error,
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     sidecar = written.path.with_suffix(".json")
     print(f"wrote {written.path} ({written.rows} images) and {sidecar}")

@@ -10,11 +10,11 @@ from dino.cli.arguments import (
     add_runtime_arguments,
     add_weights_arguments,
     backbone_from_args,
-    extractor_options,
     output_file,
     output_folder,
     positive_float,
     positive_int,
+    runtime_from_args,
 )
 from dino.eval.defaults import BASE_LR, DEFAULT_KS, DEFAULT_TEMPERATURE, LINEAR_INPUTS, N_LAST_BLOCKS
 from dino.hub.releases import weights_provenance
@@ -35,7 +35,7 @@ def _knn(args: argparse.Namespace) -> int:
         ks=args.nb_knn,
         temperature=args.temperature,
         cache_dir=args.cache_dir,
-        **extractor_options(args),
+        runtime=runtime_from_args(args),
     )
     if not context.is_main:
         return 0
@@ -57,7 +57,6 @@ def _knn(args: argparse.Namespace) -> int:
 
 def _linear(args: argparse.Namespace) -> int:
     from dino.eval.linear import run_linear
-    from dino.runtime import Runtime
 
     model = backbone_from_args(args)
     result = run_linear(
@@ -70,13 +69,7 @@ def _linear(args: argparse.Namespace) -> int:
         avgpool=args.avgpool_patchtokens,
         linear_input=args.linear_input,
         output_dir=args.output_dir,
-        runtime=Runtime(
-            device=args.device,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            progress=not args.no_progress,
-        ),
+        runtime=runtime_from_args(args),
     )
     print(f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch}")
     if args.output_dir:

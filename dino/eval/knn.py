@@ -18,14 +18,14 @@ from torch import Tensor
 from dino.atomic import atomic_output_path, atomic_write_json
 from dino.checkpoint import state_dict_sha256
 from dino.data.datasets import ImageFolderDataset
-from dino.data.davis import davis_frames, davis_sequences
 from dino.data.transforms import knn_transform
 from dino.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 from dino.eval.defaults import DEFAULT_KS, DEFAULT_TEMPERATURE
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import Runtime
 
-__all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn", "write_davis_knn_task"]
+__all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn"]
 
 NUM_CHUNKS = 100
 TOP5 = 5
@@ -82,14 +82,15 @@ def extract_folder_features(
     model: VisionTransformer,
     folder: str | os.PathLike[str],
     cache: str | os.PathLike[str] | None = None,
-    **extractor_options: object,
+    runtime: Runtime | None = None,
 ) -> tuple[Tensor, Tensor, list[str]]:
     """L2-normalised [CLS] features and labels of a class-subfolder folder, with the k-NN preprocessing.
 
     Under torchrun (an initialised process group) the extraction is split across ranks. With `cache`,
     features are read from ``<cache>.npy`` / labels from ``<cache>.labels.npy`` when ``<cache>.json`` says they
     were computed by these weights from these files (paths, sizes, modification times), and otherwise computed
-    and written there (atomically, the fingerprint last).
+    and written there (atomically, the fingerprint last). `runtime` says how the backbone runs (``Runtime()`` when
+    None; ``dino knn`` passes ``dtype="fp32"``, the reference's precision).
     """
     dataset = ImageFolderDataset(folder)
     if cache is not None:
@@ -99,7 +100,7 @@ def extract_folder_features(
             if key_file.is_file() and json.loads(key_file.read_text()) == fingerprint:
                 return torch.from_numpy(np.load(feature_file)), torch.from_numpy(np.load(label_file)), dataset.classes
             print(f"note: {feature_file} holds features of other images or weights; recomputing", file=sys.stderr)
-    features = F.normalize(_extract_sharded(model, dataset.paths, extractor_options), dim=1, p=2)
+    features = F.normalize(_extract_sharded(model, dataset.paths, runtime), dim=1, p=2)
     labels = torch.tensor(dataset.targets, dtype=torch.long)
     if cache is not None and is_main_process():
         # The old fingerprint goes first: an interrupted rewrite must not leave it vouching for new arrays.
@@ -120,12 +121,12 @@ def _cache_fingerprint(model: VisionTransformer, paths: Sequence[Path]) -> dict[
     return {"backbone_sha256": state_dict_sha256(model), "files_sha256": files.hexdigest()}
 
 
-def _extract_sharded(model: VisionTransformer, paths: list[Path], extractor_options: dict) -> Tensor:
+def _extract_sharded(model: VisionTransformer, paths: list[Path], runtime: Runtime | None) -> Tensor:
     """[CLS] features of `paths`; under torchrun each rank extracts every world_size-th image and the
     shards are all-gathered, so every rank ends with the full, ordered bank (SPEC §8)."""
     rank, world_size = get_rank(), get_world_size()
     shard = paths[rank::world_size]
-    extractor = FeatureExtractor(model, knn_transform(), **extractor_options)
+    extractor = FeatureExtractor(model, knn_transform(), runtime)
     local = extractor.extract(shard).cls if shard else torch.zeros(0, model.embed_dim)
     features = torch.empty(len(paths), model.embed_dim)
     for index, part in enumerate(all_gather_objects(local)):
@@ -140,48 +141,19 @@ def run_knn(
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = DEFAULT_TEMPERATURE,
     cache_dir: str | os.PathLike[str] | None = None,
-    **extractor_options: object,
+    runtime: Runtime | None = None,
 ) -> list[KNNResult]:
     """k-NN accuracy of `model` with `train_folder` as the bank and `val_folder` as queries (same classes).
 
-    A k above the bank's size is capped to it, and each resulting k is reported once.
+    A k above the bank's size is capped to it, and each resulting k is reported once. `runtime` says how the
+    backbone runs (``Runtime()`` when None; ``dino knn`` passes ``dtype="fp32"``, the reference's precision).
     """
     caches = (None, None) if cache_dir is None else (Path(cache_dir) / "train", Path(cache_dir) / "val")
-    train_features, train_labels, train_classes = extract_folder_features(
-        model, train_folder, caches[0], **extractor_options
-    )
-    val_features, val_labels, val_classes = extract_folder_features(model, val_folder, caches[1], **extractor_options)
+    train_features, train_labels, train_classes = extract_folder_features(model, train_folder, caches[0], runtime)
+    val_features, val_labels, val_classes = extract_folder_features(model, val_folder, caches[1], runtime)
     if train_classes != val_classes:
         raise ValueError(f"{train_folder} and {val_folder} have different class subfolders")
     return [
         knn_classifier(train_features, train_labels, val_features, val_labels, k, temperature, len(train_classes))
         for k in dict.fromkeys(min(k, len(train_labels)) for k in ks)
     ]
-
-
-def write_davis_knn_task(
-    davis_root: str | os.PathLike[str], out: str | os.PathLike[str], every: int = 1
-) -> tuple[int, int]:
-    """A k-NN task from DAVIS frames (the model card's sequence-identity task): class = sequence; the first half
-    of each sequence's frames (every `every`-th) is the bank ``out/train/<seq>/``, the second half the queries
-    ``out/val/<seq>/``, as symbolic links. Sequences are those of ``ImageSets/2017/val.txt``.
-
-    Returns:
-        (bank size, query count).
-    """
-    bank = queries = 0
-    for sequence in davis_sequences(davis_root, split="val", year="2017"):
-        frames = davis_frames(davis_root, sequence)
-        half = len(frames) // 2
-        for split, chosen in (("train", frames[:half:every]), ("val", frames[half::every])):
-            folder = Path(out) / split / sequence
-            folder.mkdir(parents=True, exist_ok=True)
-            for frame in chosen:
-                link = folder / frame.name
-                if not link.exists():
-                    os.symlink(frame.resolve(), link)
-            if split == "train":
-                bank += len(chosen)
-            else:
-                queries += len(chosen)
-    return bank, queries

@@ -22,8 +22,9 @@ from torchvision.transforms import InterpolationMode
 
 from dino.checkpoint import model_identity
 from dino.data.transforms import ImageTransform, square_transform, thumbnail_transform
-from dino.features import FeatureExtractor, require_finite
+from dino.features import FeatureExtractor, OnError, require_finite
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import Runtime
 from dino.search.defaults import COPY_DETECTION_SIZE, POOLINGS, RETRIEVAL_SIZE
 from dino.search.pooling import GEM_P, MULTISCALE_SCALES, gem, multiscale
 from dino.search.whitening import Whitening
@@ -129,8 +130,9 @@ class DescriptorExtractor:
         model: The backbone.
         recipe: The descriptor recipe.
         whitening: Applied to raw descriptors before the final L2 normalisation.
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress`` of
-            :class:`dino.features.FeatureExtractor`.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
+        on_error: What an unusable image does: ``raise`` its error, or ``skip`` it (see
+            :class:`dino.features.FeatureExtractor`).
     """
 
     def __init__(
@@ -138,7 +140,9 @@ class DescriptorExtractor:
         model: VisionTransformer,
         recipe: DescriptorRecipe,
         whitening: Whitening | None = None,
-        **extractor_options: Any,
+        runtime: Runtime | None = None,
+        *,
+        on_error: OnError = "raise",
     ) -> None:
         raw_dim = recipe.dim(model.embed_dim)
         if whitening is not None and whitening.in_dim != raw_dim:
@@ -151,7 +155,7 @@ class DescriptorExtractor:
         # Every rescaled copy must still hold a patch.
         scale = min(MULTISCALE_SCALES) if recipe.multiscale else 1.0
         min_side = math.ceil(model.patch_size / scale)
-        self.features = FeatureExtractor(model, recipe.transform(), min_side=min_side, **extractor_options)
+        self.features = FeatureExtractor(model, recipe.transform(), runtime, min_side=min_side, on_error=on_error)
 
     @property
     def dim(self) -> int:
@@ -201,20 +205,22 @@ def fit_descriptor_whitening(
     images: Sequence[str | os.PathLike[str] | Image.Image],
     dim: int | None = None,
     centered: bool = False,
-    **details: Any,
+    source: str | None = None,
 ) -> Whitening:
     """Fit a PCA-whitening on the raw descriptors of `images` (a set disjoint from the database).
 
     Its metadata records what it is valid for, which :func:`load_descriptor_whitening` checks: the backbone
-    (:func:`dino.checkpoint.model_identity`) and the recipe, plus the image count, `centered` and `details`.
+    (:func:`dino.checkpoint.model_identity`) and the recipe, plus the image count, `centered` and, when given,
+    `source` (where the images came from, e.g. their folder).
     """
-    metadata = {
+    metadata: dict[str, Any] = {
         "backbone": model_identity(extractor.features.model),
         "recipe": extractor.recipe.as_dict(),
         "images": len(images),
         "centered": centered,
-        **details,
     }
+    if source is not None:
+        metadata["source"] = source
     return Whitening.fit(extractor.extract_raw(images), dim=dim, centered=centered, metadata=metadata)
 
 

@@ -50,6 +50,7 @@ from dino.atomic import (
 from dino.checkpoint import file_sha256, load_backbone, model_identity
 from dino.features import NothingUsableError, OnError
 from dino.models.vision_transformer import VisionTransformer
+from dino.runtime import Runtime
 from dino.search.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.search.whitening import Whitening
@@ -696,7 +697,7 @@ def build_index(
     out: str | os.PathLike[str] | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     on_error: OnError = "raise",
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> ImageIndex:
     """Describe `images` and index them.
 
@@ -712,7 +713,7 @@ def build_index(
         on_error: An unusable image (unreadable, too small, over the token budget): ``raise`` its one-line
             error, indexing nothing, or ``skip`` it: it is left out of the index and listed in
             :attr:`ImageIndex.skipped` (and the manifest's ``skipped``) with the reason.
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``, ``max_tokens``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
 
     Raises:
         ValueError: No images, none usable, or a factory that cannot be built or trained on them.
@@ -720,7 +721,7 @@ def build_index(
     paths = _unique_paths(images)
     if not paths:
         raise ValueError("no images to index")
-    extractor = DescriptorExtractor(model, recipe, whitening, on_error=on_error, **extractor_options)
+    extractor = DescriptorExtractor(model, recipe, whitening, runtime, on_error=on_error)
     identity = model_identity(model)
     partial = None
     if out is not None:
@@ -765,7 +766,7 @@ def describe_shard(
     whitening: Whitening | None = None,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     on_error: OnError = "raise",
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> int:
     """Describe this process's share of `images` into the partial-results sidecar of `out`.
 
@@ -784,7 +785,7 @@ def describe_shard(
     partial = _PartialResults(out, _partial_state(model_identity(model), recipe, whitening))
     partial.open()
     if shard:
-        extractor = DescriptorExtractor(model, recipe, whitening, on_error=on_error, **extractor_options)
+        extractor = DescriptorExtractor(model, recipe, whitening, runtime, on_error=on_error)
         _describe(shard, extractor, partial, checkpoint_every, tag=f"r{rank}")
     return len(shard)
 
@@ -795,7 +796,7 @@ def search_images(
     model: VisionTransformer,
     k: int = 10,
     params: str | None = None,
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> list[list[Hit]]:
     """The `k` best indexed images for each query image, best first.
 
@@ -808,7 +809,7 @@ def search_images(
         model: The backbone.
         k: Results per query.
         params: FAISS search parameters (see :meth:`ImageIndex.search`).
-        **extractor_options: ``device``, ``dtype``, ``batch_size``, ``num_workers``, ``progress``, ``max_tokens``.
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
 
     Raises:
         ImageLoadError / FileNotFoundError / ValueError: A query that cannot be used, named (every query gets an
@@ -817,7 +818,7 @@ def search_images(
     index.check_compatible(model)
     if not queries:
         raise ValueError("no query images")
-    vectors = DescriptorExtractor(model, index.recipe, index.whitening, **extractor_options).extract(queries)
+    vectors = DescriptorExtractor(model, index.recipe, index.whitening, runtime).extract(queries)
     scores, paths = index.search(vectors, k, params)
     # An approximate index may return fewer paths than scores (missing results are -inf, at the end).
     return [
@@ -831,7 +832,7 @@ def update_index(
     images: Sequence[ImageInput],
     model: VisionTransformer,
     on_error: OnError = "raise",
-    **extractor_options: Any,
+    runtime: Runtime | None = None,
 ) -> UpdateReport:
     """Make `index` hold exactly `images`, describing only new and changed files (by content sha256).
 
@@ -842,6 +843,7 @@ def update_index(
     Args:
         on_error: An unusable new or changed image: ``raise`` its error (the index is left as it was) or
             ``skip`` it (it is left out and listed in :attr:`ImageIndex.skipped`).
+        runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
 
     Returns:
         Counts of added, updated (content changed), removed, unchanged and skipped images.
@@ -862,7 +864,7 @@ def update_index(
     wanted = set(paths)
     removed = [path for path in files if path not in wanted]
     if fresh:
-        extractor = DescriptorExtractor(model, index.recipe, index.whitening, on_error=on_error, **extractor_options)
+        extractor = DescriptorExtractor(model, index.recipe, index.whitening, runtime, on_error=on_error)
         described = _describe(fresh, extractor)
     else:
         described = _Descriptions([], np.zeros((0, index.dim), dtype=np.float32), [], {})

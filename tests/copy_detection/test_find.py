@@ -12,10 +12,11 @@ from apps.copy_detection.find import build_copy_index, find_copies
 from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.io import ImageLoadError, list_images
+from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorRecipe
 from dino.search.index import ImageIndex, IndexMismatchError, build_index
 
-OPTIONS = {"device": "cpu", "num_workers": 0, "progress": False}
+OPTIONS = Runtime(device="cpu", num_workers=0, progress=False)
 
 
 @pytest.fixture
@@ -32,34 +33,36 @@ def copies(photos: Path, tmp_path: Path) -> list[Path]:
 @pytest.mark.slow
 def test_find_on_a_tiny_index(photos: Path, copies: list[Path], tmp_path: Path) -> None:
     model = load_backbone("random:vit_tiny/16")
-    index = build_copy_index([photos], model, out=tmp_path / "index", size=64, **OPTIONS)
+    index = build_copy_index([photos], model, out=tmp_path / "index", size=64, runtime=OPTIONS)
     assert len(index) == 5 and index.recipe.pooling == "cls+gem" and index.recipe.size == 64
 
-    found = find_copies(copies, index, model, threshold=-1.0, **OPTIONS)
+    found = find_copies(copies, index, model, threshold=-1.0, runtime=OPTIONS)
     for hits in found:
         assert Path(hits[0].path).name == "photo0.jpg"
         assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
     # The threshold keeps exactly the hits that reach it.
     cut = found[0][1].score
-    kept = find_copies(copies[:1], index, model, threshold=cut, **OPTIONS)[0]
+    kept = find_copies(copies[:1], index, model, threshold=cut, runtime=OPTIONS)[0]
     assert [hit.path for hit in kept] == [hit.path for hit in found[0] if hit.score >= cut]
-    assert find_copies(copies[:1], index, model, threshold=1.01, **OPTIONS) == [[]]
+    assert find_copies(copies[:1], index, model, threshold=1.01, runtime=OPTIONS) == [[]]
 
     # An indexed query does not report itself, unless asked to.
     own = photos / "photo0.jpg"
-    assert all(Path(hit.path).name != "photo0.jpg" for hit in find_copies([own], index, model, -1.0, **OPTIONS)[0])
-    itself = find_copies([own], index, model, threshold=-1.0, include_self=True, **OPTIONS)[0][0]
+    assert all(
+        Path(hit.path).name != "photo0.jpg" for hit in find_copies([own], index, model, -1.0, runtime=OPTIONS)[0]
+    )
+    itself = find_copies([own], index, model, threshold=-1.0, include_self=True, runtime=OPTIONS)[0][0]
     assert Path(itself.path).name == "photo0.jpg" and itself.score == pytest.approx(1.0, abs=1e-5)
 
     # The backbone recorded in the index is loaded back; another backbone is refused.
     reloaded = ImageIndex.load(tmp_path / "index")
     assert reloaded.load_backbone().embed_dim == model.embed_dim
     with pytest.raises(IndexMismatchError):
-        find_copies(copies, reloaded, load_backbone("random:vit_small/16"), **OPTIONS)
+        find_copies(copies, reloaded, load_backbone("random:vit_small/16"), runtime=OPTIONS)
     # A retrieval index (another descriptor, for which the copy thresholds mean nothing) is refused.
-    search_index = build_index(list_images(photos), model, DescriptorRecipe.retrieval(64), **OPTIONS)
+    search_index = build_index(list_images(photos), model, DescriptorRecipe.retrieval(64), runtime=OPTIONS)
     with pytest.raises(IndexMismatchError, match="another descriptor .*'dino copy-detect index'"):
-        find_copies(copies, search_index, model, **OPTIONS)
+        find_copies(copies, search_index, model, runtime=OPTIONS)
 
 
 @pytest.mark.slow
@@ -99,11 +102,11 @@ def test_index_skips_unusable_images(photos: Path, tmp_path: Path, capsys) -> No
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (photos / "empty.png").write_bytes(b"")
     model = load_backbone("random:vit_tiny/16")
-    index = build_copy_index([photos], model, size=32, on_error="skip", **OPTIONS)
+    index = build_copy_index([photos], model, size=32, on_error="skip", runtime=OPTIONS)
     assert sorted(Path(p).name for p in index.paths) == [f"photo{i}{'.png' if i % 2 else '.jpg'}" for i in range(5)]
     assert sorted(Path(p).name for p in index.skipped) == ["broken.jpg", "empty.png"]
     with pytest.raises(ImageLoadError, match=r"broken\.jpg: cannot decode image"):
-        build_copy_index([photos], model, size=32, **OPTIONS)  # on_error="raise" by default
+        build_copy_index([photos], model, size=32, runtime=OPTIONS)  # on_error="raise" by default
 
     out = tmp_path / "index"
     argv = ["copy-detect", "index", str(photos), "--out", str(out), "--size", "32", "--weights", "random:vit_tiny/16"]

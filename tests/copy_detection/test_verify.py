@@ -26,8 +26,9 @@ from apps.copy_detection.verify import (
 )
 from dino import cli
 from dino.checkpoint import load_backbone
+from dino.runtime import Runtime
 
-OPTIONS = {"device": "cpu", "num_workers": 0, "progress": False}
+OPTIONS = Runtime(device="cpu", num_workers=0, progress=False)
 
 
 def textured_photo(seed: int, width: int = 96, height: int = 64) -> Image.Image:
@@ -72,7 +73,7 @@ def test_mutual_nearest_neighbours_keep_only_pairs_that_choose_each_other() -> N
 
 def test_local_features_are_patch_centres_in_original_pixels() -> None:
     model = load_backbone("random:vit_tiny/16")
-    extractor = PatchTokenExtractor(model, sides=(32, 64), device="cpu")
+    extractor = PatchTokenExtractor(model, sides=(32, 64), runtime=Runtime(device="cpu"))
     assert extractor.block == 6
     features = extractor(textured_photo(0, 64, 32))
     # Side 32: 2×1 patches of 32×32 original pixels; side 64: 4×2 patches of 16×16.
@@ -132,20 +133,22 @@ def textured(tmp_path: Path) -> tuple[Path, Path]:
 def test_find_with_verification(textured: tuple[Path, Path], tmp_path: Path) -> None:
     folder, query = textured
     model = load_backbone("random:vit_tiny/16")
-    index = build_copy_index([folder], model, size=64, **OPTIONS)
-    everything = find_copies([query], index, model, verify="dino", min_inliers=0, **OPTIONS)[0]
+    index = build_copy_index([folder], model, size=64, runtime=OPTIONS)
+    everything = find_copies([query], index, model, verify="dino", min_inliers=0, runtime=OPTIONS)[0]
     assert [Path(hit.path).name for hit in everything][0] == "photo0.png"
     best, *others = everything
     assert best.inliers > 2 * max(hit.inliers for hit in others)
     assert [hit.inliers for hit in everything] == sorted((hit.inliers for hit in everything), reverse=True)
     # The global threshold does not apply with verification; the inlier count decides.
-    kept = find_copies([query], index, model, threshold=2.0, verify="dino", min_inliers=best.inliers, **OPTIONS)[0]
+    kept = find_copies([query], index, model, threshold=2.0, verify="dino", min_inliers=best.inliers, runtime=OPTIONS)[
+        0
+    ]
     assert [hit.path for hit in kept] == [best.path]
-    assert all(hit.inliers is None for hit in find_copies([query], index, model, threshold=-1, **OPTIONS)[0])
+    assert all(hit.inliers is None for hit in find_copies([query], index, model, threshold=-1, runtime=OPTIONS)[0])
 
     (folder / "photo1.png").unlink()
     with pytest.raises(FileNotFoundError, match="photo1.png: indexed image not found"):
-        find_copies([query], index, model, verify="sift", **OPTIONS)
+        find_copies([query], index, model, verify="sift", runtime=OPTIONS)
 
 
 @pytest.mark.slow

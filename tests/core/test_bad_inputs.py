@@ -23,6 +23,7 @@ from dino.features import (
     TokenBudgetError,
     check_token_budget,
 )
+from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 
@@ -80,7 +81,7 @@ def test_a_long_strip_is_refused_before_it_is_resized(tmp_path, monkeypatch) -> 
         raise AssertionError("the strip was resized before the budget refused it")
 
     monkeypatch.setattr(T.Resize, "forward", no_resize)
-    extractor = FeatureExtractor(model, make_transform("short-side", 224, 16), device="cpu", progress=False)
+    extractor = FeatureExtractor(model, make_transform("short-side", 224, 16), Runtime(device="cpu", progress=False))
     with pytest.raises(TokenBudgetError, match=r"wide\.png: 10000×20 pixels become 112000×224 .*98,000 patch"):
         extractor.extract([strip])
     # The attention verb (keep-aspect, --size 224) refuses it in one line too.
@@ -135,7 +136,9 @@ def test_features_skips_bad_images_by_default_and_lists_them(folder, tmp_path, c
 
 def test_all_images_skipped_is_an_error(folder, tmp_path) -> None:
     model = load_backbone("random:vit_tiny/16")
-    extractor = FeatureExtractor(model, make_transform("thumbnail", 224), "cpu", progress=False, on_error="skip")
+    extractor = FeatureExtractor(
+        model, make_transform("thumbnail", 224), Runtime(device="cpu", progress=False), on_error="skip"
+    )
     with pytest.raises(ValueError, match=r"none of the 2 images could be used; the first: .*b_corrupt\.jpg"):
         extractor.extract([folder / "b_corrupt.jpg", folder / "e_icon.png"])
     assert [image.name.rsplit("/", 1)[1] for image in extractor.skipped] == ["b_corrupt.jpg", "e_icon.png"]
@@ -144,7 +147,7 @@ def test_all_images_skipped_is_an_error(folder, tmp_path) -> None:
 
 def test_descriptor_rows_never_silently_go_missing(folder) -> None:
     model = load_backbone("random:vit_tiny/16")
-    extractor = DescriptorExtractor(model, DescriptorRecipe.retrieval(), device="cpu", progress=False)
+    extractor = DescriptorExtractor(model, DescriptorRecipe.retrieval(), runtime=Runtime(device="cpu", progress=False))
     extractor.features.on_error = "skip"
     indices = [i for i, _ in extractor.iter_raw([folder / "a.png", folder / "b_corrupt.jpg", folder / "c.png"])]
     assert sorted(i for batch in indices for i in batch) == [0, 2]
@@ -157,10 +160,12 @@ def test_non_finite_outputs_are_refused(folder) -> None:
     with torch.no_grad():
         model.norm.weight.fill_(3e38)  # finite weights whose outputs overflow to ±inf
     # fp32 explicitly: "auto" is bf16 on CPUs with native bf16, and the message names the precision
-    extractor = FeatureExtractor(model, device="cpu", dtype="fp32", progress=False)
+    extractor = FeatureExtractor(model, runtime=Runtime(device="cpu", dtype="fp32", progress=False))
     with pytest.raises(NonFiniteOutputError, match="features hold NaN or infinite values in fp32"):
         extractor.extract([folder / "a.png"])
-    descriptors = DescriptorExtractor(model, DescriptorRecipe.copy_detection(64), device="cpu", progress=False)
+    descriptors = DescriptorExtractor(
+        model, DescriptorRecipe.copy_detection(64), runtime=Runtime(device="cpu", progress=False)
+    )
     with pytest.raises(NonFiniteOutputError, match="descriptors"):
         descriptors.extract([folder / "a.png"])
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.davis_knn_task import write_davis_knn_task
 from dino.checkpoint import (
     BUNDLED_WEIGHTS_DIR,
     CheckpointError,
@@ -21,9 +22,10 @@ from dino.checkpoint import (
     state_dict_sha256,
 )
 from dino.cli import build_parser, main
-from dino.eval.knn import run_knn, write_davis_knn_task
+from dino.eval.knn import run_knn
 from dino.hub.releases import BUNDLED_VIT_TINY, DEFAULT_WEIGHTS, IMGFOCUS_WEIGHTS
 from dino.models.vision_transformer import build_vit
+from dino.runtime import Runtime
 
 MAX_SHIPPED_BYTES = 50 * 2**20
 
@@ -147,7 +149,11 @@ def test_vit_tiny_reproduces_the_recorded_knn_figure(entry: dict, shared_data: P
     write_davis_knn_task(shared_data / "davis2016-dev", tmp_path, every=check["every"])
     model = load_backbone(BUNDLED_VIT_TINY)
     (result,) = run_knn(
-        model, tmp_path / "train", tmp_path / "val", ks=[check["k"]], device="cpu", num_workers=0, progress=False
+        model,
+        tmp_path / "train",
+        tmp_path / "val",
+        ks=[check["k"]],
+        runtime=Runtime(device="cpu", num_workers=0, progress=False),
     )
     assert result.top1 == pytest.approx(check["top1"], abs=check["tolerance"])
     assert result.top5 == pytest.approx(check["top5"], abs=check["tolerance"])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dino.checkpoint import load_backbone, model_identity, state_dict_sha256
+from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe, describe, l2_normalize
 from dino.search.pooling import gem, multiscale
 from dino.search.whitening import Whitening
@@ -131,7 +132,9 @@ def test_extractor_keeps_order_and_whitens(tmp_path) -> None:
         paths.append(path)
     model = load_backbone("random:vit_tiny/16")
     recipe = DescriptorRecipe.retrieval(size=64)
-    extractor = DescriptorExtractor(model, recipe, device="cpu", dtype="fp32", batch_size=3, progress=False)
+    extractor = DescriptorExtractor(
+        model, recipe, runtime=Runtime(device="cpu", dtype="fp32", batch_size=3, progress=False)
+    )
     raw = extractor.extract_raw(paths)
     with torch.no_grad():
         direct = [describe(model, recipe.transform()(Image.open(p).convert("RGB"))[None], recipe)[0] for p in paths]
@@ -139,11 +142,11 @@ def test_extractor_keeps_order_and_whitens(tmp_path) -> None:
     final = extractor.extract(paths)
     np.testing.assert_allclose(np.linalg.norm(final, axis=1), 1.0, rtol=1e-5)
     whitening = Whitening.fit(raw, dim=3)
-    whitened = DescriptorExtractor(model, recipe, whitening, device="cpu", dtype="fp32", progress=False)
+    whitened = DescriptorExtractor(model, recipe, whitening, Runtime(device="cpu", dtype="fp32", progress=False))
     assert whitened.dim == 3
     np.testing.assert_allclose(whitened.extract(paths), l2_normalize(whitening.apply(raw)), atol=1e-5)
     with pytest.raises(ValueError, match="fitted on 3-d"):
-        DescriptorExtractor(model, recipe, Whitening.fit(rng.normal(size=(10, 3))), device="cpu")
+        DescriptorExtractor(model, recipe, Whitening.fit(rng.normal(size=(10, 3))), Runtime(device="cpu"))
 
 
 def test_state_dict_sha256_tracks_the_weights() -> None:

@@ -35,6 +35,7 @@ from PIL import Image
 from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.masks import read_indexed_png, write_indexed_png
+from dino.runtime import Runtime
 from dino.search.index import ImageIndex
 
 REG = "random:dinov2_vits14_reg"
@@ -584,7 +585,7 @@ def test_demo_adapters_with_the_reg_model(model, photos, copy_photos, copy_query
     pytest.importorskip("gradio", reason="the demo needs Gradio")
     from demo import adapters
 
-    options = {"device": "cpu", "num_workers": 0, "progress": False}
+    runtime = Runtime(device="cpu", num_workers=0, progress=False)
     photo = Image.open(photos[1]).convert("RGB")  # 100×75
     views = adapters.attention_views(model, photo, 0.6, 70, True, "cpu")
     # Short side 70, aspect kept: 93×70, cropped to whole patches: 84×70.
@@ -593,14 +594,14 @@ def test_demo_adapters_with_the_reg_model(model, photos, copy_photos, copy_query
     assert views.mean_map.shape == (70, 84) and views.head_colors.shape == (HEADS, 3)
     assert views.foreground.shape == views.photo.shape[:2] == (75, 100)  # at the photo's own size
 
-    index = adapters.build_search_index(model, photos, **options)
-    hits = adapters.search_similar(index, model, Image.open(photos[2]).convert("RGB"), 2, **options)
+    index = adapters.build_search_index(model, photos, runtime=runtime)
+    hits = adapters.search_similar(index, model, Image.open(photos[2]).convert("RGB"), 2, runtime=runtime)
     assert hits[0].path == str(photos[2]) and hits[0].score == pytest.approx(1, abs=1e-5)
 
-    copies = adapters.build_copy_index(model, sorted(copy_photos.iterdir()), **options)
-    found = adapters.find_copies(copies, model, copy_query, -1.0, **options)
+    copies = adapters.build_copy_index(model, sorted(copy_photos.iterdir()), runtime=runtime)
+    found = adapters.find_copies(copies, model, copy_query, -1.0, runtime=runtime)
     assert Path(found[0].path).name == "photo0.png"
-    verdict = adapters.compare_copies(model, copy_query, copy_photos / "photo0.png", 0.5, **options)
+    verdict = adapters.compare_copies(model, copy_query, copy_photos / "photo0.png", 0.5, runtime=runtime)
     assert verdict.is_copy and verdict.matches is None
 
     height, width = 66, 100

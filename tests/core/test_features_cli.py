@@ -12,10 +12,12 @@ from PIL import Image
 
 from dino import cli
 from dino.checkpoint import load_backbone
+from dino.cli.arguments import runtime_from_args
+from dino.data.constants import DEFAULT_MAX_TOKENS
 from dino.data.io import ImageLoadError
 from dino.data.transforms import knn_transform, make_transform
 from dino.features import FeatureExtractor
-from dino.runtime import autocast_dtype, cpu_has_native_bf16, pick_device
+from dino.runtime import Runtime, autocast_dtype, cpu_has_native_bf16, pick_device
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 
 
@@ -33,9 +35,9 @@ def images(tmp_path):
 def test_extractor_matches_direct_forward(images) -> None:
     model = load_backbone("random:vit_tiny/16")
     transform = knn_transform(resize=40, crop=32)
-    features = FeatureExtractor(model, transform, device="cpu", dtype="fp32", batch_size=2, progress=False).extract(
-        images, patch_tokens=True, attention=True
-    )
+    features = FeatureExtractor(
+        model, transform, Runtime(device="cpu", dtype="fp32", batch_size=2, progress=False)
+    ).extract(images, patch_tokens=True, attention=True)
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
     with torch.no_grad():
         expected = model(batch)
@@ -48,15 +50,15 @@ def test_extractor_matches_direct_forward(images) -> None:
 def test_variable_sizes_keep_input_order(images) -> None:
     model = load_backbone("random:vit_tiny/16")
     transform = make_transform("short-side", 32, patch_size=16)
-    features = FeatureExtractor(model, transform, device="cpu", dtype="fp32", batch_size=3, progress=False).extract(
-        images, patch_tokens=True
-    )
+    features = FeatureExtractor(
+        model, transform, Runtime(device="cpu", dtype="fp32", batch_size=3, progress=False)
+    ).extract(images, patch_tokens=True)
     # 64×48 -> 42×32 and 80×80 -> 32×32, both cropped to 32×32: one grid size, so the result is stacked.
     assert isinstance(features.patch_tokens, torch.Tensor) and features.patch_tokens.shape == (3, 2, 2, 192)
     transform = make_transform("thumbnail", 64, patch_size=16)
-    features = FeatureExtractor(model, transform, device="cpu", dtype="fp32", batch_size=3, progress=False).extract(
-        images, patch_tokens=True
-    )
+    features = FeatureExtractor(
+        model, transform, Runtime(device="cpu", dtype="fp32", batch_size=3, progress=False)
+    ).extract(images, patch_tokens=True)
     assert isinstance(features.patch_tokens, list)
     assert [tuple(t.shape[:2]) for t in features.patch_tokens] == [(3, 4), (4, 4), (3, 4)]
     with torch.no_grad():
@@ -73,6 +75,50 @@ def test_device_and_dtype_choice() -> None:
     assert autocast_dtype(torch.device("cuda"), "fp16") is torch.float16
     with pytest.raises(ValueError):
         autocast_dtype(torch.device("cpu"), "int8")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"num_workers": -1}, "num_workers must be 0 or more, got -1"),
+        ({"max_tokens": 0}, r"max_tokens must be at least 1 \(or None for no limit\), got 0"),
+        ({"dtype": "int8"}, "unknown dtype 'int8'; choose auto, fp32, bf16 or fp16"),
+    ],
+)
+def test_runtime_refuses_impossible_values_when_built(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        Runtime(**fields)
+
+
+def test_extractor_resolves_its_runtime_once() -> None:
+    model = load_backbone("random:vit_tiny/16")
+    assert Runtime().max_tokens == DEFAULT_MAX_TOKENS and Runtime(max_tokens=None).max_tokens is None
+    native = torch.bfloat16 if cpu_has_native_bf16() else None
+    extractor = FeatureExtractor(model, runtime=Runtime(device="cpu", batch_size=5))
+    assert extractor.device == torch.device("cpu") and extractor.autocast_dtype is native
+    assert extractor.runtime.batch_size == 5
+    assert FeatureExtractor(model, runtime=Runtime(device="cpu", dtype="fp32")).autocast_dtype is None
+    assert FeatureExtractor(model).runtime == Runtime()
+
+
+def test_runtime_from_args_maps_every_runtime_flag() -> None:
+    parser = cli.build_parser()
+    features = ["features", "x", "--out", "f.npy"]
+    assert runtime_from_args(parser.parse_args(features)) == Runtime(num_workers=2)  # the CLI decodes in 2 workers
+    flags = ["--device", "cpu", "--dtype", "bf16", "--batch-size", "5", "--workers", "0", "--no-progress"]
+    given = runtime_from_args(parser.parse_args([*features, *flags, "--max-tokens", "100"]))
+    assert given == Runtime(device="cpu", dtype="bf16", batch_size=5, num_workers=0, progress=False, max_tokens=100)
+    assert runtime_from_args(parser.parse_args([*features, "--max-tokens", "0"])).max_tokens is None  # no limit
+    # The protocol evaluations keep the reference's fp32 and their batch sizes; linear has no --max-tokens.
+    knn = runtime_from_args(parser.parse_args(["knn", "--train", "t", "--val", "v"]))
+    assert knn == Runtime(dtype="fp32", batch_size=64, num_workers=2)
+    linear = runtime_from_args(parser.parse_args(["linear", "--train", "t", "--val", "v"]))
+    assert linear == Runtime(dtype="fp32", batch_size=128, num_workers=2, max_tokens=DEFAULT_MAX_TOKENS)
+    search_eval = runtime_from_args(parser.parse_args(["search", "eval", "--dataset", "roxford5k"]))
+    assert (search_eval.dtype, search_eval.batch_size) == ("fp32", 1)
+    copy_eval = runtime_from_args(parser.parse_args(["copy-detect", "eval", "--copydays", "c"]))
+    assert (copy_eval.dtype, copy_eval.batch_size) == ("fp32", 16)
 
 
 def test_cli_help_lists_core_verbs(capsys) -> None:
@@ -130,8 +176,8 @@ def test_cli_info_json(capsys) -> None:
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unusable_images_fail_with_one_line_naming_the_file(tmp_path, workers) -> None:
     model = load_backbone("random:vit_tiny/16")
-    extractor = FeatureExtractor(model, make_transform("thumbnail", 64), device="cpu", num_workers=workers)
-    extractor.progress = False
+    runtime = Runtime(device="cpu", num_workers=workers, progress=False)
+    extractor = FeatureExtractor(model, make_transform("thumbnail", 64), runtime)
     Image.new("RGB", (64, 64)).save(tmp_path / "good.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "icon.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 10)
@@ -147,16 +193,20 @@ def test_unusable_images_fail_with_one_line_naming_the_file(tmp_path, workers) -
 def test_multiscale_descriptors_need_a_patch_at_the_smallest_scale(tmp_path) -> None:
     model = load_backbone("random:vit_tiny/16")
     Image.new("RGB", (24, 24)).save(tmp_path / "small.png")
-    assert DescriptorExtractor(model, DescriptorRecipe(size=64), progress=False).extract([tmp_path / "small.png"]).shape
+    assert (
+        DescriptorExtractor(model, DescriptorRecipe(size=64), runtime=Runtime(progress=False))
+        .extract([tmp_path / "small.png"])
+        .shape
+    )
     with pytest.raises(ImageLoadError, match="at least 32"):
-        DescriptorExtractor(model, DescriptorRecipe(size=64, multiscale=True), progress=False).extract(
+        DescriptorExtractor(model, DescriptorRecipe(size=64, multiscale=True), runtime=Runtime(progress=False)).extract(
             [tmp_path / "small.png"]
         )
 
 
 def test_pil_inputs_of_any_mode_are_converted_to_rgb() -> None:
     model = load_backbone("random:vit_tiny/16")
-    extractor = FeatureExtractor(model, knn_transform(resize=40, crop=32), device="cpu", progress=False)
+    extractor = FeatureExtractor(model, knn_transform(resize=40, crop=32), Runtime(device="cpu", progress=False))
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
     gray = rgb.convert("L")
     rgba = rgb.convert("RGBA")

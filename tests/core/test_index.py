@@ -20,6 +20,7 @@ from PIL import Image
 import dino.search.index as index_module
 from dino.checkpoint import CheckpointError, load_backbone
 from dino.data.io import ImageLoadError
+from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.search.index import (
     Hit,
@@ -36,7 +37,7 @@ from dino.search.index import (
 from dino.search.whitening import Whitening
 from tests.core.test_bad_inputs import bomb_png
 
-QUIET = {"progress": False, "batch_size": 4}
+QUIET = Runtime(progress=False, batch_size=4)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -75,8 +76,8 @@ def dead_pid() -> int:
 
 def _exact_ranking(model, recipe, database, queries, whitening=None) -> tuple[np.ndarray, np.ndarray]:
     """Independent reference (SPEC §13): sim = db @ qᵀ of L2-normalised descriptors, argsort(−sim)."""
-    db = DescriptorExtractor(model, recipe, **QUIET).extract_raw(database)
-    q = DescriptorExtractor(model, recipe, **QUIET).extract_raw(queries)
+    db = DescriptorExtractor(model, recipe, runtime=QUIET).extract_raw(database)
+    q = DescriptorExtractor(model, recipe, runtime=QUIET).extract_raw(queries)
     if whitening is not None:
         db, q = whitening.apply(db), whitening.apply(q)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
@@ -88,9 +89,9 @@ def _exact_ranking(model, recipe, database, queries, whitening=None) -> tuple[np
 
 def test_search_matches_reference_matmul(model, images) -> None:
     recipe = DescriptorRecipe.retrieval()
-    index = build_index(images, model, recipe, **QUIET)
+    index = build_index(images, model, recipe, runtime=QUIET)
     assert len(index) == 6 and index.paths == [str(p) for p in images] and index.dim == model.embed_dim
-    hits = search_images(index, images[:3], model, k=4, **QUIET)
+    hits = search_images(index, images[:3], model, k=4, runtime=QUIET)
     order, sims = _exact_ranking(model, recipe, images, images[:3])
     for row, query_hits in enumerate(hits):
         assert [hit.rank for hit in query_hits] == [0, 1, 2, 3]
@@ -103,7 +104,7 @@ def test_search_matches_reference_matmul(model, images) -> None:
 
 
 def test_manifest_contents(model, images) -> None:
-    index = build_index(images, model, DescriptorRecipe.retrieval(size=64), **QUIET)
+    index = build_index(images, model, DescriptorRecipe.retrieval(size=64), runtime=QUIET)
     manifest = index.manifest
     assert manifest["format_version"] == 1 and manifest["metric"] == "inner_product"
     assert manifest["factory"] == "Flat" and manifest["dim"] == 192 and manifest["whitening"] is None
@@ -120,9 +121,9 @@ def test_manifest_contents(model, images) -> None:
 def test_save_load_round_trip_with_whitening(make_images, model, images, tmp_path) -> None:
     recipe = DescriptorRecipe(pooling="cls+gem", size=64)
     fitting = make_images(tmp_path / "whitening-set", 40, seed=1)
-    raw = DescriptorExtractor(model, recipe, **QUIET).extract_raw(fitting)
+    raw = DescriptorExtractor(model, recipe, runtime=QUIET).extract_raw(fitting)
     whitening = Whitening.fit(raw, dim=32)
-    index = build_index(images, model, recipe, whitening=whitening, out=tmp_path / "idx", **QUIET)
+    index = build_index(images, model, recipe, whitening=whitening, out=tmp_path / "idx", runtime=QUIET)
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["index.faiss", "manifest.json", "whitening.npz"]
     assert not partial_results_path(tmp_path / "idx").exists()
 
@@ -134,7 +135,7 @@ def test_save_load_round_trip_with_whitening(make_images, model, images, tmp_pat
     assert plain.ntotal == 6 and plain.d == 32
 
     # Queries go through the stored whitening: same ranking as whitening by hand.
-    hits = search_images(loaded, images[4:], model, k=6, **QUIET)
+    hits = search_images(loaded, images[4:], model, k=6, runtime=QUIET)
     order, sims = _exact_ranking(model, recipe, images, images[4:], whitening)
     assert [[h.path for h in row] for row in hits] == [[str(images[i]) for i in row] for row in order]
     np.testing.assert_allclose([[h.score for h in row] for row in hits], sims, atol=1e-4)
@@ -155,8 +156,8 @@ def test_save_load_round_trip_with_whitening(make_images, model, images, tmp_pat
 
 def test_save_replaces_previous_index_and_refuses_other_folders(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
-    build_index(images[:3], model, DescriptorRecipe.retrieval(), out=out, **QUIET)
-    build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    build_index(images[:3], model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
+    build_index(images, model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     assert len(ImageIndex.load(out)) == 6
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging or backup left
     (tmp_path / "notes").mkdir()
@@ -165,21 +166,21 @@ def test_save_replaces_previous_index_and_refuses_other_folders(model, images, t
         ImageIndex.load(out).save(tmp_path / "notes")
     # build_index refuses it before describing anything.
     with pytest.raises(FileExistsError, match="notes: already exists and is not an empty folder"):
-        build_index(images, model, DescriptorRecipe.retrieval(), out=tmp_path / "notes", progress=False)
+        build_index(images, model, DescriptorRecipe.retrieval(), out=tmp_path / "notes", runtime=QUIET)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
     assert not partial_results_path(tmp_path / "notes").exists()
 
 
 def test_interrupted_swap_is_recovered(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
-    build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    build_index(images, model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     out.rename(tmp_path / ".idx.old-deadbeef")  # a save that died between its two renames
     assert len(ImageIndex.load(out)) == 6
 
 
 def test_corrupt_and_foreign_indexes_give_clear_errors(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
-    build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    build_index(images, model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     manifest = json.loads((out / "manifest.json").read_text())
 
     with pytest.raises(FileNotFoundError, match="no such index folder"):
@@ -234,7 +235,7 @@ def _damage(manifest: dict, field: str, value) -> dict:
 def test_a_damaged_manifest_is_one_error_naming_it(model, images, tmp_path, damage, message) -> None:
     """Fields of the wrong type used to escape as AttributeError/TypeError tracebacks at load or first use."""
     out = tmp_path / "idx"
-    build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    build_index(images, model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     manifest_file = out / "manifest.json"
     manifest_file.write_text(json.dumps(damage(json.loads(manifest_file.read_text()))))
     with pytest.raises(ValueError, match=r"idx/manifest.json: damaged manifest \(") as error:
@@ -244,7 +245,7 @@ def test_a_damaged_manifest_is_one_error_naming_it(model, images, tmp_path, dama
 
 def test_an_index_file_swapped_for_another_of_the_same_shape_is_refused(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
-    index = build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    index = build_index(images, model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["checksums"] == {"index.faiss": hashlib.sha256((out / "index.faiss").read_bytes()).hexdigest()}
     assert ImageIndex.load(out).manifest == index.manifest  # the checksums are part of the saved index's manifest
@@ -265,13 +266,13 @@ def test_an_index_file_swapped_for_another_of_the_same_shape_is_refused(model, i
 
 
 def test_other_backbone_or_recipe_is_refused(model, images, tmp_path) -> None:
-    index = build_index(images, model, DescriptorRecipe.retrieval(), out=tmp_path / "idx", **QUIET)
+    index = build_index(images, model, DescriptorRecipe.retrieval(), out=tmp_path / "idx", runtime=QUIET)
     other = load_backbone("random:vit_tiny/16")
     with torch.no_grad():
         other.blocks[0].mlp.fc1.bias.add_(0.5)
     one_line = r"idx was built with .*\(backbone sha256: index '[0-9a-f]{12}…', given '[0-9a-f]{12}…'\); rebuild it"
     with pytest.raises(IndexMismatchError, match=one_line):
-        search_images(index, images[:1], other, **QUIET)
+        search_images(index, images[:1], other, runtime=QUIET)
     with pytest.raises(IndexMismatchError, match="backbone embed_dim: index 192, given 384"):
         index.check_compatible(load_backbone("random:vit_small/16"))
     with pytest.raises(IndexMismatchError, match="recipe pooling: index 'cls', given 'gem'"):
@@ -280,7 +281,7 @@ def test_other_backbone_or_recipe_is_refused(model, images, tmp_path) -> None:
         index.check_compatible(model, whitening=Whitening.fit(np.random.rand(10, 192)))
     index.check_compatible(model, recipe=DescriptorRecipe.retrieval(), whitening=None)  # the same: accepted
     with pytest.raises(IndexMismatchError):
-        update_index(index, images, other, **QUIET)
+        update_index(index, images, other, runtime=QUIET)
 
 
 def test_update_adds_changes_and_removes_without_reextracting(
@@ -288,7 +289,7 @@ def test_update_adds_changes_and_removes_without_reextracting(
 ) -> None:
     recipe = DescriptorRecipe.retrieval()
     out = tmp_path / "idx"
-    index = build_index(images, model, recipe, out=out, **QUIET)
+    index = build_index(images, model, recipe, out=out, runtime=QUIET)
     before = dict(zip(index.paths, index.vectors(), strict=True))
 
     images[1].unlink()
@@ -304,7 +305,7 @@ def test_update_adds_changes_and_removes_without_reextracting(
         return original(self, batch)
 
     monkeypatch.setattr(DescriptorExtractor, "iter_raw", spy)
-    report = update_index(index, current, model, **QUIET)
+    report = update_index(index, current, model, runtime=QUIET)
     assert report == UpdateReport(added=2, updated=1, removed=1, unchanged=4)
     assert sorted(described) == sorted(map(str, [images[2], *new]))
     index.save(out)
@@ -316,22 +317,22 @@ def test_update_adds_changes_and_removes_without_reextracting(
         np.testing.assert_array_equal(vectors[str(unchanged)], before[str(unchanged)])
     # The updated index ranks exactly like one built from scratch on the current folder.
     order, _ = _exact_ranking(model, recipe, current, current[:2])
-    hits = search_images(reloaded, current[:2], model, k=len(current), **QUIET)
+    hits = search_images(reloaded, current[:2], model, k=len(current), runtime=QUIET)
     assert [[h.path for h in row] for row in hits] == [[str(current[i]) for i in row] for row in order]
 
     described.clear()
-    assert update_index(reloaded, current, model, **QUIET) == UpdateReport(0, 0, 0, 7)
+    assert update_index(reloaded, current, model, runtime=QUIET) == UpdateReport(0, 0, 0, 7)
     assert described == []
 
 
 def test_update_keeps_trained_ivf(make_images, model, tmp_path) -> None:
     images = make_images(tmp_path / "images", 12)
-    index = build_index(images, model, DescriptorRecipe.retrieval(size=32), factory="IVF2,Flat", **QUIET)
+    index = build_index(images, model, DescriptorRecipe.retrieval(size=32), factory="IVF2,Flat", runtime=QUIET)
     centroids = faiss.extract_index_ivf(index.faiss_index).quantizer.reconstruct_n(0, 2)
-    report = update_index(index, images[:8], model, **QUIET)
+    report = update_index(index, images[:8], model, runtime=QUIET)
     assert report == UpdateReport(0, 0, 4, 8) and len(index) == 8
     np.testing.assert_array_equal(faiss.extract_index_ivf(index.faiss_index).quantizer.reconstruct_n(0, 2), centroids)
-    hits = search_images(index, images[:1], model, k=1, params="nprobe=2", **QUIET)
+    hits = search_images(index, images[:1], model, k=1, params="nprobe=2", runtime=QUIET)
     assert hits[0][0].path == str(images[0])
 
 
@@ -364,7 +365,7 @@ def test_factories_and_their_errors() -> None:
 def test_interrupted_build_resumes_from_partial_results(model, images, tmp_path, monkeypatch) -> None:
     recipe = DescriptorRecipe.retrieval()
     out = tmp_path / "idx"
-    reference = build_index(images, model, recipe, **QUIET)
+    reference = build_index(images, model, recipe, runtime=QUIET)
 
     original = DescriptorExtractor.iter_raw
     seen: list[int] = []
@@ -378,7 +379,7 @@ def test_interrupted_build_resumes_from_partial_results(model, images, tmp_path,
 
     monkeypatch.setattr(DescriptorExtractor, "iter_raw", dies_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
-        build_index(images, model, recipe, out=out, checkpoint_every=1, **QUIET)
+        build_index(images, model, recipe, out=out, checkpoint_every=1, runtime=QUIET)
     assert not out.exists() and len(list(partial_results_path(out).glob("chunk-*.npz"))) == 2
     done_before = len(seen)
     assert 0 < done_before < 6
@@ -390,7 +391,7 @@ def test_interrupted_build_resumes_from_partial_results(model, images, tmp_path,
         yield from original(self, todo)
 
     monkeypatch.setattr(DescriptorExtractor, "iter_raw", counting)
-    resumed = build_index(images, model, recipe, out=out, checkpoint_every=1, **QUIET)
+    resumed = build_index(images, model, recipe, out=out, checkpoint_every=1, runtime=QUIET)
     assert len(counted) == 6 - done_before  # only the images not described before the interruption
     assert resumed.paths == reference.paths and resumed.manifest["files"] == reference.manifest["files"]
     np.testing.assert_allclose(resumed.vectors(), reference.vectors(), atol=1e-6)
@@ -401,10 +402,10 @@ def test_a_build_that_fails_before_describing_leaves_nothing(model, images, tmp_
     Image.new("RGB", (8, 8)).save(tmp_path / "icon.png")
     out = tmp_path / "idx"
     with pytest.raises(ValueError, match="icon.png: too small"):
-        build_index([tmp_path / "icon.png", *images], model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+        build_index([tmp_path / "icon.png", *images], model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     assert not out.exists() and not partial_results_path(out).exists()
     # So another build into the same place is not refused as a stale partial one.
-    assert len(build_index(images, model, DescriptorRecipe(pooling="gem"), out=out, **QUIET)) == len(images)
+    assert len(build_index(images, model, DescriptorRecipe(pooling="gem"), out=out, runtime=QUIET)) == len(images)
 
 
 def test_index_reloads_its_backbone_from_anywhere(images, tmp_path, monkeypatch) -> None:
@@ -412,7 +413,7 @@ def test_index_reloads_its_backbone_from_anywhere(images, tmp_path, monkeypatch)
     torch.save({"teacher": {}, "student": student.state_dict()}, tmp_path / "run.pth")
     monkeypatch.chdir(tmp_path)
     built_with = load_backbone("run.pth", checkpoint_key="student")
-    build_index(images, built_with, DescriptorRecipe.retrieval(), out=tmp_path / "idx", **QUIET)
+    build_index(images, built_with, DescriptorRecipe.retrieval(), out=tmp_path / "idx", runtime=QUIET)
     monkeypatch.chdir(images[0].parent)
     reloaded = ImageIndex.load(tmp_path / "idx").load_backbone()
     assert reloaded.weights_source == str(tmp_path / "run.pth") and reloaded.checkpoint_key == "student"
@@ -429,22 +430,22 @@ def test_index_reloads_its_backbone_from_anywhere(images, tmp_path, monkeypatch)
 
 def test_stale_partial_results_are_refused(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
-    describe_shard(images, model, DescriptorRecipe.retrieval(), out, rank=0, world_size=3, **QUIET)
+    describe_shard(images, model, DescriptorRecipe.retrieval(), out, rank=0, world_size=3, runtime=QUIET)
     with pytest.raises(ValueError, match=r"\.idx\.partial: partial descriptors .* delete this folder"):
-        build_index(images, model, DescriptorRecipe(pooling="gem"), out=out, **QUIET)
+        build_index(images, model, DescriptorRecipe(pooling="gem"), out=out, runtime=QUIET)
 
 
 def test_shards_merge_into_one_index(model, images, tmp_path, monkeypatch) -> None:
     recipe = DescriptorRecipe.retrieval()
     out = tmp_path / "idx"
-    sizes = [describe_shard(images, model, recipe, out, rank, 2, **QUIET) for rank in range(2)]
+    sizes = [describe_shard(images, model, recipe, out, rank, 2, runtime=QUIET) for rank in range(2)]
     assert sizes == [3, 3]
     monkeypatch.setattr(
         index_module.DescriptorExtractor, "iter_raw", lambda self, todo: pytest.fail(f"re-described {todo}")
     )
-    merged = build_index(images, model, recipe, out=out, **QUIET)
+    merged = build_index(images, model, recipe, out=out, runtime=QUIET)
     monkeypatch.undo()
-    reference = build_index(images, model, recipe, **QUIET)
+    reference = build_index(images, model, recipe, runtime=QUIET)
     assert merged.paths == reference.paths
     np.testing.assert_allclose(merged.vectors(), reference.vectors(), atol=1e-6)
     with pytest.raises(ValueError, match="rank 2 outside 0..1"):
@@ -454,7 +455,7 @@ def test_shards_merge_into_one_index(model, images, tmp_path, monkeypatch) -> No
 def test_bad_inputs(model, images) -> None:
     with pytest.raises(ValueError, match="no images to index"):
         build_index([], model, DescriptorRecipe.retrieval())
-    index = build_index(images, model, DescriptorRecipe.retrieval(), **QUIET)
+    index = build_index(images, model, DescriptorRecipe.retrieval(), runtime=QUIET)
     with pytest.raises(ValueError, match="dimension 8, the index holds 192-d"):
         index.search(np.zeros((1, 8), np.float32), 3)
     with pytest.raises(ValueError, match="cannot set search parameters"):
@@ -465,7 +466,7 @@ def test_bad_inputs(model, images) -> None:
 
 def test_approximate_search_may_return_fewer_results(make_images, model, tmp_path) -> None:
     images = make_images(tmp_path / "images", 12)
-    index = build_index(images, model, DescriptorRecipe.retrieval(), factory="IVF4,Flat", **QUIET)
+    index = build_index(images, model, DescriptorRecipe.retrieval(), factory="IVF4,Flat", runtime=QUIET)
     sizes = faiss.extract_index_ivf(index.faiss_index).invlists
     smallest = min(sizes.list_size(i) for i in range(4))
     # nprobe=1 visits one inverted list: a query finds at most that list's images, the rest are left out.
@@ -474,12 +475,12 @@ def test_approximate_search_may_return_fewer_results(make_images, model, tmp_pat
     for row_scores, row_paths in zip(scores, paths, strict=True):
         assert smallest <= len(row_paths) < 12
         assert np.isfinite(row_scores[: len(row_paths)]).all() and np.isneginf(row_scores[len(row_paths) :]).all()
-    hits = search_images(index, images[:1], model, k=12, **QUIET)
+    hits = search_images(index, images[:1], model, k=12, runtime=QUIET)
     assert len(hits[0]) == len(paths[0])
 
 
 def test_gpu_search_falls_back_to_cpu_for_types_without_gpu_version(model, images, monkeypatch) -> None:
-    index = build_index(images, model, DescriptorRecipe.retrieval(), **QUIET)
+    index = build_index(images, model, DescriptorRecipe.retrieval(), runtime=QUIET)
 
     def no_gpu_version(cpu_index):
         raise RuntimeError("Error in index_cpu_to_gpu: this index type is not implemented on GPU")
@@ -497,42 +498,42 @@ def test_skipped_images_are_left_out_and_listed(model, images, tmp_path) -> None
     recipe = DescriptorRecipe.retrieval()
     out = tmp_path / "idx"
     with pytest.raises(ImageLoadError, match="bomb.png: too many pixels"):  # on_error="raise" by default
-        build_index(everything, model, recipe, out=out, **QUIET)
+        build_index(everything, model, recipe, out=out, runtime=QUIET)
     assert not out.exists()
 
-    index = build_index(everything, model, recipe, out=out, on_error="skip", **QUIET)
+    index = build_index(everything, model, recipe, out=out, on_error="skip", runtime=QUIET)
     # No row for an unusable image (a zero vector would silently rank as "similar"): exactly the good ones' index.
     assert index.paths == [str(p) for p in images] and len(index) == 6
-    np.testing.assert_allclose(index.vectors(), build_index(images, model, recipe, **QUIET).vectors(), atol=1e-6)
+    np.testing.assert_allclose(index.vectors(), build_index(images, model, recipe, runtime=QUIET).vectors(), atol=1e-6)
     assert sorted(index.skipped) == sorted(map(str, bad))
     for path, reason in index.skipped.items():
         assert reason.startswith(f"{path}: ") and bad[Path(path)] in reason and "\n" not in reason
     reloaded = ImageIndex.load(out)
     assert reloaded.skipped == index.skipped == json.loads((out / "manifest.json").read_text())["skipped"]
-    assert build_index(images, model, recipe, **QUIET).skipped == {}
+    assert build_index(images, model, recipe, runtime=QUIET).skipped == {}
 
 
 def test_update_retries_skipped_images(model, images, tmp_path) -> None:
     bad = write_bad_images(images[0].parent)
     index = build_index(
-        sorted(images[0].parent.iterdir()), model, DescriptorRecipe.retrieval(), on_error="skip", **QUIET
+        sorted(images[0].parent.iterdir()), model, DescriptorRecipe.retrieval(), on_error="skip", runtime=QUIET
     )
     corrupt, strip = images[0].parent / "corrupt.jpg", images[0].parent / "strip.png"
     Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(corrupt, format="JPEG")  # repaired
     strip.unlink()
     images[1].write_bytes(b"")  # an indexed image, now unusable: its old descriptor must not stay
     current = sorted(images[0].parent.iterdir())
-    report = update_index(index, current, model, on_error="skip", **QUIET)
+    report = update_index(index, current, model, on_error="skip", runtime=QUIET)
     assert report == UpdateReport(added=1, updated=0, removed=0, unchanged=5, skipped=3)  # the strip was not indexed
     assert str(corrupt) in index.paths and str(images[1]) not in index.paths and len(index) == 6
     assert sorted(index.skipped) == sorted([str(images[1]), *(str(p) for p in bad if p.exists() and p != corrupt)])
     with pytest.raises(ImageLoadError, match="001.png: not an image file"):
-        update_index(index, current, model, **QUIET)  # on_error="raise": the index is left as it was
+        update_index(index, current, model, runtime=QUIET)  # on_error="raise": the index is left as it was
     assert len(index) == 6
 
     # Nothing new: the index is kept as it is; the same images are still reported skipped.
     manifest = index.manifest
-    assert update_index(index, current, model, on_error="skip", **QUIET) == UpdateReport(0, 0, 0, 6, 3)
+    assert update_index(index, current, model, on_error="skip", runtime=QUIET) == UpdateReport(0, 0, 0, 6, 3)
     assert index.manifest is manifest
 
 
@@ -540,20 +541,20 @@ def test_a_resume_where_only_unusable_images_remain(model, images, tmp_path, mon
     """The extractor refuses a list of which nothing is usable; after an interruption that list may be the rest."""
     recipe = DescriptorRecipe.retrieval()
     out = tmp_path / "idx"
-    describe_shard(images, model, recipe, out, rank=0, world_size=1, **QUIET)  # every good image described
+    describe_shard(images, model, recipe, out, rank=0, world_size=1, runtime=QUIET)  # every good image described
     bad = write_bad_images(images[0].parent)
-    index = build_index(sorted(images[0].parent.iterdir()), model, recipe, out=out, on_error="skip", **QUIET)
+    index = build_index(sorted(images[0].parent.iterdir()), model, recipe, out=out, on_error="skip", runtime=QUIET)
     assert index.paths == [str(p) for p in images] and sorted(index.skipped) == sorted(map(str, bad))
     # With nothing usable at all the build fails, naming the first reason.
     with pytest.raises(ValueError, match=r"none of the 4 images could be used; the first: .*bomb.png: too many"):
-        build_index(sorted(bad), model, recipe, out=tmp_path / "none", on_error="skip", **QUIET)
+        build_index(sorted(bad), model, recipe, out=tmp_path / "none", on_error="skip", runtime=QUIET)
     assert not (tmp_path / "none").exists()
 
 
 def test_a_resume_redescribes_files_changed_since_the_interruption(model, images, tmp_path, monkeypatch) -> None:
     recipe = DescriptorRecipe.retrieval()
     out = tmp_path / "idx"
-    describe_shard(images, model, recipe, out, rank=0, world_size=1, **QUIET)  # as if killed before building
+    describe_shard(images, model, recipe, out, rank=0, world_size=1, runtime=QUIET)  # as if killed before building
     Image.fromarray(np.full((40, 48, 3), 17, dtype=np.uint8)).save(images[2])  # edited before the rerun
     described: list[str] = []
     original = DescriptorExtractor.iter_raw
@@ -563,17 +564,17 @@ def test_a_resume_redescribes_files_changed_since_the_interruption(model, images
         return original(self, todo)
 
     monkeypatch.setattr(DescriptorExtractor, "iter_raw", spy)
-    resumed = build_index(images, model, recipe, out=out, **QUIET)
+    resumed = build_index(images, model, recipe, out=out, runtime=QUIET)
     assert described == [str(images[2])]
     expected = hashlib.sha256(images[2].read_bytes()).hexdigest()
     assert resumed.manifest["files"][str(images[2])]["sha256"] == expected
-    fresh = DescriptorExtractor(model, recipe, **QUIET).extract([images[2]])[0]
+    fresh = DescriptorExtractor(model, recipe, runtime=QUIET).extract([images[2]])[0]
     np.testing.assert_allclose(resumed.vectors()[2], fresh, atol=1e-6)
 
 
 def test_leftovers_of_killed_saves_are_cleaned_up(model, images, tmp_path) -> None:
     out = tmp_path / "idx"
-    build_index(images, model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    build_index(images, model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     pid = dead_pid()
     staging = tmp_path / f".idx.{pid}-abcd1234.tmp"  # a save killed while filling its staging folder
     staging.mkdir()
@@ -590,7 +591,7 @@ def test_leftovers_of_killed_saves_are_cleaned_up(model, images, tmp_path) -> No
 
     assert len(ImageIndex.load(out)) == 6  # loading removes the set-aside copy, only
     assert not backup.exists() and staging.exists()
-    build_index(images[:4], model, DescriptorRecipe.retrieval(), out=out, **QUIET)
+    build_index(images[:4], model, DescriptorRecipe.retrieval(), out=out, runtime=QUIET)
     assert not staging.exists() and not chunk.parent.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", "images", live.name])
     # Killed between the renames (no index in place): the set-aside copy is the index, restored, never deleted.

@@ -15,6 +15,7 @@ from dino.cli import main
 from dino.eval.knn import knn_classifier, run_knn
 from dino.eval.linear import run_linear
 from dino.models.vision_transformer import vit_tiny
+from dino.runtime import Runtime
 
 
 def test_weighted_vote_hand_example() -> None:
@@ -40,7 +41,7 @@ def test_fewer_than_100_queries_and_k_larger_than_bank() -> None:
 
 def test_ks_above_the_bank_are_capped_and_reported_once(tmp_path) -> None:
     train, val = _folder(tmp_path / "train", 0), _folder(tmp_path / "val", 1)
-    results = run_knn(vit_tiny(16).eval(), train, val, ks=[2, 10, 20], device="cpu", progress=False)
+    results = run_knn(vit_tiny(16).eval(), train, val, ks=[2, 10, 20], runtime=Runtime(device="cpu", progress=False))
     assert [r.k for r in results] == [2, 6]
 
 
@@ -169,7 +170,7 @@ def _knn_rank(rank: int, port: int, folder: str, result_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    features, labels, _ = extract_folder_features(vit_tiny(16), folder, device="cpu", progress=False)
+    features, labels, _ = extract_folder_features(vit_tiny(16), folder, runtime=Runtime(device="cpu", progress=False))
     torch.save({"features": features, "labels": labels}, f"{result_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -189,7 +190,7 @@ def test_distributed_extraction_matches_single_process(tmp_path) -> None:
         port = handle.getsockname()[1]
     mp.spawn(_knn_rank, args=(port, str(folder), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
-    single, labels, _ = extract_folder_features(vit_tiny(16), folder, device="cpu", progress=False)
+    single, labels, _ = extract_folder_features(vit_tiny(16), folder, runtime=Runtime(device="cpu", progress=False))
     for rank in range(2):
         shard = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert torch.allclose(shard["features"], single, atol=1e-5)

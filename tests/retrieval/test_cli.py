@@ -16,6 +16,7 @@ from PIL import Image
 from apps.retrieval.revisitop import compute_map, protocol_ground_truth
 from dino.checkpoint import load_backbone, model_identity
 from dino.cli import main
+from dino.runtime import Runtime
 from dino.search.descriptors import (
     DescriptorExtractor,
     DescriptorRecipe,
@@ -27,7 +28,7 @@ from dino.search.whitening import Whitening
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--weights", "random:vit_tiny/16", "--no-progress", "--workers", "0"]
-QUIET = {"progress": False, "num_workers": 0}
+QUIET = Runtime(progress=False, num_workers=0)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -162,7 +163,7 @@ def test_a_whitening_fitted_by_either_app_serves_both(tmp_path, make_images) -> 
     images = make_images(tmp_path / "set", 6)
     model, other = load_backbone("random:vit_tiny/16"), load_backbone("random:vit_tiny/8")
     recipe = DescriptorRecipe.copy_detection(64)
-    fitted = fit_descriptor_whitening(DescriptorExtractor(model, recipe, **QUIET), images, source="set")
+    fitted = fit_descriptor_whitening(DescriptorExtractor(model, recipe, runtime=QUIET), images, source="set")
     fitted.save(tmp_path / "w.npz")
     assert load_descriptor_whitening(tmp_path / "w.npz", model, recipe).metadata["source"] == "set"
     with pytest.raises(ValueError, match="w.npz: this whitening was fitted on descriptors of another backbone"):
@@ -182,7 +183,7 @@ def test_a_whitening_fitted_by_either_app_serves_both(tmp_path, make_images) -> 
 def _independent_medium_map(root: Path, config: dict, crop: bool) -> tuple[float, float]:
     """Medium and hard mAP from DescriptorExtractor + numpy + compute_map, without the eval module."""
     model = load_backbone("random:vit_tiny/16")
-    extractor = DescriptorExtractor(model, DescriptorRecipe.retrieval(), **QUIET)
+    extractor = DescriptorExtractor(model, DescriptorRecipe.retrieval(), runtime=QUIET)
     jpg = root / "mini" / "jpg"
     database = extractor.extract([jpg / f"{i}.jpg" for i in config["imlist"]])
     queries = [Image.open(jpg / f"{i}.jpg").convert("RGB") for i in config["qimlist"]]
@@ -252,7 +253,7 @@ def test_torchrun_shards_merge_into_one_index(tmp_path, make_images) -> None:
     assert completed.stdout.count("indexed 7 images") == 1  # only rank 0 writes the index
     sharded = ImageIndex.load(out)
     assert sharded.paths == [str(p) for p in images]
-    reference = DescriptorExtractor(load_backbone("random:vit_tiny/16"), DescriptorRecipe.retrieval(), **QUIET)
+    reference = DescriptorExtractor(load_backbone("random:vit_tiny/16"), DescriptorRecipe.retrieval(), runtime=QUIET)
     np.testing.assert_allclose(sharded.vectors(), reference.extract(images), atol=1e-5)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
     shutil.rmtree(out)

@@ -14,6 +14,7 @@ from apps.segmentation.visualize import output_folders
 from dino import cli
 from dino.checkpoint import load_backbone
 from dino.data.masks import read_indexed_png
+from dino.runtime import Runtime
 
 RUNTIME = ["--weights", "random:vit_tiny/16", "--device", "cpu", "--workers", "0", "--no-progress"]
 
@@ -100,7 +101,7 @@ def test_attention_progress_counts_each_image_when_it_is_done(tmp_path, monkeypa
     photos = [Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)) for i in range(3)]
     model = load_backbone("random:vit_tiny/16")
     seen = []
-    for item in iter_attention(model, photos, size=32, device="cpu", batch_size=3, progress=True):
+    for item in iter_attention(model, photos, size=32, runtime=Runtime(device="cpu", batch_size=3)):
         seen.append((item.index, list(counts)))  # the bar, while the caller holds this image
     # One batch of three, yet the bar moves image by image: each is counted once its caller is done with it.
     assert seen == [(0, []), (1, [1]), (2, [1, 2])] and counts == [1, 2, 3]

@@ -18,6 +18,7 @@ from apps.segmentation.diffusion import (
     resized_size,
 )
 from apps.segmentation.inference import iter_attention
+from dino.runtime import Runtime
 
 
 def two_cluster_keys(grid: tuple[int, int], inside: np.ndarray, heads: int = 2, dim: int = 4) -> torch.Tensor:
@@ -119,6 +120,8 @@ def test_a_backbone_runs_end_to_end_on_a_photo_of_another_size() -> None:
 
     model = load_backbone("random:dinov2_vits14_reg")
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (75, 100, 3), dtype=np.uint8))
-    item = next(iter_attention(model, [photo], size=60, keep_aspect=True, device="cpu", progress=False))
+    item = next(
+        iter_attention(model, [photo], size=60, keep_aspect=True, runtime=Runtime(device="cpu", progress=False))
+    )
     mask = diffusion_foreground(item.maps, item.keys, photo, 14, resized_size((75, 100), 60, keep_aspect=True))
     assert mask.shape == (75, 100) and mask.dtype == bool

@@ -10,6 +10,7 @@ from PIL import Image
 from apps.segmentation.inference import iter_attention
 from apps.segmentation.ncut import NCUT_EPS, NCUT_MAX_PATCHES, ncut_foreground, patch_affinity
 from dino.checkpoint import load_backbone
+from dino.runtime import Runtime
 
 
 def synthetic_keys(object_mask: np.ndarray, heads: int = 2, head_dim: int = 8, noise: float = 0.05) -> torch.Tensor:
@@ -71,7 +72,9 @@ def test_ncut_on_a_synthetic_image_with_random_weights() -> None:
     image = np.zeros((128, 128, 3), dtype=np.uint8)
     image[32:80, 48:96] = 255
     model = load_backbone("random:vit_tiny/16")
-    item = next(iter_attention(model, [Image.fromarray(image)], size=128, device="cpu", progress=False))
+    item = next(
+        iter_attention(model, [Image.fromarray(image)], size=128, runtime=Runtime(device="cpu", progress=False))
+    )
     expected = np.zeros((8, 8), dtype=bool)
     expected[2:5, 3:6] = True
     np.testing.assert_array_equal(ncut_foreground(item.keys, item.grid), expected)

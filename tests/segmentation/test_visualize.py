@@ -10,6 +10,7 @@ from apps.segmentation.inference import iter_attention
 from apps.segmentation.visualize import attention_views, photo_attention_views, save_attention_figures
 from dino.checkpoint import load_backbone
 from dino.data.masks import read_indexed_png
+from dino.runtime import Runtime
 
 HEADS = 3  # vit_tiny
 
@@ -46,7 +47,13 @@ def test_photo_views_without_the_foreground_mask(model, photo) -> None:
 def test_the_figures_draw_the_same_views(model, photo, tmp_path) -> None:
     photo.save(tmp_path / "photo.png")
     (folder,) = save_attention_figures(
-        model, [tmp_path / "photo.png"], tmp_path / "out", 0.5, 32, keep_aspect=True, device="cpu", progress=False
+        model,
+        [tmp_path / "photo.png"],
+        tmp_path / "out",
+        0.5,
+        32,
+        keep_aspect=True,
+        runtime=Runtime(device="cpu", progress=False),
     )
     views = photo_attention_views(model, photo, threshold=0.5, size=32, device="cpu")
     assert np.array_equal(read_indexed_png(folder / "mask.png"), views.foreground.astype(np.uint8))
@@ -54,6 +61,6 @@ def test_the_figures_draw_the_same_views(model, photo, tmp_path) -> None:
 
 
 def test_the_foreground_mask_needs_the_resized_size(model, photo) -> None:
-    item = next(iter_attention(model, [photo], size=32, device="cpu", progress=False))
+    item = next(iter_attention(model, [photo], size=32, runtime=Runtime(device="cpu", progress=False)))
     with pytest.raises(ValueError, match="resized size"):
         attention_views(item, 0.5, model.patch_size, photo)

@@ -13,6 +13,7 @@ from apps.segmentation.evaluate import evaluate_masks, labels_at_input_resolutio
 from apps.segmentation.voc import davis_samples, read_labels, voc_samples
 from dino.checkpoint import load_backbone
 from dino.data.masks import write_indexed_png
+from dino.runtime import Runtime
 
 
 def test_voc_reader_keeps_ids_and_void(voc_root, voc_labels) -> None:
@@ -70,8 +71,7 @@ def test_whole_masks_score_object_area_over_image_area(voc_root, voc_labels, voc
         keep_aspect=False,
         resolution=resolution,
         void=void,
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", dtype="fp32", progress=False),
     )
     expected_images = []
     for labels in voc_labels.values():
@@ -95,9 +95,7 @@ def test_evaluation_end_to_end_writes_results(voc_root, voc_size, tmp_path, meth
         method=method,
         heads=heads,
         size=voc_size,
-        device="cpu",
-        batch_size=2,
-        progress=False,
+        runtime=Runtime(device="cpu", dtype="fp32", batch_size=2, progress=False),
         protocol={"dataset": "voc", "split": "val"},
     )
     summary_path, rows_path = write_results(result, tmp_path / "out")
