@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from dino.layers.block import LAYER_NORM_EPS, Block, FeedForward
 from dino.layers.init import init_linear, trunc_normal_
@@ -41,6 +42,7 @@ __all__ = [
     "LastLayerOutput",
     "PosEmbedInterpolation",
     "VisionTransformer",
+    "ViTOptions",
     "build_vit",
     "vit_base",
     "vit_giant2",
@@ -321,34 +323,53 @@ class VisionTransformer(nn.Module):
         return self.forward_with_attention(x).attention
 
 
-def build_vit(arch: str, patch_size: int = 16, **kwargs: object) -> VisionTransformer:
+class ViTOptions(TypedDict, total=False):
+    """The :class:`VisionTransformer` arguments a factory passes on: the table's size of an architecture
+    (``embed_dim``, ``depth``, ``num_heads``) can be overridden, and the DINOv2 options set."""
+
+    img_size: int
+    in_chans: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    qkv_bias: bool
+    drop_path_rate: float
+    pos_embed_interpolation: PosEmbedInterpolation
+    layer_scale_init: float | None
+    num_register_tokens: int
+    ffn: FeedForward
+    mask_token: bool
+
+
+def build_vit(arch: str, patch_size: int = 16, **options: Unpack[ViTOptions]) -> VisionTransformer:
     """Build a ViT by architecture name (``vit_tiny``, ``vit_small``, ``vit_base``, ``vit_large``,
-    ``vit_giant2``); keyword arguments override the table (e.g. ``depth``) or set the DINOv2 options."""
+    ``vit_giant2``); `options` override the table (e.g. ``depth``) or set the DINOv2 options."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    return VisionTransformer(patch_size=patch_size, **{**ARCHITECTURES[arch], **kwargs})  # type: ignore[arg-type]
+    return VisionTransformer(patch_size=patch_size, **{**ARCHITECTURES[arch], **options})  # type: ignore[arg-type]
 
 
-def vit_tiny(patch_size: int = 16, **kwargs: object) -> VisionTransformer:
+def vit_tiny(patch_size: int = 16, **options: Unpack[ViTOptions]) -> VisionTransformer:
     """ViT-T: D=192, 12 blocks, 3 heads."""
-    return build_vit("vit_tiny", patch_size, **kwargs)
+    return build_vit("vit_tiny", patch_size, **options)
 
 
-def vit_small(patch_size: int = 16, **kwargs: object) -> VisionTransformer:
+def vit_small(patch_size: int = 16, **options: Unpack[ViTOptions]) -> VisionTransformer:
     """ViT-S (DeiT-S): D=384, 12 blocks, 6 heads."""
-    return build_vit("vit_small", patch_size, **kwargs)
+    return build_vit("vit_small", patch_size, **options)
 
 
-def vit_base(patch_size: int = 16, **kwargs: object) -> VisionTransformer:
+def vit_base(patch_size: int = 16, **options: Unpack[ViTOptions]) -> VisionTransformer:
     """ViT-B: D=768, 12 blocks, 12 heads."""
-    return build_vit("vit_base", patch_size, **kwargs)
+    return build_vit("vit_base", patch_size, **options)
 
 
-def vit_large(patch_size: int = 14, **kwargs: object) -> VisionTransformer:
+def vit_large(patch_size: int = 14, **options: Unpack[ViTOptions]) -> VisionTransformer:
     """ViT-L: D=1024, 24 blocks, 16 heads (DINOv2)."""
-    return build_vit("vit_large", patch_size, **kwargs)
+    return build_vit("vit_large", patch_size, **options)
 
 
-def vit_giant2(patch_size: int = 14, **kwargs: object) -> VisionTransformer:
+def vit_giant2(patch_size: int = 14, **options: Unpack[ViTOptions]) -> VisionTransformer:
     """ViT-g as DINOv2 builds it: D=1536, 40 blocks, 24 heads, SwiGLU."""
-    return build_vit("vit_giant2", patch_size, **{"ffn": "swiglu", **kwargs})
+    return build_vit("vit_giant2", patch_size, **{"ffn": "swiglu", **options})
