@@ -127,7 +127,8 @@ def save_attention_figures(
             ncut_mask = grid_to_photo(grid_mask, patch, resized, (photo.height, photo.width), smooth=False) > 0.5
             write_indexed_png(folder / "ncut-mask.png", ncut_mask.astype(np.uint8))
             shown = shown if shown is not None else _at_input_size(ncut_mask, resized, image.shape[:2])
-        title = f"{paths[item.index].name} — {getattr(model, 'weights_source', '')}, {tag}"
+        weights = model.provenance.source if model.provenance is not None else ""
+        title = f"{paths[item.index].name} — {weights}, {tag}"
         save_summary(folder / "summary.png", image, head_maps, head_masks, mean_map, threshold, shown, title)
     return folders
 
