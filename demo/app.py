@@ -88,7 +88,7 @@ def weights_notice(weights: str, model: VisionTransformer) -> str:
     """Markdown saying which weights are loaded, where they come from and what quality to expect from them."""
     arch = f"ViT with {model.embed_dim}-d tokens, {model.num_heads} heads, patch {model.patch_size}"
     releases = ", ".join(f"`{name}`" for name in RELEASES)
-    loaded = str(getattr(model, "weights_source", weights))
+    loaded = model.provenance.source if model.provenance is not None else weights
     if loaded.startswith("random"):
         return (
             f"**Weights: `{weights}`, a seeded random initialisation** ({arch}). Every tab runs the real "

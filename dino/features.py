@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dino.atomic import atomic_output_path, atomic_write_json, refuse_overwriting_inputs
+from dino.checkpoint import weights_record
 from dino.data.constants import DEFAULT_MAX_TOKENS
 from dino.data.io import ImageLoadError, list_images, open_image, to_rgb
 from dino.data.transforms import ImageTransform, knn_transform, make_transform, planned_size
-from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import AttentionRows, VisionTransformer
 from dino.runtime import Runtime, autocast_context
 
@@ -411,8 +411,7 @@ def extract_features_to_file(
         {
             "features": what,
             "shape": list(array.shape),
-            "weights": str(getattr(model, "weights_source", "")),
-            "weights_provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
+            **weights_record(model),
             "patch_size": model.patch_size,
             "embed_dim": model.embed_dim,
             "preprocessing": preprocessing,

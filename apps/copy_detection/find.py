@@ -57,7 +57,8 @@ __all__ = [
 
 def calibration_for(model: VisionTransformer) -> CopyCalibration:
     """The thresholds calibrated for `model`'s weights, or the default backbone's when it has none."""
-    return CALIBRATIONS.get(str(getattr(model, "weights_source", "")), DEFAULT_CALIBRATION)
+    weights = model.provenance.source if model.provenance is not None else ""
+    return CALIBRATIONS.get(weights, DEFAULT_CALIBRATION)
 
 
 def calibrated_min_inliers(model: VisionTransformer, verify: str) -> int:

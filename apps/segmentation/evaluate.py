@@ -35,9 +35,9 @@ from apps.segmentation.masks import (
 from apps.segmentation.ncut import ncut_foreground
 from apps.segmentation.voc import SegmentationSample, read_labels
 from dino.atomic import atomic_write, atomic_write_json
+from dino.checkpoint import weights_record
 from dino.data.io import open_image
 from dino.data.transforms import denormalize
-from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import Runtime
 
@@ -238,8 +238,7 @@ def _protocol_record(
         "resolution": "photo (masks mapped back to each photo's size)"
         if resolution == "photo"
         else "network input (labels resized nearest, cropped to a multiple of the patch size)",
-        "weights": str(getattr(model, "weights_source", "")),
-        "weights_provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
+        **weights_record(model),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
         "num_heads": model.num_heads,

@@ -309,7 +309,8 @@ def _save_summary(
 ) -> None:
     """``summary.png``: every view in one figure at the network input's size, with `foreground` (H, W) if given,
     titled with the image's name, the weights and the threshold."""
-    title = f"{path.name} — {getattr(model, 'weights_source', '')}, {recipe.tag}"
+    weights = model.provenance.source if model.provenance is not None else ""
+    title = f"{path.name} — {weights}, {recipe.tag}"
     save_summary(
         folder / "summary.png",
         views.image,

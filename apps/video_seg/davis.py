@@ -33,11 +33,10 @@ from dino.atomic import (
     remove_stale_temporaries,
     restore_interrupted_output_dir,
 )
-from dino.checkpoint import state_dict_sha256
+from dino.checkpoint import weights_record, weights_sha256
 from dino.data.davis import davis_first_annotation, davis_frames, davis_sequences
 from dino.data.io import ImageLoadError
 from dino.data.masks import read_indexed_png, write_indexed_png
-from dino.hub.releases import weights_provenance
 from dino.models.vision_transformer import VisionTransformer
 
 __all__ = ["MANIFEST_NAME", "SequenceResult", "read_bgr_frames", "recorded_sequences", "segment_davis"]
@@ -117,9 +116,8 @@ def _check_sizes(frames: Sequence[Path], first_annotation: Path) -> None:
 
 def _settings(model: VisionTransformer, config: PropagationConfig, preprocessing: FramePreprocessing, autocast) -> dict:
     return {
-        "weights": str(getattr(model, "weights_source", "")),
-        "weights_provenance": weights_provenance(str(getattr(model, "weights_source", ""))),
-        "backbone_sha256": state_dict_sha256(model),
+        **weights_record(model),
+        "backbone_sha256": weights_sha256(model),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
         "propagation": dataclasses.asdict(config) | {"max_affinity_mb": None},  # memory does not change results

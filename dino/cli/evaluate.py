@@ -17,12 +17,12 @@ from dino.cli.arguments import (
     runtime_from_args,
 )
 from dino.eval.defaults import BASE_LR, DEFAULT_KS, DEFAULT_TEMPERATURE, LINEAR_INPUTS, N_LAST_BLOCKS
-from dino.hub.releases import weights_provenance
 
 __all__ = ["register"]
 
 
 def _knn(args: argparse.Namespace) -> int:
+    from dino.checkpoint import weights_record
     from dino.distributed import init_distributed
     from dino.eval.knn import run_knn
 
@@ -46,8 +46,7 @@ def _knn(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['k']}-NN: top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}")
     if args.out:
-        source = str(getattr(model, "weights_source", args.weights))
-        record = {"weights": source, "weights_provenance": weights_provenance(source), "temperature": args.temperature}
+        record = {**weights_record(model), "temperature": args.temperature}
         atomic_write_json(args.out, {**record, "results": rows})
         print(f"wrote {args.out}")
     else:
@@ -56,6 +55,7 @@ def _knn(args: argparse.Namespace) -> int:
 
 
 def _linear(args: argparse.Namespace) -> int:
+    from dino.checkpoint import weights_record
     from dino.eval.linear import run_linear
 
     model = backbone_from_args(args)
@@ -76,8 +76,7 @@ def _linear(args: argparse.Namespace) -> int:
         atomic_write_json(
             f"{args.output_dir}/linear_results.json",
             {
-                "weights": str(getattr(model, "weights_source", args.weights)),
-                "weights_provenance": weights_provenance(str(getattr(model, "weights_source", args.weights))),
+                **weights_record(model),
                 "linear_input": {
                     "layout": args.linear_input,
                     "n_last_blocks": args.n_last_blocks,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dino.atomic import atomic_output_path, atomic_write_json
-from dino.checkpoint import state_dict_sha256
+from dino.checksums import state_dict_sha256
 from dino.data.datasets import ImageFolderDataset
 from dino.data.transforms import knn_transform
 from dino.distributed import all_gather_objects, get_rank, get_world_size, is_main_process

@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
 from dino.models.architectures import ARCHITECTURES
-from dino.models.vision_transformer import PosEmbedInterpolation, VisionTransformer, build_vit
+from dino.models.vision_transformer import PosEmbedInterpolation, VisionTransformer, ViTOptions, build_vit
 
 __all__ = [
     "BackboneConfig",
@@ -40,7 +41,8 @@ __all__ = [
     "LayoutError",
     "infer_backbone_config",
     "is_hugging_face_model",
-    "read_hugging_face_model",
+    "locate_hugging_face_model",
+    "read_safetensors",
     "to_official_layout",
 ]
 
@@ -112,9 +114,10 @@ class BackboneConfig:
     mask_token: bool = False
     pos_embed_interpolation: PosEmbedInterpolation = "reference"
 
-    def build(self, **overrides: Any) -> VisionTransformer:
-        """The model (random weights) that a state dict of this configuration loads into strictly."""
-        options: dict[str, Any] = {
+    def build(self, **overrides: Unpack[ViTOptions]) -> VisionTransformer:
+        """The model (random weights) that a state dict of this configuration loads into strictly; `overrides`
+        replace the configuration's constructor arguments (e.g. ``pos_embed_interpolation``)."""
+        options: ViTOptions = {
             "img_size": self.img_size,
             "depth": self.depth,
             "num_heads": self.num_heads,
@@ -267,13 +270,11 @@ def is_hugging_face_model(path: str | os.PathLike[str]) -> bool:
     return path.suffix == ".safetensors" or (path.name in HF_WEIGHT_FILES and (path.parent / HF_CONFIG).is_file())
 
 
-def read_hugging_face_model(
-    path: str | os.PathLike[str], weights_only: bool = True
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The tensors and `config.json` (empty when absent) of a Hugging Face model folder or weights file.
+def locate_hugging_face_model(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The weights file and `config.json` (empty when absent) of a Hugging Face model folder or weights file.
 
-    `model.safetensors` is read with `safetensors` (no code can run); `pytorch_model.bin` with
-    ``torch.load(weights_only=True)`` unless `weights_only` is False.
+    Only locates and checks: `model.safetensors` is read by :func:`read_safetensors`, `pytorch_model.bin` by the
+    loading front (:func:`dino.checkpoint.load_backbone`), which owns the rules for unpickling files.
 
     Raises:
         LayoutError: No weights file, an unreadable `config.json`, or a `model_type` that is no DINO-family ViT.
@@ -294,16 +295,11 @@ def read_hugging_face_model(
             raise LayoutError(f"{folder / HF_CONFIG}: model_type {model_type!r} is not one of {sorted(HF_MODEL_TYPES)}")
         if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
             raise LayoutError(f"{folder / HF_CONFIG}: only GELU MLPs with a qkv bias are DINO-family ViTs")
-    if weights.suffix == ".safetensors":
-        state = _read_safetensors(weights)
-    else:
-        from dino.checkpoint import load_checkpoint_file
-
-        state = load_checkpoint_file(weights, weights_only)
-    return dict(state), config
+    return weights, config
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors of a `.safetensors` file, on CPU (the format holds no code, so nothing can run)."""
     try:
         from safetensors.torch import load_file
     except ImportError as error:

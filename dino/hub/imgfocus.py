@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from dino.atomic import atomic_output_path
-from dino.checkpoint import file_sha256
+from dino.checksums import file_sha256
 
 if TYPE_CHECKING:
     import numpy as np

@@ -34,6 +34,7 @@ from dino.layers.block import LAYER_NORM_EPS, Block, FeedForward
 from dino.layers.init import init_linear, trunc_normal_
 from dino.layers.patch_embed import PatchEmbed
 from dino.models.architectures import ARCHITECTURES
+from dino.models.provenance import WeightsProvenance
 
 __all__ = [
     "ARCHITECTURES",
@@ -153,6 +154,8 @@ class VisionTransformer(nn.Module):
         self.num_register_tokens = num_register_tokens
         self.layer_scale = layer_scale_init is not None
         self.ffn = ffn
+        # Set by dino.checkpoint.load_backbone; None for a model built here (random weights or loaded otherwise).
+        self.provenance: WeightsProvenance | None = None
         num_patches = (img_size // patch_size) ** 2
 
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)

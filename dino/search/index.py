@@ -47,7 +47,8 @@ from dino.atomic import (
     remove_stale_temporaries,
     restore_interrupted_output_dir,
 )
-from dino.checkpoint import file_sha256, load_backbone, model_identity
+from dino.checkpoint import load_backbone, model_identity
+from dino.checksums import file_sha256
 from dino.features import NothingUsableError, OnError
 from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import Runtime

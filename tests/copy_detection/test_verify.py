@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,8 @@ def test_sift_features_survive_rotation_and_map_back_to_original_pixels() -> Non
 
 def test_thresholds_follow_the_backbone_and_uncalibrated_verifiers_are_refused() -> None:
     tiny, imgfocus = load_backbone("random:vit_tiny/16"), load_backbone("random:vit_tiny/16")
-    tiny.weights_source, imgfocus.weights_source = "dino_vitt16_cpu", "dinov2_vits14_imgfocus"
+    tiny.provenance = replace(tiny.provenance, source="dino_vitt16_cpu")
+    imgfocus.provenance = replace(imgfocus.provenance, source="dinov2_vits14_imgfocus")
     assert calibration_for(tiny).threshold == 0.985 and calibrated_min_inliers(tiny, "dino") == 42
     assert calibration_for(imgfocus) == calibration_for(load_backbone("random:vit_tiny/16"))  # the default's
     assert calibrated_min_inliers(imgfocus, "sift") == 58

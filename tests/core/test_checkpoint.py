@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import urllib.error
 
@@ -17,8 +18,8 @@ from dino.checkpoint import (
     load_backbone,
     model_identity,
 )
-from dino.hub.releases import RELEASES, WeightsUnavailableError
-from dino.models import DINOHead, vit_tiny
+from dino.hub.releases import RELEASES, WeightsUnavailableError, weights_provenance
+from dino.models import DINOHead, WeightsProvenance, build_vit, vit_tiny
 
 SPEC_DIMS = {"vit_small": (384, 6), "vit_base": (768, 12)}
 BLOCK_PARAMS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
@@ -146,6 +147,66 @@ def test_loaded_backbone_records_how_to_load_it_again(tmp_path, monkeypatch) -> 
     assert model_identity(load_backbone("random:vit_tiny/16"))["weights"] == "random:vit_tiny/16"
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict as model manifests record it, written out here from its definition: for each key
+    in order, ``key:dtype:(numel,);`` and then the tensor's bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        flat = state[key].detach().contiguous().reshape(-1)
+        digest.update(f"{key}:{flat.dtype}:{tuple(flat.shape)};".encode())
+        digest.update(flat.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_loaded_backbone_carries_its_provenance(tmp_path, monkeypatch) -> None:
+    random = load_backbone("random:vit_tiny/16")
+    assert random.provenance == WeightsProvenance(
+        source="random:vit_tiny/16",
+        checkpoint_key="teacher",
+        sha256=weights_digest(random.state_dict()),
+        description="random initialisation (seed 0), no learned features",
+    )
+    student = {key: value + 1 for key, value in random.state_dict().items()}
+    torch.save({"teacher": random.state_dict(), "student": student}, tmp_path / "run.pth")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_backbone("run.pth", checkpoint_key="student")
+    assert loaded.provenance == WeightsProvenance(
+        source=str(tmp_path / "run.pth"),
+        checkpoint_key="student",
+        sha256=weights_digest(student),
+        description=weights_provenance(str(tmp_path / "run.pth")),
+    )
+    assert build_vit("vit_tiny").provenance is None
+
+
+def test_model_identity_reads_the_checksum_computed_at_load(monkeypatch) -> None:
+    model = load_backbone("random:vit_tiny/16")
+    hashed = []
+    monkeypatch.setattr("dino.checkpoint.state_dict_sha256", lambda module: hashed.append(module) or "rehashed")
+    identity = model_identity(model)
+    assert model_identity(model) == identity and not hashed
+    assert identity == {
+        "weights": "random:vit_tiny/16",
+        "provenance": "random initialisation (seed 0), no learned features",
+        "checkpoint_key": "teacher",
+        "arch": "vit_tiny",
+        "patch_size": 16,
+        "num_register_tokens": 0,
+        "embed_dim": 192,
+        "sha256": weights_digest(model.state_dict()),
+    }
+    model.to(torch.float32)  # a move to another device or dtype that changes nothing keeps the checksum
+    assert model_identity(model)["sha256"] == identity["sha256"] and not hashed
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.bias.add_(0.5)  # weights changed since loading: hashed again
+    assert model_identity(model)["sha256"] == "rehashed" and hashed == [model]
+    hashed.clear()
+    # A model that load_backbone did not load has no provenance: hashed when asked, as before.
+    unloaded = build_vit("vit_tiny")
+    assert model_identity(unloaded)["sha256"] == "rehashed" and hashed == [unloaded]
+    assert (model_identity(unloaded)["weights"], model_identity(unloaded)["checkpoint_key"]) == ("", "teacher")
+
+
 def test_bad_files_give_clear_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_backbone(tmp_path / "missing.pth")
@@ -206,7 +267,7 @@ def test_a_downloaded_dinov2_release_loads_strictly_with_its_convention(monkeypa
     served = load_backbone("random:dinov2_vits14_reg").state_dict()
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *args, **kwargs: served)
     model = load_backbone("dinov2_vits14_reg")
-    assert (model.num_register_tokens, model.pos_embed_interpolation, model.weights_source) == (
+    assert (model.num_register_tokens, model.pos_embed_interpolation, model.provenance.source) == (
         4,
         "exact_antialias",
         "dinov2_vits14_reg",

