@@ -32,6 +32,7 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from dino.models.architectures import ARCHITECTURES
+from dino.models.resnet import RESNET_LAYOUT_PREFIXES
 from dino.models.vision_transformer import PosEmbedInterpolation, VisionTransformer, ViTOptions, build_vit
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "is_hugging_face_model",
     "locate_hugging_face_model",
     "read_safetensors",
+    "resnet_state_dict",
     "to_official_layout",
 ]
 
@@ -310,3 +312,40 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         return load_file(path, device="cpu")
     except Exception as error:  # safetensors raises its own error types for damaged files
         raise LayoutError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from error
+
+
+# ---------------------------------------------------------------------------- ResNet-50 (SPEC §23, §24)
+# Where each layout keeps the backbone: DenseCL's training checkpoints hold the query encoder as `encoder_q.0`
+# (its neck is `encoder_q.1`, the key encoder `encoder_k`); DINO's full checkpoints wrap it as `backbone.`, the
+# student also in DDP's `module.`.
+RESNET_WRAPPERS = ("encoder_q.0.", "module.backbone.", "backbone.", "module.")
+
+
+def resnet_state_dict(checkpoint: Mapping[str, Any], checkpoint_key: str, source: str) -> dict[str, Tensor]:
+    """The ResNet-50 backbone of a checkpoint, in torchvision's layout without ``fc`` (what
+    :class:`dino.models.resnet.ResNet50` loads).
+
+    Reads DINO's backbone-only release and full checkpoints (``checkpoint[checkpoint_key]``, ``teacher`` or
+    ``student``; ``head.*`` dropped), DenseCL's releases (``{"state_dict": …, "author": "DenseCL"}``) and training
+    checkpoints (the query encoder ``encoder_q.0``; neck, key encoder and queues dropped), and torchvision and timm
+    ``resnet50`` state dicts (``fc.*`` dropped).
+
+    Raises:
+        LayoutError: No ResNet backbone keys were found.
+    """
+    state: Mapping[str, Any] = checkpoint
+    for key in (checkpoint_key, "state_dict", "model"):
+        if isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    tensors = {key: value for key, value in state.items() if isinstance(value, Tensor)}
+    for wrapper in RESNET_WRAPPERS:
+        wrapped = {key[len(wrapper) :]: value for key, value in tensors.items() if key.startswith(wrapper)}
+        if any(key.startswith(RESNET_LAYOUT_PREFIXES) for key in wrapped):
+            tensors = wrapped
+            break
+    backbone = {key: value for key, value in tensors.items() if key.startswith(RESNET_LAYOUT_PREFIXES)}
+    if not backbone:
+        shown = sorted(map(str, state))[:8]
+        raise LayoutError(f"{source}: no ResNet backbone found (conv1, bn1, layer1-4 keys); keys include {shown}")
+    return backbone
