@@ -30,7 +30,7 @@ import sys
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -66,8 +66,10 @@ from dino.hub.releases import (
 )
 from dino.models.architectures import ARCHITECTURES
 from dino.models.provenance import WeightsProvenance
-from dino.models.resnet import ResNet50
 from dino.models.vision_transformer import VisionTransformer, ViTOptions, build_vit
+
+if TYPE_CHECKING:
+    from dino.models.resnet import ResNet50
 
 __all__ = [
     "BUNDLED_WEIGHTS_DIR",
@@ -306,6 +308,9 @@ def load_resnet50(
         state = resnet_state_dict(checkpoint, checkpoint_key, path)
     except LayoutError as error:
         raise CheckpointError(str(error)) from None
+    # Imported here: torchvision's import costs a second of start-up that loading a ViT (`dino info`) does not need.
+    from dino.models.resnet import ResNet50
+
     model = ResNet50()
     _load_strict(model, state, path, "ResNet-50")
     model.provenance = WeightsProvenance(

@@ -32,7 +32,6 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from dino.models.architectures import ARCHITECTURES
-from dino.models.resnet import RESNET_LAYOUT_PREFIXES
 from dino.models.vision_transformer import PosEmbedInterpolation, VisionTransformer, ViTOptions, build_vit
 
 __all__ = [
@@ -319,6 +318,8 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 # (its neck is `encoder_q.1`, the key encoder `encoder_k`); DINO's full checkpoints wrap it as `backbone.`, the
 # student also in DDP's `module.`.
 RESNET_WRAPPERS = ("encoder_q.0.", "module.backbone.", "backbone.", "module.")
+# The top-level modules of torchvision's ResNet backbone: every key of its state dict starts with one of these.
+RESNET_LAYOUT_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
 def resnet_state_dict(checkpoint: Mapping[str, Any], checkpoint_key: str, source: str) -> dict[str, Tensor]:

@@ -15,10 +15,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from dino.models.provenance import WeightsProvenance
 
-__all__ = ["RESNET_LAYOUT_PREFIXES", "ResNet50", "ResNetFeatures"]
-
-# The top-level modules of the backbone's state dict: every key of a ResNet-50 backbone starts with one of these.
-RESNET_LAYOUT_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+__all__ = ["ResNet50", "ResNetFeatures"]
 
 
 class ResNetFeatures(NamedTuple):

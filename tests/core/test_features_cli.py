@@ -299,3 +299,17 @@ def test_building_the_parser_loads_no_heavy_library() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_loading_a_vit_loads_no_torchvision() -> None:
+    """`dino info` and the ViT loading front stay free of torchvision (a second of start-up); only the ResNet-50
+    loader imports it, when called."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dino.checkpoint; dino.checkpoint.load_backbone('random:vit_tiny/16'); "
+        "print('torchvision' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"
