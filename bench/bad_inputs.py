@@ -577,7 +577,8 @@ def run_case(root: Path, case: Case) -> Outcome:
         code, stderr = None, partial.decode(errors="replace") if isinstance(partial, bytes) else partial
     seconds = time.perf_counter() - start
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
+    # The workspace is a temporary folder of this machine: results name it WORKSPACE.
+    last = lines[-1].replace(str(root), "WORKSPACE") if lines else ""
     problems = []
     after = _snapshot(root)
     changed = sorted(name for name in before if after.get(name) != before[name])

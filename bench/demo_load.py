@@ -398,7 +398,9 @@ def main() -> None:
         else:
             with demo_process(args.weights, scratch_dir) as url:
                 report = run(url, Inputs.from_cache(scratch_dir), args, scratch_dir)
-    report["settings"] = {**vars(args), "json": str(args.json) if args.json else None, "cpus": os.cpu_count()}
+    # The output file's path is where this machine wrote it, not a setting of the run.
+    settings = {key: value for key, value in vars(args).items() if key != "json"}
+    report["settings"] = {**settings, "cpus": os.cpu_count()}
     if args.json:
         atomic_write_json(args.json, report)
 

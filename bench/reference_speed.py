@@ -665,7 +665,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print_report(report, args.markdown)
     if args.json:
-        options = vars(args) | {"data": str(args.data), "json": str(args.json)}
+        # Paths as the repository sees them: the results file must not name folders of the machine it ran on.
+        data = os.path.relpath(args.data, REPO_ROOT) if args.data else None
+        options = {key: value for key, value in vars(args).items() if key != "json"} | {"data": data}
         atomic_write_json(args.json, {"args": options, **asdict(report)})
     return 0
 
