@@ -6,7 +6,14 @@ import argparse
 import math
 from pathlib import Path
 
-from apps.segmentation.defaults import DEFAULT_THRESHOLD, MASK_METHODS, NCUT_EPS, NCUT_TAU, REFERENCE_IMAGE_SIZE
+from apps.segmentation.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_THRESHOLD,
+    MASK_METHODS,
+    NCUT_EPS,
+    NCUT_TAU,
+    REFERENCE_IMAGE_SIZE,
+)
 from dino.cli.arguments import (
     add_runtime_arguments,
     add_weights_arguments,
@@ -18,8 +25,6 @@ from dino.cli.arguments import (
 )
 
 __all__ = ["register"]
-
-DEFAULT_BATCH_SIZE = 8
 
 
 def _add_preprocessing_arguments(parser: argparse.ArgumentParser, keep_aspect: bool) -> None:

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from apps.segmentation.defaults import DEFAULT_BATCH_SIZE
 from apps.segmentation.masks import attention_transform, cls_attention_maps
 from dino.features import FeatureExtractor
 from dino.models.vision_transformer import VisionTransformer
@@ -17,10 +18,9 @@ from dino.runtime import Runtime
 
 __all__ = ["ATTENTION_RUNTIME", "EVALUATION_RUNTIME", "ImageAttention", "iter_attention"]
 
-# Attention maps at 480² hold heads × N² weights per image: batches of 8 (``dino attention``'s --batch-size).
-ATTENTION_RUNTIME = Runtime(batch_size=8)
-# seg-eval reports the paper's numbers: the reference's fp32.
-EVALUATION_RUNTIME = Runtime(dtype="fp32", batch_size=8)
+# The defaults of `dino attention` and `dino seg-eval`; seg-eval reports the paper's numbers, in the reference's fp32.
+ATTENTION_RUNTIME = Runtime(batch_size=DEFAULT_BATCH_SIZE)
+EVALUATION_RUNTIME = Runtime(dtype="fp32", batch_size=DEFAULT_BATCH_SIZE)
 
 
 @dataclass
