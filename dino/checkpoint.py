@@ -45,6 +45,7 @@ from dino.hub.formats import (
     is_hugging_face_model,
     locate_hugging_face_model,
     read_safetensors,
+    resnet_depth,
     resnet_state_dict,
     to_official_layout,
 )
@@ -69,7 +70,7 @@ from dino.models.provenance import WeightsProvenance
 from dino.models.vision_transformer import VisionTransformer, ViTOptions, build_vit
 
 if TYPE_CHECKING:
-    from dino.models.resnet import ResNet50
+    from dino.models.resnet import ResNetBackbone
 
 __all__ = [
     "BUNDLED_WEIGHTS_DIR",
@@ -81,7 +82,7 @@ __all__ = [
     "infer_architecture",
     "load_backbone",
     "load_checkpoint_file",
-    "load_resnet50",
+    "load_resnet",
     "model_identity",
     "resolve_weights",
     "weights_record",
@@ -283,14 +284,15 @@ def load_backbone(
     return model.eval()
 
 
-def load_resnet50(
+def load_resnet(
     source: str | os.PathLike[str], checkpoint_key: str = "teacher", weights_only: bool = True
-) -> ResNet50:
-    """A :class:`~dino.models.resnet.ResNet50` with the weights of a file, loaded strictly (SPEC §23, §24).
+) -> ResNetBackbone:
+    """A :class:`~dino.models.resnet.ResNetBackbone` with the weights of a file, loaded strictly (SPEC §23, §24).
 
     Reads DINO's ResNet-50 release (backbone only) and full checkpoints (`checkpoint_key` ``teacher`` or
-    ``student``), DenseCL's released backbones and training checkpoints, and torchvision or timm ``resnet50`` state
-    dicts (:func:`dino.hub.formats.resnet_state_dict`).
+    ``student``), DenseCL's released backbones and training checkpoints, this project's ResNet training
+    checkpoints, and torchvision or timm ``resnet*`` state dicts (:func:`dino.hub.formats.resnet_state_dict`); the
+    depth (18, 34, 50, 101, 152) is read from the keys.
 
     Returns:
         The backbone in eval mode, its ``provenance`` set (the file's absolute path, `checkpoint_key`, the
@@ -298,7 +300,7 @@ def load_resnet50(
 
     Raises:
         FileNotFoundError: No such file.
-        CheckpointError: The file holds no ResNet-50 backbone, or weights that do not fit it exactly.
+        CheckpointError: The file holds no ResNet backbone, or weights that do not fit it exactly.
     """
     path = os.path.abspath(os.fspath(source))
     checkpoint = load_checkpoint_file(path, weights_only)
@@ -306,18 +308,19 @@ def load_resnet50(
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(checkpoint).__name__}")
     try:
         state = resnet_state_dict(checkpoint, checkpoint_key, path)
+        depth = resnet_depth(state, path)
     except LayoutError as error:
         raise CheckpointError(str(error)) from None
     # Imported here: torchvision's import costs a second of start-up that loading a ViT (`dino info`) does not need.
-    from dino.models.resnet import ResNet50
+    from dino.models.resnet import ResNetBackbone
 
-    model = ResNet50()
-    _load_strict(model, state, path, "ResNet-50")
+    model = ResNetBackbone(depth)
+    _load_strict(model, state, path, f"ResNet-{depth}")
     model.provenance = WeightsProvenance(
         source=path,
         checkpoint_key=checkpoint_key,
         sha256=state_dict_sha256(model),
-        description=f"ResNet-50 weights from the file {path}",
+        description=f"ResNet-{depth} weights from the file {path}",
     )
     return model.eval()
 

@@ -43,6 +43,7 @@ __all__ = [
     "is_hugging_face_model",
     "locate_hugging_face_model",
     "read_safetensors",
+    "resnet_depth",
     "resnet_state_dict",
     "to_official_layout",
 ]
@@ -323,13 +324,13 @@ RESNET_LAYOUT_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "la
 
 
 def resnet_state_dict(checkpoint: Mapping[str, Any], checkpoint_key: str, source: str) -> dict[str, Tensor]:
-    """The ResNet-50 backbone of a checkpoint, in torchvision's layout without ``fc`` (what
-    :class:`dino.models.resnet.ResNet50` loads).
+    """The ResNet backbone of a checkpoint, in torchvision's layout without ``fc`` (what
+    :class:`dino.models.resnet.ResNetBackbone` loads).
 
     Reads DINO's backbone-only release and full checkpoints (``checkpoint[checkpoint_key]``, ``teacher`` or
     ``student``; ``head.*`` dropped), DenseCL's releases (``{"state_dict": …, "author": "DenseCL"}``) and training
     checkpoints (the query encoder ``encoder_q.0``; neck, key encoder and queues dropped), and torchvision and timm
-    ``resnet50`` state dicts (``fc.*`` dropped).
+    ``resnet*`` state dicts (``fc.*`` dropped).
 
     Raises:
         LayoutError: No ResNet backbone keys were found.
@@ -350,3 +351,32 @@ def resnet_state_dict(checkpoint: Mapping[str, Any], checkpoint_key: str, source
         shown = sorted(map(str, state))[:8]
         raise LayoutError(f"{source}: no ResNet backbone found (conv1, bn1, layer1-4 keys); keys include {shown}")
     return backbone
+
+
+def resnet_depth(state: Mapping[str, Tensor], source: str) -> int:
+    """The depth of the torchvision ResNet whose backbone keys `state` holds (18, 34, 50, 101 or 152).
+
+    Bottleneck blocks have a ``conv3``, basic blocks do not; the blocks per stage tell the depths of one kind apart.
+
+    Raises:
+        LayoutError: The blocks match none of torchvision's ResNets.
+    """
+    bottleneck = "layer1.0.conv3.weight" in state
+    blocks = tuple(
+        len({key.split(".")[1] for key in state if key.startswith(f"layer{stage}.")}) for stage in (1, 2, 3, 4)
+    )
+    depths = {
+        (False, (2, 2, 2, 2)): 18,
+        (False, (3, 4, 6, 3)): 34,
+        (True, (3, 4, 6, 3)): 50,
+        (True, (3, 4, 23, 3)): 101,
+        (True, (3, 8, 36, 3)): 152,
+    }
+    depth = depths.get((bottleneck, blocks))
+    if depth is None:
+        kind = "bottleneck" if bottleneck else "basic"
+        raise LayoutError(
+            f"{source}: a ResNet with {kind} blocks {list(blocks)} per stage is none of torchvision's "
+            "ResNet-18/34/50/101/152"
+        )
+    return depth

@@ -8,10 +8,10 @@ import timm
 import torch
 import torchvision
 
-from dino.checkpoint import CheckpointError, load_backbone, load_resnet50
+from dino.checkpoint import CheckpointError, load_backbone, load_resnet
 from dino.checksums import state_dict_sha256
 from dino.hub.formats import LayoutError, resnet_state_dict
-from dino.models.resnet import ResNet50
+from dino.models.resnet import ResNetBackbone, resnet50
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def backbone_keys(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_the_backbone_is_torchvisions_without_the_classifier(torchvision_resnet, images) -> None:
-    model = ResNet50()
+    model = resnet50()
     assert set(model.state_dict()) == set(backbone_keys(torchvision_resnet))
     model.load_state_dict(backbone_keys(torchvision_resnet))
     model.eval()
@@ -58,7 +58,7 @@ def test_timm_resnet50_loads_and_agrees(images, tmp_path) -> None:
     torch.manual_seed(2)
     reference = timm.create_model("resnet50", pretrained=False).eval()
     torch.save(reference.state_dict(), tmp_path / "timm.pth")
-    model = load_resnet50(tmp_path / "timm.pth")
+    model = load_resnet(tmp_path / "timm.pth")
     with torch.no_grad():
         grid = reference.forward_features(images)
         pooled = reference.forward_head(grid, pre_logits=True)
@@ -125,9 +125,9 @@ def test_files_load_strictly_with_provenance(torchvision_resnet, images, tmp_pat
     weights = backbone_keys(torchvision_resnet)
     checkpoint, key = layouts(weights)["DINO full checkpoint, student"]
     torch.save(checkpoint, tmp_path / "full.pth")
-    model = load_resnet50(tmp_path / "full.pth", checkpoint_key=key)
+    model = load_resnet(tmp_path / "full.pth", checkpoint_key=key)
     assert not model.training
-    expected = ResNet50()
+    expected = resnet50()
     expected.load_state_dict(weights)
     assert model.provenance is not None and model.provenance.checkpoint_key == "student"
     assert model.provenance.source == str(tmp_path / "full.pth")
@@ -140,17 +140,39 @@ def test_wrong_files_are_refused_in_one_line(torchvision_resnet, tmp_path) -> No
     vit = load_backbone("random:vit_tiny/16")
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
     with pytest.raises(CheckpointError, match=r"vit\.pth: no ResNet backbone found") as error:
-        load_resnet50(tmp_path / "vit.pth")
+        load_resnet(tmp_path / "vit.pth")
     assert "\n" not in str(error.value)
     partial = backbone_keys(torchvision_resnet)
     del partial["layer4.2.bn3.running_var"]
     torch.save(partial, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match=r"partial\.pth: weights do not fit ResNet-50; missing keys"):
-        load_resnet50(tmp_path / "partial.pth")
+        load_resnet(tmp_path / "partial.pth")
     broken = backbone_keys(torchvision_resnet)
     broken["conv1.weight"] = torch.full_like(broken["conv1.weight"], float("nan"))
     torch.save(broken, tmp_path / "nan.pth")
     with pytest.raises(CheckpointError, match=r"nan\.pth: weights hold NaN or Inf values in \['conv1.weight'\]"):
-        load_resnet50(tmp_path / "nan.pth")
+        load_resnet(tmp_path / "nan.pth")
     with pytest.raises(LayoutError, match="no ResNet backbone found"):
         resnet_state_dict({"state_dict": {"queue": torch.zeros(2)}}, "teacher", "queues only")
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_the_depth_is_read_from_the_keys(depth, tmp_path) -> None:
+    torch.manual_seed(depth)
+    reference = getattr(torchvision.models, f"resnet{depth}")()
+    torch.save(reference.state_dict(), tmp_path / "weights.pth")
+    model = load_resnet(tmp_path / "weights.pth")
+    assert isinstance(model, ResNetBackbone) and model.depth == depth and model.arch == f"resnet{depth}"
+    assert model.embed_dim == reference.fc.in_features
+    image = torch.randn(1, 3, 64, 64)
+    reference.fc = torch.nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference.eval()(image), rtol=0, atol=0)
+
+
+def test_a_resnet_of_no_known_depth_is_refused(tmp_path) -> None:
+    weights = backbone_keys(torchvision.models.resnet18())
+    weights = {key: value for key, value in weights.items() if not key.startswith("layer3.1.")}
+    torch.save(weights, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=r"odd\.pth: a ResNet with basic blocks \[2, 2, 1, 2\] per stage"):
+        load_resnet(tmp_path / "odd.pth")
