@@ -8,7 +8,8 @@ import re
 import sys
 
 from dino.cli.arguments import output_folder
-from dino.train.config import available_presets, config_to_dict, load_config
+from dino.models.architectures import RESNET_ARCHITECTURES
+from dino.train.config import METHODS, TRAINABLE_ARCHS, available_presets, config_to_dict, load_config
 
 __all__ = ["register"]
 
@@ -18,6 +19,19 @@ _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)?=")
 
 def _is_override(text: str) -> bool:
     return bool(_OVERRIDE.match(text)) and not os.path.exists(text)
+
+
+def _recipe(args: argparse.Namespace) -> str | None:
+    """The preset to start from: the one given; with neither --preset nor --config, the reference recipe of the
+    method and backbone asked for (DenseCL: densecl_r50, SPEC §23; DINO with a ResNet: resnet50, SPEC §24), which
+    the dataclass defaults (the ViT-S/16 recipe) are not."""
+    if args.preset or args.config:
+        return args.preset
+    if args.method == "densecl":
+        return "densecl_r50"
+    if args.arch in RESNET_ARCHITECTURES:
+        return "resnet50"
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -31,7 +45,15 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"run.output_dir={args.output_dir!r}")
     if args.no_progress:
         overrides.append("run.progress=false")
-    config = load_config(args.preset, args.config, overrides)
+    # --method and --arch come first, so that a KEY=VALUE override still has the last word.
+    chosen = [f"run.method={args.method}"] if args.method else []
+    chosen += [f"model.arch={args.arch}"] if args.arch else []
+    preset = _recipe(args)
+    if preset != args.preset:
+        asked = " ".join(f"--{name} {value}" for name, value in (("method", args.method), ("arch", args.arch)) if value)
+        note = f"{asked} without --preset or --config: the reference recipe, preset {preset}"
+        print(f"dino train: {note}", file=sys.stderr)
+    config = load_config(preset, args.config, chosen + overrides)
     if args.print_config:
         import yaml
 
@@ -63,13 +85,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` verb."""
     parser = subparsers.add_parser(
         "train",
-        help="DINO self-supervised pretraining (one process, or torchrun for many GPUs/nodes)",
-        description="Train a ViT with DINO on a folder of images (searched recursively; labels ignored). "
+        help="DINO or DenseCL self-supervised pretraining (one process, or torchrun for many GPUs/nodes)",
+        description="Train a ViT or a ResNet with DINO, or a ResNet with DenseCL, on a folder of images (searched "
+        "recursively; labels ignored). "
         "Defaults are the reference ViT-S/16 recipe; settings come from a preset, a YAML file and key=value "
         "overrides, in that order. The same command runs under 'torchrun --nproc_per_node=N -m dino.cli train ...'. "
         "A run resumes exactly from OUTPUT_DIR/checkpoint.pth when it exists.",
         epilog="examples:\n"
         "  dino train --preset cpu_small --data-path photos/ --output-dir runs/tiny\n"
+        "  dino train --arch resnet50 --data-path imagenet/train --output-dir runs/rn50\n"
+        "  dino train --method densecl --preset densecl_cpu_small --data-path photos/ --output-dir runs/densecl\n"
         "  torchrun --nproc_per_node=8 -m dino.cli train --data-path imagenet/train --output-dir runs/vits16 "
         "optim.batch_size_per_gpu=64\n"
         "  dino train --config my.yaml optim.lr=1e-3 loss.teacher_temp=0.07 run.max_steps=100",
@@ -78,6 +103,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-path", nargs="+", help="image folders or files (sets run.data_path)")
     parser.add_argument(
         "--output-dir", type=output_folder, help="checkpoints, logs and config.yaml go here (sets run.output_dir)"
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="dino (the default) or densecl (sets run.method); densecl without --preset/--config trains with the "
+        "reference recipe, preset densecl_r50",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=TRAINABLE_ARCHS,
+        help="the backbone (sets model.arch); a ResNet without --preset/--config trains with the reference ResNet-50 "
+        "recipe, preset resnet50",
     )
     parser.add_argument("--preset", choices=available_presets(), help="a shipped recipe applied before --config")
     parser.add_argument("--config", help="a YAML file with sections model/crops/loss/optim/run")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ARCHITECTURES"]
+__all__ = ["ARCHITECTURES", "RESNET_ARCHITECTURES"]
 
 # SPEC §1 and §21: embed_dim, depth, heads of each variant (qkv bias everywhere; mlp_ratio 4).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -12,3 +12,7 @@ ARCHITECTURES: dict[str, dict[str, int]] = {
     "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
     "vit_giant2": {"embed_dim": 1536, "depth": 40, "num_heads": 24},
 }
+
+# torchvision's ResNets by name and depth (SPEC §23, §24; :class:`dino.models.resnet.ResNetBackbone`), named here so
+# that the config can validate `model.arch` without importing torch.
+RESNET_ARCHITECTURES: dict[str, int] = {f"resnet{depth}": depth for depth in (18, 34, 50, 101, 152)}

@@ -20,9 +20,13 @@ from typing import Any
 import yaml
 
 from dino.atomic import atomic_write
+from dino.models.architectures import ARCHITECTURES, RESNET_ARCHITECTURES
 
 __all__ = [
+    "METHODS",
+    "TRAINABLE_ARCHS",
     "CropsConfig",
+    "DenseCLConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -36,11 +40,20 @@ __all__ = [
 ]
 
 PRESET_PACKAGE = "dino.configs"
+# The backbones `dino train` can build: the ViTs of the DINO recipes and torchvision's ResNets (SPEC §24).
+TRAINABLE_ARCHS: tuple[str, ...] = (
+    *(name for name in ARCHITECTURES if name in ("vit_tiny", "vit_small", "vit_base")),
+    *RESNET_ARCHITECTURES,
+)
+# The self-supervised methods the trainer runs (``run.method``): DINO (SPEC §3-§7, §24) and DenseCL (SPEC §23).
+METHODS: tuple[str, ...] = ("dino", "densecl")
 
 
 @dataclass
 class ModelConfig:
-    """Student/teacher networks (SPEC §1–§2)."""
+    """Student/teacher networks (SPEC §1–§2). With a ResNet (`arch` ``resnet18`` … ``resnet152``, SPEC §24) the
+    head's input is the pooled feature (2048-d, or 512-d for ResNet-18/34) and `patch_size` / `drop_path_rate`,
+    which only a ViT has, are ignored."""
 
     arch: str = "vit_small"
     patch_size: int = 16
@@ -95,9 +108,32 @@ class OptimConfig:
 
 
 @dataclass
+class DenseCLConfig:
+    """DenseCL (SPEC §23; WXinlong/DenseCL ``configs/selfsup/densecl/densecl_imagenet_200ep.py``), read when
+    ``run.method=densecl``. The backbone is ``model.arch`` (a ResNet); the optimiser and the epochs are ``optim``'s.
+
+    `loss_lambda` weighs the dense loss, ``(1 - λ)·L_global + λ·L_dense``; λ is 0 for the first `warmup_iters`
+    global steps. `bn_splits` > 1 emulates shuffle BN in one process: the key batch is shuffled and its BatchNorm
+    statistics are taken over that many sub-batches. `queue_len` must be a multiple of the global batch.
+    """
+
+    hid_dim: int = 2048
+    feat_dim: int = 128
+    queue_len: int = 65536
+    momentum: float = 0.999
+    temperature: float = 0.2
+    loss_lambda: float = 0.5
+    warmup_iters: int = 1000
+    bn_splits: int = 1
+    crop_size: int = 224
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+
+@dataclass
 class RunConfig:
     """Data, output, precision, logging and checkpointing."""
 
+    method: str = "dino"
     data_path: list[str] = field(default_factory=list)
     output_dir: str = "dino_output"
     seed: int = 0
@@ -137,6 +173,15 @@ _RANGES: dict[str, tuple[float, float]] = {
     "optim.momentum_teacher": (0, 1),
     "optim.clip_grad": (0, math.inf),
     "optim.freeze_last_layer": (0, math.inf),
+    "densecl.hid_dim": (1, math.inf),
+    "densecl.feat_dim": (1, math.inf),
+    "densecl.queue_len": (1, math.inf),
+    "densecl.momentum": (0, 1),
+    "densecl.temperature": (0, math.inf),
+    "densecl.loss_lambda": (0, 1),
+    "densecl.warmup_iters": (0, math.inf),
+    "densecl.bn_splits": (1, math.inf),
+    "densecl.crop_size": (1, math.inf),
     "run.seed": (0, 2**32 - 1),
     "run.num_workers": (0, math.inf),
     "run.saveckp_freq": (0, math.inf),
@@ -145,7 +190,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "run.log_every": (1, math.inf),
 }
 # Temperatures divide the logits: 0 is not a temperature.
-_POSITIVE = frozenset({"loss.warmup_teacher_temp", "loss.teacher_temp", "loss.student_temp"})
+_POSITIVE = frozenset({"loss.warmup_teacher_temp", "loss.teacher_temp", "loss.student_temp", "densecl.temperature"})
 
 
 def _out_of_range(key: str, value: float) -> str | None:
@@ -166,12 +211,14 @@ class TrainConfig:
     crops: CropsConfig = field(default_factory=CropsConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    densecl: DenseCLConfig = field(default_factory=DenseCLConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
         """Raise ValueError for values the trainer cannot use."""
         choices = {
-            "model.arch": (self.model.arch, ("vit_tiny", "vit_small", "vit_base")),
+            "run.method": (self.run.method, METHODS),
+            "model.arch": (self.model.arch, TRAINABLE_ARCHS),
             "optim.optimizer": (self.optim.optimizer, ("adamw", "sgd")),
             "optim.clip_mode": (self.optim.clip_mode, ("per_param", "global")),
             "run.precision": (self.run.precision, ("auto", "fp32", "bf16", "fp16")),
@@ -185,8 +232,9 @@ class TrainConfig:
             problem = _out_of_range(key, value)
             if problem:
                 raise ValueError(f"config {key}={value!r}: {problem}")
-        for key in ("crops.global_crops_scale", "crops.local_crops_scale"):
-            low, high = getattr(self.crops, key.partition(".")[2])
+        for key in ("crops.global_crops_scale", "crops.local_crops_scale", "densecl.crop_scale"):
+            section, _, name = key.partition(".")
+            low, high = getattr(getattr(self, section), name)
             if not 0 < low <= high <= 1:
                 raise ValueError(f"config {key}=({low}, {high}): need 0 < min <= max <= 1")
         if self.optim.warmup_epochs > self.optim.epochs:
@@ -195,6 +243,11 @@ class TrainConfig:
             raise ValueError("loss.warmup_teacher_temp_epochs exceeds optim.epochs")
         if self.optim.batch_size_per_gpu < 1:
             raise ValueError("optim.batch_size_per_gpu must be at least 1")
+        if self.run.method == "densecl" and self.model.arch not in RESNET_ARCHITECTURES:
+            raise ValueError(
+                f"config model.arch={self.model.arch!r}: DenseCL trains a ResNet; choose one of "
+                f"{', '.join(RESNET_ARCHITECTURES)}"
+            )
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

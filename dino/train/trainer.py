@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -34,7 +33,7 @@ from dino.data.multicrop import DataAugmentationDINO, MultiCropDataset
 from dino.data.samplers import EpochBatchSampler
 from dino.distributed import DistributedContext, all_gather_objects, all_reduce_sum, init_distributed
 from dino.layers.dino_head import DINOHead
-from dino.models.architectures import ARCHITECTURES
+from dino.models.architectures import ARCHITECTURES, RESNET_ARCHITECTURES
 from dino.models.vision_transformer import build_vit
 from dino.runtime import autocast_context
 from dino.train.checkpoint import (
@@ -53,6 +52,7 @@ from dino.train.optim import (
     clip_gradients_global,
     get_params_groups,
 )
+from dino.train.parallel import wrap_dino_networks
 from dino.train.schedules import cosine_scheduler
 
 __all__ = [
@@ -114,14 +114,36 @@ class MultiCropWrapper(nn.Module):
         return self.head(torch.cat(outputs))
 
 
+def _backbone(config: TrainConfig, student: bool) -> tuple[nn.Module, int]:
+    """A backbone of ``model.arch`` and the width of its output: a ViT (drop path for the student only) or a
+    torchvision ResNet with ``fc = Identity`` (SPEC §24; no drop path, no patches)."""
+    model = config.model
+    if model.arch in RESNET_ARCHITECTURES:
+        # Imported here: torchvision costs a second of start-up that a ViT run does not need.
+        from dino.models.resnet import ResNetBackbone
+
+        resnet = ResNetBackbone(RESNET_ARCHITECTURES[model.arch])
+        return resnet, resnet.embed_dim
+    if student:
+        vit = build_vit(model.arch, model.patch_size, drop_path_rate=model.drop_path_rate)
+    else:
+        vit = build_vit(model.arch, model.patch_size)
+    return vit, int(ARCHITECTURES[model.arch]["embed_dim"])
+
+
 def build_networks(config: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     """Student (drop path, configurable `norm_last_layer`) and teacher (no drop path, normalised last layer,
-    frozen), with the teacher initialised from the student (SPEC §6)."""
+    frozen), with the teacher initialised from the student (SPEC §6).
+
+    Both are left in training mode, the teacher too, as in the reference (it never calls ``teacher.eval()``): a
+    ViT has no dropout or BatchNorm for this to change, while a ResNet teacher normalises with the statistics of
+    its batch and keeps its own running statistics, which :func:`update_teacher` does not average.
+    """
     model = config.model
 
-    def head(norm_last_layer: bool) -> DINOHead:
+    def head(in_dim: int, norm_last_layer: bool) -> DINOHead:
         return DINOHead(
-            int(ARCHITECTURES[model.arch]["embed_dim"]),
+            in_dim,
             model.out_dim,
             use_bn=model.use_bn_in_head,
             norm_last_layer=norm_last_layer,
@@ -130,14 +152,14 @@ def build_networks(config: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrap
             bottleneck_dim=model.head_bottleneck_dim,
         )
 
-    student = MultiCropWrapper(
-        build_vit(model.arch, model.patch_size, drop_path_rate=model.drop_path_rate), head(model.norm_last_layer)
-    )
-    teacher = MultiCropWrapper(build_vit(model.arch, model.patch_size), head(True))
+    backbone, embed_dim = _backbone(config, student=True)
+    student = MultiCropWrapper(backbone, head(embed_dim, model.norm_last_layer))
+    backbone, embed_dim = _backbone(config, student=False)
+    teacher = MultiCropWrapper(backbone, head(embed_dim, True))
     teacher.load_state_dict(student.state_dict())
     for param in teacher.parameters():
         param.requires_grad = False
-    return student, teacher
+    return student.train(), teacher.train()
 
 
 @dataclass
@@ -301,6 +323,8 @@ class TrainingState:
 
     ``student`` is what the forward pass calls (wrapped in DistributedDataParallel under torchrun);
     ``student_module`` is the bare network, whose parameters are clipped, averaged into the teacher and saved.
+    ``teacher_forward`` is what the teacher's forward pass calls: ``teacher`` itself, or under torchrun with
+    BatchNorm its DDP wrapper (:mod:`dino.train.parallel`).
     """
 
     config: TrainConfig
@@ -314,6 +338,11 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     precision: Precision
     schedules: Schedules
+    teacher_forward: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher_forward is None:
+            self.teacher_forward = self.teacher
 
     @property
     def checkpoint_path(self) -> Path:
@@ -330,17 +359,26 @@ def setup_training(config: TrainConfig, ctx: DistributedContext, output_dir: Pat
     _seed_everything(config.run.seed)
     data = build_data(config, ctx)
     student, teacher = build_networks(config)
-    student, teacher = student.to(ctx.device), teacher.to(ctx.device)
-    student_module = student
-    if ctx.world_size > 1:
-        student = DistributedDataParallel(student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    student_module, teacher = student.to(ctx.device), teacher.to(ctx.device)
+    student, teacher_forward = wrap_dino_networks(student_module, teacher, ctx.world_size, ctx.device, ctx.local_rank)
     dino_loss = build_loss(config, data.ncrops, ctx.device)
     optimizer = build_optimizer(get_params_groups(student_module), config.optim.optimizer)
     precision = _precision(config.run.precision, ctx.device)
     schedules = build_schedules(config.optim, len(data.sampler), ctx.world_size)
     _seed_everything(config.run.seed + ctx.rank)
     return TrainingState(
-        config, ctx, output_dir, data, student, student_module, teacher, dino_loss, optimizer, precision, schedules
+        config,
+        ctx,
+        output_dir,
+        data,
+        student,
+        student_module,
+        teacher,
+        dino_loss,
+        optimizer,
+        precision,
+        schedules,
+        teacher_forward,
     )
 
 
@@ -459,7 +497,7 @@ def train_step(state: TrainingState, crops: list[Tensor], epoch: int, it: int) -
     crops = [crop.to(device, non_blocking=True) for crop in crops]
     with state.precision.autocast(device):
         with torch.no_grad():
-            teacher_output = state.teacher(crops[:2])
+            teacher_output = state.teacher_forward(crops[:2])
         student_output = state.student(crops)
         loss = state.dino_loss(student_output, teacher_output, epoch)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dino import cli
-from dino.train.config import load_config
+from dino.train.config import available_presets, load_config
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_unusable_values_are_refused(override: str, message: str) -> None:
 
 
 def test_the_shipped_presets_are_valid() -> None:
-    for preset in ("cpu_small", "vit_small16", "vit_small16_boost"):
+    for preset in available_presets():
         load_config(preset, None, []).validate()
 
 
