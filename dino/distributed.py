@@ -22,9 +22,11 @@ from dino.runtime import pick_device
 
 __all__ = [
     "DistributedContext",
+    "all_gather_cat",
     "all_gather_objects",
     "all_reduce_sum",
     "barrier",
+    "broadcast_",
     "get_rank",
     "get_world_size",
     "init_distributed",
@@ -103,3 +105,24 @@ def all_gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+@torch.no_grad()
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` concatenated along dim 0 in rank order (`tensor` itself in a single process).
+
+    No gradient flows through it (``dist.all_gather`` has none): it serves keys, queues and batch shuffles, as
+    MoCo's and DenseCL's ``concat_all_gather``. Every rank must pass the same shape.
+    """
+    if not _active():
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite `tensor` in place with rank `src`'s (a no-op in a single process); returns it."""
+    if _active():
+        dist.broadcast(tensor, src=src)
+    return tensor
