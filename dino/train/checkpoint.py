@@ -6,6 +6,11 @@ Keys: ``student`` (``module.backbone.*`` / ``module.head.*``), ``teacher`` (``ba
 data, instead of an ``argparse.Namespace``), ``step_in_epoch`` (batches of ``epoch`` already done, for
 mid-epoch resume), ``global_step``, ``epoch_stats`` and ``rng_states`` (one entry per rank, tensors and
 numbers only).
+
+DenseCL runs (``run.method=densecl``, SPEC §23) write ``state_dict`` (the :class:`dino.train.densecl.DenseCL`
+model in the reference's training layout: ``encoder_q.0.*``, ``encoder_q.1.*``, ``encoder_k.*``, ``backbone.*``,
+``queue``, ``queue_ptr``, ``queue2``, ``queue2_ptr``) and ``method: "densecl"`` instead of ``student``, ``teacher``
+and ``dino_loss``; the other keys are the same.
 """
 
 from __future__ import annotations
@@ -78,12 +83,25 @@ def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLik
     return path
 
 
-def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a training checkpoint with ``weights_only=True``."""
+def load_training_checkpoint(path: str | os.PathLike[str], method: str = "dino") -> dict[str, Any]:
+    """Load a training checkpoint of `method` (``dino`` or ``densecl``) with ``weights_only=True``.
+
+    Raises:
+        ValueError: The file is not a full training checkpoint, or one of the other method.
+    """
     checkpoint = load_checkpoint_file(path, weights_only=True)
-    if not isinstance(checkpoint, dict) or "student" not in checkpoint or "teacher" not in checkpoint:
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: not a full training checkpoint (a {type(checkpoint).__name__}, not a dict)")
+    saved_method = checkpoint.get("method", "densecl" if "state_dict" in checkpoint else "dino")
+    if saved_method != method:
         raise ValueError(
-            f"{path}: not a full training checkpoint (needs 'student' and 'teacher'; a backbone-only file "
+            f"{path}: a {saved_method} training checkpoint cannot resume a {method} run; set run.method={saved_method} "
+            "or start a new run in another --output-dir"
+        )
+    needed = ("state_dict",) if method == "densecl" else ("student", "teacher")
+    if not all(key in checkpoint for key in needed):
+        raise ValueError(
+            f"{path}: not a full training checkpoint (needs {' and '.join(map(repr, needed))}; a backbone-only file "
             "cannot resume training, SPEC §7)"
         )
     return checkpoint

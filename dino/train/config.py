@@ -113,8 +113,10 @@ class DenseCLConfig:
     ``run.method=densecl``. The backbone is ``model.arch`` (a ResNet); the optimiser and the epochs are ``optim``'s.
 
     `loss_lambda` weighs the dense loss, ``(1 - λ)·L_global + λ·L_dense``; λ is 0 for the first `warmup_iters`
-    global steps. `bn_splits` > 1 emulates shuffle BN in one process: the key batch is shuffled and its BatchNorm
-    statistics are taken over that many sub-batches. `queue_len` must be a multiple of the global batch.
+    global steps. `bn_splits`: BatchNorm runs over that many sub-batches of each process's batch (the key batch
+    shuffled first), so that one process computes the statistics `bn_splits` GPUs would (shuffle BN without DDP);
+    0 lets :class:`dino.train.densecl.DenseCL` choose (1 under torchrun, as the reference; 2 in one process).
+    `queue_len` must be a multiple of the global batch, checked at start-up.
     """
 
     hid_dim: int = 2048
@@ -124,7 +126,7 @@ class DenseCLConfig:
     temperature: float = 0.2
     loss_lambda: float = 0.5
     warmup_iters: int = 1000
-    bn_splits: int = 1
+    bn_splits: int = 0
     crop_size: int = 224
     crop_scale: tuple[float, float] = (0.2, 1.0)
 
@@ -180,7 +182,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "densecl.temperature": (0, math.inf),
     "densecl.loss_lambda": (0, 1),
     "densecl.warmup_iters": (0, math.inf),
-    "densecl.bn_splits": (1, math.inf),
+    "densecl.bn_splits": (0, math.inf),
     "densecl.crop_size": (1, math.inf),
     "run.seed": (0, 2**32 - 1),
     "run.num_workers": (0, math.inf),

@@ -1,10 +1,10 @@
-"""Per-iteration schedules of the DINO recipe (SPEC §5)."""
+"""Per-iteration schedules of the DINO recipe (SPEC §5) and of DenseCL's (SPEC §23)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cosine_scheduler", "teacher_temperature_schedule"]
+__all__ = ["cosine_scheduler", "epoch_cosine_scheduler", "teacher_temperature_schedule"]
 
 
 def cosine_scheduler(
@@ -42,3 +42,20 @@ def teacher_temperature_schedule(
             np.ones(max(epochs - warmup_teacher_temp_epochs, 0)) * teacher_temp,
         )
     )
+
+
+def epoch_cosine_scheduler(
+    base_value: float, final_value: float, epochs: int, niter_per_ep: int, warmup_epochs: int = 0
+) -> np.ndarray:
+    """mmcv's ``CosineAnnealingLrUpdaterHook`` as OpenSelfSup's DenseCL configs use it (``by_epoch=True``, its
+    default): one value per epoch e, ``final + ½(base − final)(1 + cos(π e / epochs))``, held for the epoch's
+    iterations, so the last epoch runs at a small non-zero value and `final_value` is never reached. An optional
+    linear warm-up from 0 over the first `warmup_epochs` (the reference has none) replaces their values.
+    """
+    epoch = np.arange(epochs * niter_per_ep) // niter_per_ep
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * epoch / epochs))
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_iters > len(schedule):
+        raise ValueError(f"warm-up ({warmup_epochs} epochs) is longer than the schedule ({epochs} epochs)")
+    schedule[:warmup_iters] = np.linspace(0.0, base_value, warmup_iters)
+    return schedule

@@ -1,5 +1,8 @@
 """DINO pretraining loop (SPEC §3–§7): student and EMA teacher, multi-crop, schedules, precision,
-distributed data parallelism, checkpoints with exact resume, and run monitoring.
+distributed data parallelism, checkpoints with exact resume, and run monitoring. The same loop trains DenseCL
+(SPEC §23, ``run.method=densecl``): :func:`setup_training` builds its model instead of the student and teacher, and
+:func:`densecl_step` replaces :func:`train_step` and :func:`update_teacher`; data, checkpoints, resume, logging,
+``run.max_steps``, stop requests and torchrun are shared.
 
 Laid out as dinov2's ``do_train``: :func:`setup_training` builds the :class:`TrainingState` (data, networks, loss,
 optimiser, precision, schedules), :func:`resume_training` restores a checkpoint into it, and the loop runs
@@ -25,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dino.atomic import atomic_write, remove_stale_temporaries
 from dino.data.multicrop import DataAugmentationDINO, MultiCropDataset
 from dino.data.samplers import EpochBatchSampler
+from dino.data.twoview import MoCoV2Augmentation
 from dino.distributed import DistributedContext, all_gather_objects, all_reduce_sum, init_distributed
 from dino.layers.dino_head import DINOHead
 from dino.models.architectures import ARCHITECTURES, RESNET_ARCHITECTURES
@@ -44,6 +49,8 @@ from dino.train.checkpoint import (
     save_training_checkpoint,
 )
 from dino.train.config import OptimConfig, TrainConfig, config_to_dict, save_config
+from dino.train.densecl import densecl_lambda
+from dino.train.densecl_recipe import build_densecl, build_densecl_optimizer, check_densecl_batch
 from dino.train.loss import DINOLoss
 from dino.train.optim import (
     build_optimizer,
@@ -53,7 +60,7 @@ from dino.train.optim import (
     get_params_groups,
 )
 from dino.train.parallel import wrap_dino_networks
-from dino.train.schedules import cosine_scheduler
+from dino.train.schedules import cosine_scheduler, epoch_cosine_scheduler
 
 __all__ = [
     "CheckpointPolicy",
@@ -71,6 +78,7 @@ __all__ = [
     "build_loss",
     "build_networks",
     "build_schedules",
+    "densecl_step",
     "resume_training",
     "setup_training",
     "train",
@@ -164,15 +172,16 @@ def build_networks(config: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrap
 
 @dataclass
 class TrainResult:
-    """What :func:`train` leaves behind (the networks are this rank's, after the last step)."""
+    """What :func:`train` leaves behind (the networks are this rank's, after the last step). For DenseCL
+    ``student`` is the :class:`~dino.train.densecl.DenseCL` model and ``teacher`` and ``center`` are None."""
 
     output_dir: Path
     checkpoint: Path | None
     global_step: int
     completed: bool
-    teacher: nn.Module
+    teacher: nn.Module | None
     student: nn.Module
-    center: Tensor
+    center: Tensor | None
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -243,16 +252,26 @@ class TrainingData:
 
 
 def build_data(config: TrainConfig, ctx: DistributedContext) -> TrainingData:
-    """The multi-crop data set of ``run.data_path`` (augmentations seeded per rank) and its resumable loader."""
+    """The multi-crop data set of ``run.data_path`` (augmentations seeded per rank) and its resumable loader; for
+    DenseCL the same data set and loader with MoCo-v2's two views (``[view_q, view_k]``) per image."""
     crops_cfg = config.crops
-    augmentation = DataAugmentationDINO(
-        crops_cfg.global_crops_scale,
-        crops_cfg.local_crops_scale,
-        crops_cfg.local_crops_number,
-        crops_cfg.global_crops_size,
-        crops_cfg.local_crops_size,
+    augmentation: DataAugmentationDINO | MoCoV2Augmentation
+    if config.run.method == "densecl":
+        augmentation = MoCoV2Augmentation(config.densecl.crop_size, config.densecl.crop_scale)
+    else:
+        augmentation = DataAugmentationDINO(
+            crops_cfg.global_crops_scale,
+            crops_cfg.local_crops_scale,
+            crops_cfg.local_crops_number,
+            crops_cfg.global_crops_size,
+            crops_cfg.local_crops_size,
+        )
+    dataset = MultiCropDataset(
+        config.run.data_path,
+        augmentation,  # type: ignore[arg-type]  # any PIL -> list-of-tensors callable
+        seed=config.run.seed,
+        rank=ctx.rank,
     )
-    dataset = MultiCropDataset(config.run.data_path, augmentation, seed=config.run.seed, rank=ctx.rank)
     sampler = EpochBatchSampler(
         len(dataset), config.optim.batch_size_per_gpu, ctx.rank, ctx.world_size, seed=config.run.seed
     )
@@ -317,6 +336,20 @@ def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, world_siz
     return Schedules(lr, weight_decay, momentum, niter, total_batch)
 
 
+def build_densecl_schedules(config: TrainConfig, iterations_per_epoch: int, world_size: int) -> Schedules:
+    """DenseCL's lr: per-epoch cosine annealing to ``optim.min_lr`` (0 in the reference), scaled by the total
+    batch as for DINO (:mod:`dino.train.densecl_recipe`); the weight decay cosine from ``optim.weight_decay`` to
+    ``optim.weight_decay_end`` (both 1e-4: constant); the key encoder's momentum, constant ``densecl.momentum``
+    (logged only: :class:`~dino.train.densecl.DenseCL` applies it)."""
+    optim_cfg, niter = config.optim, iterations_per_epoch
+    total_batch = optim_cfg.batch_size_per_gpu * world_size
+    base_lr = optim_cfg.lr * total_batch / LR_REFERENCE_BATCH
+    lr = epoch_cosine_scheduler(base_lr, optim_cfg.min_lr, optim_cfg.epochs, niter, optim_cfg.warmup_epochs)
+    weight_decay = cosine_scheduler(optim_cfg.weight_decay, optim_cfg.weight_decay_end, optim_cfg.epochs, niter)
+    momentum = np.full(optim_cfg.epochs * niter, config.densecl.momentum)
+    return Schedules(lr, weight_decay, momentum, niter, total_batch)
+
+
 @dataclass
 class TrainingState:
     """Everything one rank trains with, built once by :func:`setup_training`.
@@ -325,6 +358,10 @@ class TrainingState:
     ``student_module`` is the bare network, whose parameters are clipped, averaged into the teacher and saved.
     ``teacher_forward`` is what the teacher's forward pass calls: ``teacher`` itself, or under torchrun with
     BatchNorm its DDP wrapper (:mod:`dino.train.parallel`).
+
+    DenseCL (``run.method=densecl``): ``student_module`` is the :class:`~dino.train.densecl.DenseCL` model (query
+    and key encoders, queues), ``student`` what its forward calls (in DDP under torchrun); there is no ``teacher``
+    (the key encoder lives in the model) and no ``dino_loss``.
     """
 
     config: TrainConfig
@@ -332,9 +369,9 @@ class TrainingState:
     output_dir: Path
     data: TrainingData
     student: nn.Module
-    student_module: MultiCropWrapper
-    teacher: MultiCropWrapper
-    dino_loss: DINOLoss
+    student_module: nn.Module
+    teacher: MultiCropWrapper | None
+    dino_loss: DINOLoss | None
     optimizer: torch.optim.Optimizer
     precision: Precision
     schedules: Schedules
@@ -343,6 +380,10 @@ class TrainingState:
     def __post_init__(self) -> None:
         if self.teacher_forward is None:
             self.teacher_forward = self.teacher
+
+    @property
+    def is_densecl(self) -> bool:
+        return self.config.run.method == "densecl"
 
     @property
     def checkpoint_path(self) -> Path:
@@ -355,17 +396,29 @@ class TrainingState:
 
 def setup_training(config: TrainConfig, ctx: DistributedContext, output_dir: Path) -> TrainingState:
     """Data, networks, loss, optimiser, precision and schedules, from the same seed on every rank; the global
-    RNGs are then reseeded per rank, for drop path."""
+    RNGs are then reseeded per rank, for drop path (and DenseCL's key shuffles)."""
+    if config.run.method == "densecl":
+        check_densecl_batch(config, ctx.world_size)
     _seed_everything(config.run.seed)
     data = build_data(config, ctx)
+    precision = _precision(config.run.precision, ctx.device)
+    if config.run.method == "densecl":
+        state = _setup_densecl(config, ctx, output_dir, data, precision)
+    else:
+        state = _setup_dino(config, ctx, output_dir, data, precision)
+    _seed_everything(config.run.seed + ctx.rank)
+    return state
+
+
+def _setup_dino(
+    config: TrainConfig, ctx: DistributedContext, output_dir: Path, data: TrainingData, precision: Precision
+) -> TrainingState:
     student, teacher = build_networks(config)
     student_module, teacher = student.to(ctx.device), teacher.to(ctx.device)
     student, teacher_forward = wrap_dino_networks(student_module, teacher, ctx.world_size, ctx.device, ctx.local_rank)
     dino_loss = build_loss(config, data.ncrops, ctx.device)
     optimizer = build_optimizer(get_params_groups(student_module), config.optim.optimizer)
-    precision = _precision(config.run.precision, ctx.device)
     schedules = build_schedules(config.optim, len(data.sampler), ctx.world_size)
-    _seed_everything(config.run.seed + ctx.rank)
     return TrainingState(
         config,
         ctx,
@@ -380,6 +433,22 @@ def setup_training(config: TrainConfig, ctx: DistributedContext, output_dir: Pat
         schedules,
         teacher_forward,
     )
+
+
+def _setup_densecl(
+    config: TrainConfig, ctx: DistributedContext, output_dir: Path, data: TrainingData, precision: Precision
+) -> TrainingState:
+    """The DenseCL model, in DDP under torchrun without SyncBatchNorm (DenseCL's config uses plain BN and shuffles
+    the keys instead). ``broadcast_buffers=False``: the queues are equal on every rank by construction (each
+    enqueues the keys of all), and a broadcast of rank 0's buffers would move both queues at every step."""
+    model = build_densecl(config).to(ctx.device)
+    forward: nn.Module = model
+    if ctx.world_size > 1:
+        device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    optimizer = build_densecl_optimizer(model)
+    schedules = build_densecl_schedules(config, len(data.sampler), ctx.world_size)
+    return TrainingState(config, ctx, output_dir, data, forward, model, None, None, optimizer, precision, schedules)
 
 
 @dataclass
@@ -407,7 +476,7 @@ def resume_training(state: TrainingState, resume: bool = True) -> ResumePoint:
     path = state.checkpoint_path
     if not (resume and path.exists()):
         return ResumePoint()
-    checkpoint = load_training_checkpoint(path)
+    checkpoint = load_training_checkpoint(path, state.config.run.method)
     _load_checkpoint_states(state, checkpoint)
     niter = state.schedules.iterations_per_epoch
     start_epoch = int(checkpoint["epoch"])
@@ -440,10 +509,13 @@ def resume_training(state: TrainingState, resume: bool = True) -> ResumePoint:
 
 def _load_checkpoint_states(state: TrainingState, checkpoint: dict[str, Any]) -> None:
     try:
-        state.student_module.load_state_dict(_strip_prefix(checkpoint["student"], "module."))
-        state.teacher.load_state_dict(checkpoint["teacher"])
+        if state.teacher is None or state.dino_loss is None:  # DenseCL: one model, queues and key encoder included
+            state.student_module.load_state_dict(checkpoint["state_dict"])
+        else:
+            state.student_module.load_state_dict(_strip_prefix(checkpoint["student"], "module."))
+            state.teacher.load_state_dict(checkpoint["teacher"])
+            state.dino_loss.load_state_dict(checkpoint["dino_loss"])
         state.optimizer.load_state_dict(checkpoint["optimizer"])
-        state.dino_loss.load_state_dict(checkpoint["dino_loss"])
     except (RuntimeError, KeyError, ValueError) as error:
         reason = " ".join(str(error).split())
         reason = reason if len(reason) <= 200 else reason[:200] + " …"
@@ -534,6 +606,52 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> N
         param_k.data.mul_(momentum).add_((1 - momentum) * param_q.detach().data)
 
 
+def densecl_step(state: TrainingState, views: list[Tensor], it: int) -> dict[str, float]:
+    """One DenseCL step (SPEC §23) on a batch of ``[view_q, view_k]``: λ from :func:`densecl_lambda` at the global
+    step `it` (0 for the first ``densecl.warmup_iters`` steps), the model's forward (momentum update of the key
+    encoder, shuffled keys, both losses, the enqueue), backward and the SGD step (clipped only if
+    ``optim.clip_grad`` asks; the reference does not clip).
+
+    Returns:
+        ``loss``, ``loss_global``, ``loss_dense`` and ``accuracy`` averaged over ranks, and ``lambda``.
+
+    Raises:
+        NonFiniteLossError: The loss is NaN or infinite; no gradient was applied (the forward had already
+            moved the key encoder and the queues, which only the last checkpoint, left untouched, knows as before).
+    """
+    device, section, optim_cfg = state.ctx.device, state.config.densecl, state.config.optim
+    view_q, view_k = (view.to(device, non_blocking=True) for view in views)
+    loss_lambda = densecl_lambda(it, section.loss_lambda, section.warmup_iters)
+    with state.precision.autocast(device):
+        output = state.student(view_q, view_k, loss_lambda)
+    figures = torch.stack([output.loss.detach(), output.loss_global, output.loss_dense, output.accuracy]).float()
+    loss, loss_global, loss_dense, accuracy = (all_reduce_sum(figures) / state.ctx.world_size).tolist()
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            _non_finite_message(loss, it // state.schedules.iterations_per_epoch, it, state.output_dir)
+        )
+    state.optimizer.zero_grad()
+    scaler = state.precision.scaler
+    if scaler is None:
+        output.loss.backward()
+        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
+        state.optimizer.step()
+    else:
+        scaler.scale(output.loss).backward()
+        if optim_cfg.clip_grad:
+            scaler.unscale_(state.optimizer)
+        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
+        scaler.step(state.optimizer)
+        scaler.update()
+    return {
+        "loss": loss,
+        "loss_global": loss_global,
+        "loss_dense": loss_dense,
+        "lambda": loss_lambda,
+        "accuracy": accuracy,
+    }
+
+
 class CheckpointPolicy:
     """When and where the run's checkpoints are written.
 
@@ -578,22 +696,35 @@ class CheckpointPolicy:
     @staticmethod
     def contents(state: TrainingState, position: LoopPosition, epoch: int, step_in_epoch: int) -> dict[str, Any]:
         """The checkpoint's keys (:mod:`dino.train.checkpoint`): resuming at batch `step_in_epoch` of `epoch`."""
-        contents: dict[str, Any] = {
-            "student": {f"module.{k}": v for k, v in state.student_module.state_dict().items()},
-            "teacher": state.teacher.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": position.global_step,
-            "iterations_per_epoch": state.schedules.iterations_per_epoch,
-            "dino_loss": state.dino_loss.state_dict(),
-            "config": config_to_dict(state.config),
-            "epoch_stats": dict(position.epoch_stats),
-            "rng_states": all_gather_objects(capture_rng_state()),
-        }
+        contents: dict[str, Any] = _model_contents(state)
+        contents.update(
+            {
+                "optimizer": state.optimizer.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": position.global_step,
+                "iterations_per_epoch": state.schedules.iterations_per_epoch,
+                "config": config_to_dict(state.config),
+                "epoch_stats": dict(position.epoch_stats),
+                "rng_states": all_gather_objects(capture_rng_state()),
+            }
+        )
         if state.precision.scaler is not None:
             contents["fp16_scaler"] = state.precision.scaler.state_dict()
         return contents
+
+
+def _model_contents(state: TrainingState) -> dict[str, Any]:
+    """The checkpoint's networks: DINO's ``student`` (``module.``-prefixed as the reference's DDP student),
+    ``teacher`` and ``dino_loss``; DenseCL's model under ``state_dict`` (so that :func:`dino.checkpoint.load_resnet`
+    finds the query backbone, ``encoder_q.0``) with ``method``."""
+    if state.teacher is None or state.dino_loss is None:
+        return {"state_dict": state.student_module.state_dict(), "method": "densecl"}
+    return {
+        "student": {f"module.{k}": v for k, v in state.student_module.state_dict().items()},
+        "teacher": state.teacher.state_dict(),
+        "dino_loss": state.dino_loss.state_dict(),
+    }
 
 
 class LoggingPolicy:
@@ -652,9 +783,12 @@ class LoggingPolicy:
                 for key, value in record.items():
                     if key not in ("epoch", "step") and isinstance(value, (int, float)):
                         self.writer.add_scalar(f"train/{key}", value, record["step"])
-        self.progress.set_postfix(
-            loss=f"{record['loss']:.3f}", H=f"{record['teacher_entropy']:.2f}", lr=f"{record['lr']:.2e}"
-        )
+        postfix = {"loss": f"{record['loss']:.3f}"}
+        if "teacher_entropy" in record:
+            postfix["H"] = f"{record['teacher_entropy']:.2f}"
+        if "lambda" in record:
+            postfix["λ"] = f"{record['lambda']:.2f}"
+        self.progress.set_postfix(**postfix, lr=f"{record['lr']:.2e}")
 
     def epoch(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -801,17 +935,15 @@ def _train_epoch(
     """The remaining batches of ``position.epoch``; True when the run stopped (and checkpointed) mid-epoch."""
     niter = state.schedules.iterations_per_epoch
     tick = time.perf_counter()
-    for crops in state.data.loader:
+    for batch in state.data.loader:
         it = niter * position.epoch + position.step_in_epoch
         state.schedules.apply(state.optimizer, it)
-        mean_loss, mean_entropy = train_step(state, crops, position.epoch, it)
-        momentum = float(state.schedules.momentum[it])
-        update_teacher(state.student_module, state.teacher, momentum)
-        position.record_step(it, mean_loss, mean_entropy)
+        metrics = _method_step(state, batch, position.epoch, it)
+        position.record_step(it, metrics["loss"], metrics.get("teacher_entropy", 0.0))
         if state.ctx.device.type == "cuda":
             torch.cuda.synchronize(state.ctx.device)
         now = time.perf_counter()
-        record = _step_record(state, position, it, mean_loss, mean_entropy, momentum, now - tick)
+        record = _step_record(state, position, it, metrics, now - tick)
         tick = now
         logs.step(record, last_of_epoch=position.step_in_epoch == niter)
         if _stop_now(state, stop, position.global_step) and position.step_in_epoch < niter:
@@ -822,22 +954,29 @@ def _train_epoch(
     return False
 
 
+def _method_step(state: TrainingState, batch: list[Tensor], epoch: int, it: int) -> dict[str, float]:
+    """Step `it` of the run's method: DINO's :func:`train_step` and :func:`update_teacher`, or :func:`densecl_step`;
+    the step's figures for the metrics row."""
+    if state.teacher is None:
+        return densecl_step(state, batch, it)
+    loss, entropy = train_step(state, batch, epoch, it)
+    update_teacher(state.student_module, state.teacher, float(state.schedules.momentum[it]))
+    return {"loss": loss, "teacher_entropy": entropy, "kl_teacher_student": loss - entropy}
+
+
 def _step_record(
-    state: TrainingState, position: LoopPosition, it: int, loss: float, entropy: float, momentum: float, seconds: float
+    state: TrainingState, position: LoopPosition, it: int, metrics: dict[str, float], seconds: float
 ) -> dict[str, Any]:
+    """A ``metrics.jsonl`` row: the step's figures, the schedules' values and the throughput."""
     schedules = state.schedules
-    return {
-        "epoch": position.epoch,
-        "step": position.global_step,
-        "loss": loss,
-        "teacher_entropy": entropy,
-        "kl_teacher_student": loss - entropy,
-        "lr": float(schedules.lr[it]),
-        "wd": float(schedules.weight_decay[it]),
-        "momentum": momentum,
-        "teacher_temp": float(state.dino_loss.teacher_temp_schedule[position.epoch]),
-        "images_per_s": schedules.total_batch / max(seconds, 1e-9),
-    }
+    record: dict[str, Any] = {"epoch": position.epoch, "step": position.global_step, **metrics}
+    record.update(
+        lr=float(schedules.lr[it]), wd=float(schedules.weight_decay[it]), momentum=float(schedules.momentum[it])
+    )
+    if state.dino_loss is not None:
+        record["teacher_temp"] = float(state.dino_loss.teacher_temp_schedule[position.epoch])
+    record["images_per_s"] = schedules.total_batch / max(seconds, 1e-9)
+    return record
 
 
 def _max_steps_reached(config: TrainConfig, global_step: int) -> bool:
@@ -860,17 +999,16 @@ def _finish_epoch(
     steps = max(int(stats["steps"]), 1)
     epoch_loss = stats["loss_sum"] / steps
     last = niter * (epoch + 1) - 1
-    logs.epoch(
-        {
-            "train_loss": epoch_loss,
-            "train_lr": float(state.schedules.lr[last]),
-            "train_wd": float(state.schedules.weight_decay[last]),
-            "train_teacher_entropy": stats["entropy_sum"] / steps,
-            "train_kl_teacher_student": epoch_loss - stats["entropy_sum"] / steps,
-            "epoch": epoch,
-        }
-    )
-    ln_k = state.dino_loss.uniform_loss
+    row: dict[str, Any] = {
+        "train_loss": epoch_loss,
+        "train_lr": float(state.schedules.lr[last]),
+        "train_wd": float(state.schedules.weight_decay[last]),
+    }
+    if state.dino_loss is not None:
+        row["train_teacher_entropy"] = stats["entropy_sum"] / steps
+        row["train_kl_teacher_student"] = epoch_loss - stats["entropy_sum"] / steps
+    logs.epoch({**row, "epoch": epoch})
+    ln_k = state.dino_loss.uniform_loss if state.dino_loss is not None else math.nan
     if state.ctx.is_main and epoch >= 1 and abs(epoch_loss - ln_k) < COLLAPSE_TOLERANCE * ln_k:
         warnings.warn(
             f"epoch {epoch}: mean loss {epoch_loss:.3f} sits at ln K = {ln_k:.3f}: the teacher has collapsed "
@@ -892,7 +1030,7 @@ def _result(
         completed=position.global_step >= state.total_steps,
         teacher=state.teacher,
         student=state.student_module,
-        center=state.dino_loss.center.detach().clone(),
+        center=state.dino_loss.center.detach().clone() if state.dino_loss is not None else None,
         history=history,
     )
 
