@@ -382,10 +382,6 @@ class TrainingState:
             self.teacher_forward = self.teacher
 
     @property
-    def is_densecl(self) -> bool:
-        return self.config.run.method == "densecl"
-
-    @property
     def checkpoint_path(self) -> Path:
         return self.output_dir / CHECKPOINT_NAME
 

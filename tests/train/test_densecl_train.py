@@ -174,3 +174,43 @@ def test_method_densecl_alone_takes_the_reference_recipe_and_a_preset_runs(image
     assert cli.main([*argv, "--output-dir", str(run), *overrides]) == 0
     assert "stopped at step 1" in capsys.readouterr().out
     assert load_resnet(run / "checkpoint.pth").depth == 18
+
+
+def _rank_main(rank: int, port: int, data: str, output: str, result_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    overrides = _densecl_overrides(Path(data), Path(output), **{"optim.batch_size_per_gpu": "2", "run.max_steps": "2"})
+    result = train(load_config("densecl_cpu_small", None, overrides))
+    torch.save(result.student.state_dict(), Path(result_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_densecl_keeps_ranks_identical(image_folder, tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        port = handle.getsockname()[1]
+    results = tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_rank_main, args=(port, str(image_folder), str(tmp_path / "run"), str(results)), nprocs=2, join=True)
+    rank0 = torch.load(results / "rank0.pt", weights_only=True)
+    rank1 = torch.load(results / "rank1.pt", weights_only=True)
+    # DDP averages the query encoder's gradients and every rank enqueues the keys of both: parameters and queues
+    # agree; the BatchNorm running statistics are each rank's own (DDP with broadcast_buffers=False).
+    for key, value in rank0.items():
+        if "running_" not in key and "num_batches_tracked" not in key:
+            assert torch.equal(value, rank1[key]), key
+    # Two steps of a global batch of 2 x 2 keys: both pointers at 8.
+    assert int(rank0["queue_ptr"]) == int(rank0["queue2_ptr"]) == 8
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert len(checkpoint["rng_states"]) == 2 and checkpoint["global_step"] == 2
