@@ -345,3 +345,50 @@ def test_moco_v2_views_differ_and_reproduce_under_the_dataset_seed(tmp_path: Pat
     again = dataset[(0, 0)]
     assert torch.equal(again[0], view_q) and torch.equal(again[1], view_k)
     assert not torch.equal(dataset[(1, 0)][0], view_q)
+
+
+# ------------------------------------------------------------------------------------------------------ DDP
+def _densecl_rank(rank: int, port: int, result_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = tiny_densecl(bn_splits=None).eval()
+    im_q, im_k = (v[2 * rank : 2 * rank + 2] for v in views())
+    torch.manual_seed(100 + rank)  # different streams: the ranks must use rank 0's broadcast permutation
+    out = model(im_q, im_k, 0.5)
+    buffers = {name: getattr(model, name) for name in ("queue", "queue_ptr", "queue2", "queue2_ptr")}
+    torch.save({"global": out.loss_global, "dense": out.loss_dense, **buffers}, f"{result_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_shuffle_bn_matches_one_process(tmp_path: Path) -> None:
+    """Two gloo processes with 2 images each = one process with all 4 (eval-mode BN, so batch statistics do not
+    enter): the cross-process shuffle and unshuffle give every image its own key, and both ranks enqueue all keys
+    in rank order."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        port = handle.getsockname()[1]
+    mp.spawn(_densecl_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = tiny_densecl(bn_splits=1).eval()
+    out = model(*views(), 0.5)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    # Each rank's loss is the mean over its 2 images (dense: its 2·S² locations), so their mean is the 4-image mean.
+    torch.testing.assert_close((ranks[0]["global"] + ranks[1]["global"]) / 2, out.loss_global, rtol=1e-5, atol=0)
+    torch.testing.assert_close((ranks[0]["dense"] + ranks[1]["dense"]) / 2, out.loss_dense, rtol=1e-5, atol=0)
+    for shard in ranks:
+        torch.testing.assert_close(shard["queue"], model.queue, rtol=0, atol=1e-6)
+        torch.testing.assert_close(shard["queue2"], model.queue2, rtol=0, atol=1e-6)
+        assert shard["queue_ptr"].tolist() == shard["queue2_ptr"].tolist() == [4]
