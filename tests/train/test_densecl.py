@@ -271,6 +271,23 @@ def test_split_bn_runs_each_shuffled_half_on_its_own() -> None:
     torch.testing.assert_close(split.queue2, single.queue2, rtol=0, atol=1e-6)
 
 
+def test_logits_are_fp32_under_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dino.train.densecl as densecl
+
+    seen: list[torch.dtype] = []
+
+    def recording_loss(l_pos: Tensor, l_neg: Tensor, temperature: float) -> Tensor:
+        seen.extend((l_pos.dtype, l_neg.dtype))
+        return contrastive_loss(l_pos, l_neg, temperature)
+
+    monkeypatch.setattr(densecl, "contrastive_loss", recording_loss)
+    model = tiny_densecl(bn_splits=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*views(), 0.5)
+    assert seen == [torch.float32] * 4
+    assert out.loss.dtype == model.queue.dtype == model.queue2.dtype == torch.float32
+
+
 def test_batch_not_divisible_by_bn_splits_is_refused() -> None:
     with pytest.raises(ValueError, match=r"per-process batch 3 is not a multiple of bn_splits 2"):
         tiny_densecl(bn_splits=None)(*(v[:3] for v in views()), 0.5)
