@@ -409,3 +409,26 @@ def test_two_process_shuffle_bn_matches_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(shard["queue"], model.queue, rtol=0, atol=1e-6)
         torch.testing.assert_close(shard["queue2"], model.queue2, rtol=0, atol=1e-6)
         assert shard["queue_ptr"].tolist() == shard["queue2_ptr"].tolist() == [4]
+
+
+def test_moco_v2_view_pipeline_has_the_reference_settings() -> None:
+    """densecl_imagenet_200ep.py's train_pipeline: RandomResizedCrop(224, (0.2, 1)) (bilinear, torchvision's 2020
+    default), ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, RandomGrayscale 0.2, blur σ ~ U(0.1, 2) p 0.5, flip, normalise."""
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    from dino.data.multicrop import GaussianBlur
+
+    crop, jitter, gray, blur, flip, norm = MoCoV2Augmentation().view_transform.transforms
+    assert isinstance(crop, T.RandomResizedCrop) and crop.size == (224, 224) and crop.scale == (0.2, 1.0)
+    assert crop.interpolation == InterpolationMode.BILINEAR
+    assert isinstance(jitter, T.RandomApply) and jitter.p == 0.8
+    (color,) = jitter.transforms
+    assert (color.brightness, color.contrast, color.saturation) == ((0.6, 1.4),) * 3  # 1 ± 0.4
+    assert color.hue == (-0.1, 0.1)
+    assert isinstance(gray, T.RandomGrayscale) and gray.p == 0.2
+    assert isinstance(blur, GaussianBlur) and (blur.prob, blur.radius_min, blur.radius_max) == (0.5, 0.1, 2.0)
+    assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5
+    assert [type(t) for t in norm.transforms] == [T.ToTensor, T.Normalize]
+    assert tuple(norm.transforms[1].mean) == (0.485, 0.456, 0.406)
+    assert tuple(norm.transforms[1].std) == (0.229, 0.224, 0.225)
