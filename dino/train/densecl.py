@@ -297,8 +297,10 @@ class DenseCL(nn.Module):
             shuffled, unshuffle = batch_shuffle(view_k)
             k = _encode(self.encoder_k, shuffled, splits)
             k = _Projections(*(batch_unshuffle(t, unshuffle) for t in k))
-        loss_global, accuracy = self._global_loss(q, k)
-        loss_dense = self._dense_loss(q, k)
+        # The logits and the correspondence in fp32 even under autocast, which would run the matmuls in 16 bits.
+        with torch.autocast(view_q.device.type, enabled=False):
+            loss_global, accuracy = self._global_loss(q, k)
+            loss_dense = self._dense_loss(q, k)
         loss = (1.0 - loss_lambda) * loss_global + loss_lambda * loss_dense
         enqueue(self.queue, self.queue_ptr, all_gather_cat(k.global_))
         enqueue(self.queue2, self.queue2_ptr, all_gather_cat(k.pooled_dense))
