@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from dino.cli.arguments import add_weights_arguments, backbone_from_args, cosine_threshold, positive_int
+from dino.cli.arguments import (
+    add_grid_layer_argument,
+    add_weights_arguments,
+    backbone_from_args,
+    cosine_threshold,
+    positive_int,
+)
 
 __all__ = ["port_number", "register"]
 
@@ -42,6 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
         max_video_frames=args.max_video_frames,
         concurrency_limit=args.concurrency,
         copy_threshold=args.copy_threshold,
+        grid_layer=args.grid_layer,
     )
     launch_demo(page, host=args.host, port=args.port, share=args.share)
     return 0
@@ -99,5 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrated for the default weights; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
     )
     add_weights_arguments(parser)
+    add_grid_layer_argument(parser, "every tab uses (the normalized cut of the Attention tab, Video, Copy check's GeM)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")
     parser.set_defaults(func=_demo)
