@@ -28,7 +28,7 @@ from dino.search.descriptors import DescriptorRecipe
 from dino.search.index import Hit, ImageIndex, build_index, search_images
 
 if TYPE_CHECKING:
-    from dino.checkpoint import Backbone
+    from dino.models.backbone import Backbone
 
 __all__ = [
     "CopyVerdict",

@@ -69,7 +69,7 @@ from dino.search.index import Hit, ImageIndex  # noqa: E402
 
 if TYPE_CHECKING:
     from apps.segmentation.visualize import AttentionViews
-    from dino.checkpoint import Backbone
+    from dino.models.backbone import Backbone
 
 __all__ = ["build_demo", "check_port", "launch_demo", "weights_notice"]
 

@@ -40,7 +40,7 @@ from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import Runtime
 
 if TYPE_CHECKING:
-    from dino.checkpoint import Backbone
+    from dino.models.backbone import Backbone
 
 __all__ = [
     "AttentionViews",

@@ -41,7 +41,7 @@ from dino.data.masks import read_indexed_png, write_indexed_png
 from dino.models.vision_transformer import VisionTransformer
 
 if TYPE_CHECKING:
-    from dino.checkpoint import Backbone
+    from dino.models.backbone import Backbone
 
 __all__ = ["MANIFEST_NAME", "SequenceResult", "read_bgr_frames", "recorded_sequences", "segment_davis"]
 

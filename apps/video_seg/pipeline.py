@@ -16,7 +16,7 @@ from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import autocast_context
 
 if TYPE_CHECKING:
-    from dino.checkpoint import Backbone
+    from dino.models.backbone import Backbone
 
 __all__ = ["patch_features", "segment_frames"]
 

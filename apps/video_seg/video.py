@@ -32,7 +32,7 @@ from dino.atomic import (
 from dino.data.masks import read_label_mask, voc_palette, write_indexed_png
 
 if TYPE_CHECKING:
-    from dino.checkpoint import Backbone
+    from dino.models.backbone import Backbone
 
 __all__ = ["VIDEO_OUTPUTS", "VideoResult", "overlay", "read_video_frames", "segment_video", "video_properties"]
 
