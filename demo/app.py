@@ -801,8 +801,8 @@ def build_demo(
         concurrency_limit: How many model computations each tab's queue runs at once, over all users.
         copy_threshold: Cosine similarity from which Copy check says "copy"; the copy-detection app's default
             when omitted.
-        grid_layer: A ResNet's grid for every tab (``layer3`` when None, see
-            :func:`dino.cli.arguments.apply_grid_layer`); set before the indexes are built, so that queries match them.
+        grid_layer: A ResNet's grid for every tab, set before the indexes are built so that queries match them:
+            when None, ``layer3`` for a backbone this function loads, and `model`'s own for one it is given.
 
     Returns:
         The page, with its queue set up; serve it with :func:`launch_demo`.
@@ -812,8 +812,10 @@ def build_demo(
     if concurrency_limit < 1:
         raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}")
     resolved_device = pick_device(device)
-    model = (model if model is not None else load_backbone(weights)).to(resolved_device).eval()
-    apply_grid_layer(model, grid_layer)
+    if model is None or grid_layer is not None:
+        model = model if model is not None else load_backbone(weights)
+        apply_grid_layer(model, grid_layer)
+    model = model.to(resolved_device).eval()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     settings = DemoSettings(weights, resolved_device, cache, max_video_frames, concurrency_limit)
     settings.copy_threshold = adapters.copy_threshold(model) if copy_threshold is None else copy_threshold

@@ -7,6 +7,7 @@ import argparse
 from dino.cli.arguments import (
     add_grid_layer_argument,
     add_weights_arguments,
+    apply_grid_layer,
     backbone_from_args,
     cosine_threshold,
     positive_int,
@@ -38,9 +39,11 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.port != ANY_FREE_PORT:
         check_port(args.host, args.port)  # before the model loads and the gallery is indexed
+    model = backbone_from_args(args)
+    apply_grid_layer(model, args.grid_layer, args.patch_size)
     page = build_demo(
         args.weights,
-        model=backbone_from_args(args),
+        model=model,
         gallery=args.gallery,
         index=args.index,
         cache_dir=args.cache_dir,
@@ -48,7 +51,6 @@ def _demo(args: argparse.Namespace) -> int:
         max_video_frames=args.max_video_frames,
         concurrency_limit=args.concurrency,
         copy_threshold=args.copy_threshold,
-        grid_layer=args.grid_layer,
     )
     launch_demo(page, host=args.host, port=args.port, share=args.share)
     return 0

@@ -15,7 +15,6 @@ from apps.segmentation.defaults import (
     REFERENCE_IMAGE_SIZE,
 )
 from dino.cli.arguments import (
-    DENSE_GRID_LAYER,
     add_grid_layer_argument,
     add_runtime_arguments,
     add_weights_arguments,
@@ -62,15 +61,15 @@ def _attention(args: argparse.Namespace) -> int:
     from dino.models.vision_transformer import VisionTransformer
 
     model = backbone_from_args(args)
-    apply_grid_layer(model, args.grid_layer)
+    apply_grid_layer(model, args.grid_layer, args.patch_size)
     has_attention = isinstance(model, VisionTransformer)
     if not has_attention and (args.mask or not args.ncut):
-        layer = args.grid_layer or DENSE_GRID_LAYER
         raise ValueError(
             no_attention_message(
                 model,
-                f"use --ncut{' --no-mask' if args.mask else ''} for its normalized-cut foreground mask on its {layer} "
-                "grid (img.png, ncut-mask.png, ncut-overlay.png), or score such masks with dino seg-eval --method ncut",
+                f"use --ncut{' --no-mask' if args.mask else ''} for the normalized-cut foreground mask of its "
+                f"{model.grid_layer} grid (img.png, ncut-mask.png, ncut-overlay.png), or score such masks with dino "
+                "seg-eval --method ncut",
             )
         )
     from apps.segmentation.visualize import save_attention_figures
@@ -111,7 +110,7 @@ def _seg_eval(args: argparse.Namespace) -> int:
         samples = samples[: args.limit]
         protocol["limit"] = args.limit
     model = backbone_from_args(args)
-    apply_grid_layer(model, args.grid_layer)
+    apply_grid_layer(model, args.grid_layer, args.patch_size)
     result = evaluate_masks(
         model,
         samples,

@@ -87,7 +87,7 @@ def _setup(args: argparse.Namespace):
     runtime = Runtime(device=args.device, dtype=backbone_precision(args))
     device = runtime.torch_device()
     model = backbone_from_args(args).to(device)
-    apply_grid_layer(model, args.grid_layer)
+    apply_grid_layer(model, args.grid_layer, args.patch_size)
     return model, config, preprocessing, device, runtime.autocast_dtype(device)
 
 

@@ -224,17 +224,27 @@ def add_grid_layer_argument(parser: argparse._ActionsContainer, what: str) -> No
     )
 
 
-def apply_grid_layer(model: Any, grid_layer: str | None, default: str = DENSE_GRID_LAYER) -> None:
-    """Set a ResNet's ``grid_layer`` to `grid_layer` (`default` when None); a ViT is left as it is.
+def apply_grid_layer(
+    model: Any, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
+) -> None:
+    """Set a ResNet's ``grid_layer``: `grid_layer` (--grid-layer) when given, else the grid --patch-size chose when
+    loading (16: layer3, 32: layer4), else `default`. A ViT is left as it is.
 
     Raises:
-        ValueError: `grid_layer` was given for a ViT, whose patch tokens are its only grid.
+        ValueError: `grid_layer` was given for a ViT, whose patch tokens are its only grid, or disagrees with
+            `patch_size`.
     """
     from dino.models.vision_transformer import VisionTransformer
 
     if isinstance(model, VisionTransformer):
         if grid_layer is not None:
             raise ValueError(f"--grid-layer {grid_layer} chooses a ResNet's grid; a ViT has one, its patch tokens")
+        return
+    if patch_size is not None:
+        if grid_layer is not None and grid_layer != model.grid_layer:
+            raise ValueError(
+                f"--grid-layer {grid_layer} and --patch-size {patch_size} ({model.grid_layer}) disagree; give one"
+            )
         return
     model.grid_layer = grid_layer or default
 

@@ -13,6 +13,7 @@ from PIL import Image
 from apps.video_seg.pipeline import patch_features, segment_frames
 from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, target_size
 from dino.cli import main
+from dino.cli.arguments import apply_grid_layer
 from dino.models.resnet import ResNetBackbone
 
 SEQUENCE = "blackswan"
@@ -99,3 +100,15 @@ def test_grid_layer_is_refused_for_a_vit(tmp_path: Path, capsys: pytest.CaptureF
     argv = ["video-seg", "--video", "x.mp4", "--first-mask", "m.png", "--out", str(tmp_path / "out")]
     assert main([*argv, "--weights", "random:vit_tiny/16", "--grid-layer", "layer3"]) == 2
     assert "--grid-layer layer3 chooses a ResNet's grid; a ViT has one" in capsys.readouterr().err
+
+
+def test_the_dense_apps_take_layer3_unless_grid_layer_or_patch_size_say_otherwise() -> None:
+    model = ResNetBackbone(18)
+    apply_grid_layer(model, None)
+    assert (model.grid_layer, model.patch_size) == ("layer3", 16)
+    apply_grid_layer(model, "layer4")
+    assert (model.grid_layer, model.patch_size) == ("layer4", 32)
+    apply_grid_layer(model, None, patch_size=32)  # --patch-size 32 loaded layer4: kept
+    assert model.grid_layer == "layer4"
+    with pytest.raises(ValueError, match="--grid-layer layer3 and --patch-size 32 \\(layer4\\) disagree"):
+        apply_grid_layer(model, "layer3", patch_size=32)
