@@ -572,8 +572,8 @@ def _download_release(name: str, url: str, filename: str) -> dict[str, Any]:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, file_name=filename)
     except OSError as error:  # URLError and socket errors are OSErrors
         raise WeightsUnavailableError(
-            f"could not download the {name} weights ({type(error).__name__}: {error}).\n"
-            f"On a machine with internet, fetch {url}\n"
+            f"could not download the {name} weights ({type(error).__name__}: {error}); "
+            f"on a machine with internet, fetch {url}, "
             f"then either pass the file itself (--weights /path/to/{filename}, or "
             f"load_backbone('/path/to/{filename}')) or copy it to {cache_dir / filename} "
             f"so that '{name}' finds it offline."

@@ -70,3 +70,16 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Real photos of the shared data that the ResNet verbs' tests run on (all about 512 px, distinct scenes).
+SHARED_PHOTOS = ("fruits.jpg", "baboon.jpg", "home.jpg", "orange.jpg", "messi5.jpg", "butterfly.jpg")
+
+
+@pytest.fixture
+def shared_photos(shared_data: Path) -> list[Path]:
+    """A few real photos (`SHARED_PHOTOS`) from ``images/opencv`` of the shared data; skips when it is absent."""
+    paths = [shared_data / "images" / "opencv" / name for name in SHARED_PHOTOS]
+    if not all(path.is_file() for path in paths):
+        pytest.skip("the shared photos (images/opencv) are not there")
+    return paths

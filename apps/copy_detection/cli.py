@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "copy-detect",
         help="copy detection: Copydays evaluation, benchmark generator, index and copy finder",
         description="Copy detection with DINO descriptors ([CLS] ⊕ GeM(p=4) of a 320×320 resize, optionally "
-        "PCA-whitened, SPEC §12).",
+        "PCA-whitened, SPEC §12). With a ResNet (--weights dino_resnet50, random:resnet50, a ResNet file) the "
+        "descriptor is GeM(p=4) over its layer4 grid, whitened the same way.",
     )
     verbs = parser.add_subparsers(dest="copy_verb", metavar="SUBCOMMAND", required=True)
     _register_eval(verbs)
@@ -122,7 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError("--save-whitening needs --whitening, the images to fit it on")
     model = backbone_from_args(args)
     runtime = runtime_from_args(args)
-    recipe = DescriptorRecipe.copy_detection(args.size)
+    recipe = DescriptorRecipe.copy_detection(args.size, backbone=model)
     whitening = None
     if args.whitening:
         extractor = DescriptorExtractor(model, recipe, runtime=runtime)
@@ -281,7 +282,7 @@ def _register_find(verbs: argparse._SubParsersAction) -> None:
         help="decide by geometrically verified local-feature matches instead of the similarity threshold: finds "
         "partial copies (a spliced region, an object in another scene) that a global descriptor misses; slower, "
         "and reads the candidates' image files. 'sift': OpenCV SIFT keypoints; 'dino': the backbone's "
-        "middle-block patch tokens (default: %(const)s)",
+        "middle-block patch tokens, a ViT's only (default: %(const)s)",
     )
     parser.add_argument(
         "--min-inliers",

@@ -27,12 +27,13 @@ from apps.copy_detection.metrics import block_map
 from apps.copy_detection.verify import (
     FeatureCache,
     LocalFeatures,
+    check_verifier,
     count_inliers,
     make_local_extractor,
 )
 from dino.checkpoint import model_identity
 from dino.data.io import list_images
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone
 from dino.runtime import Runtime
 from dino.search.descriptors import (
     DescriptorExtractor,
@@ -294,7 +295,7 @@ def calibrate_verification(
 
 def evaluate_copydays(
     root: str | os.PathLike[str],
-    model: VisionTransformer,
+    model: Backbone,
     distractors: str | os.PathLike[str] | None = None,
     whitening: str | os.PathLike[str] | Whitening | None = None,
     centered_whitening: bool = False,
@@ -321,8 +322,10 @@ def evaluate_copydays(
         runtime: How the backbone runs (:class:`dino.runtime.Runtime`), for the descriptors and the ``dino``
             verifier; ``Runtime()`` when None (``copy-detect eval`` passes ``dtype="fp32"``, the reference's).
     """
+    if verify is not None:
+        check_verifier(verify, model)
     layout = read_copydays(root)
-    recipe = recipe or DescriptorRecipe.copy_detection()
+    recipe = recipe or DescriptorRecipe.copy_detection(backbone=model)
     runtime = runtime or Runtime()
     extractor = DescriptorExtractor(model, recipe, runtime=runtime)
     distractor_images = list_images(distractors) if distractors is not None else []

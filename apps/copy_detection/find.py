@@ -35,12 +35,13 @@ from apps.copy_detection.evaluate import load_or_fit_whitening
 from apps.copy_detection.verify import (
     FeatureCache,
     LocalFeatures,
+    check_verifier,
     count_inliers,
     make_local_extractor,
 )
 from dino.data.io import list_images
 from dino.features import OnError
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone
 from dino.runtime import Runtime
 from dino.search.descriptors import COPY_DETECTION_SIZE, DescriptorExtractor, DescriptorRecipe
 from dino.search.index import ImageIndex, IndexMismatchError, build_index, search_images
@@ -55,18 +56,19 @@ __all__ = [
 ]
 
 
-def calibration_for(model: VisionTransformer) -> CopyCalibration:
+def calibration_for(model: Backbone) -> CopyCalibration:
     """The thresholds calibrated for `model`'s weights, or the default backbone's when it has none."""
     weights = model.provenance.source if model.provenance is not None else ""
     return CALIBRATIONS.get(weights, DEFAULT_CALIBRATION)
 
 
-def calibrated_min_inliers(model: VisionTransformer, verify: str) -> int:
+def calibrated_min_inliers(model: Backbone, verify: str) -> int:
     """The calibrated minimum of verified matches for `model` and the verifier `verify`.
 
     Raises:
         ValueError: That verifier was not calibrated for these weights (the message says how to do it).
     """
+    check_verifier(verify, model)
     calibration = calibration_for(model)
     if verify not in calibration.min_inliers:
         raise ValueError(
@@ -89,7 +91,7 @@ class CopyHit(NamedTuple):
 
 def build_copy_index(
     images: Sequence[str | os.PathLike[str]],
-    model: VisionTransformer,
+    model: Backbone,
     out: str | os.PathLike[str] | None = None,
     whitening: str | os.PathLike[str] | Whitening | None = None,
     centered_whitening: bool = False,
@@ -114,7 +116,7 @@ def build_copy_index(
         runtime: How the backbone runs (:class:`dino.runtime.Runtime`); ``Runtime()`` when None.
     """
     paths = list_images(images, required=True)
-    recipe = DescriptorRecipe.copy_detection(size)
+    recipe = DescriptorRecipe.copy_detection(size, backbone=model)
     if isinstance(whitening, (str, os.PathLike)):
         extractor = DescriptorExtractor(model, recipe, runtime=runtime)
         whitening = load_or_fit_whitening(whitening, extractor, centered=centered_whitening)
@@ -126,7 +128,7 @@ def build_copy_index(
 def find_copies(
     queries: Sequence[str | os.PathLike[str] | Image.Image],
     index: ImageIndex,
-    model: VisionTransformer,
+    model: Backbone,
     threshold: float | None = None,
     candidates: int = DEFAULT_CANDIDATES,
     include_self: bool = False,
@@ -165,7 +167,7 @@ def find_copies(
     if not queries:
         raise ValueError("no query images")
     recipe = index.recipe
-    if recipe != DescriptorRecipe.copy_detection(recipe.size):
+    if recipe != DescriptorRecipe.copy_detection(recipe.size, backbone=model):
         raise IndexMismatchError(
             f"{index.path or 'this index'}: built with another descriptor ({recipe.pooling} pooling, "
             f"{recipe.preprocessing} preprocessing) than copy detection's, for which the thresholds are calibrated; "

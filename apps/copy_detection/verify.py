@@ -33,7 +33,7 @@ from PIL import Image
 from apps.copy_detection.defaults import VERIFIERS
 from dino.data.io import open_image
 from dino.data.transforms import normalize
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone, is_resnet
 from dino.runtime import Runtime, autocast_context
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "PatchTokenExtractor",
     "SiftFeatureExtractor",
     "affine_inliers",
+    "check_verifier",
     "count_inliers",
     "make_local_extractor",
     "mutual_nearest_neighbours",
@@ -88,11 +89,12 @@ class PatchTokenExtractor:
 
     def __init__(
         self,
-        model: VisionTransformer,
+        model: Backbone,
         sides: Sequence[int] = DEFAULT_SIDES,
         block: int | None = None,
         runtime: Runtime | None = None,
     ) -> None:
+        check_verifier("dino", model)
         if not sides or min(sides) < model.patch_size:
             raise ValueError(f"sides must be at least one patch ({model.patch_size} px), got {list(sides)}")
         runtime = runtime or Runtime()
@@ -154,8 +156,18 @@ class SiftFeatureExtractor:
         return LocalFeatures(root_sift.astype(np.float16), positions, (width, height))
 
 
+def check_verifier(kind: str, model: Backbone) -> None:
+    """Refuse, before any work, a verifier `model` cannot serve: ``dino`` matches a ViT's middle-block patch tokens,
+    which a ResNet does not have (its blocks are stages of another width and stride)."""
+    if kind == "dino" and is_resnet(model):
+        raise ValueError(
+            f"--verify dino matches a ViT's middle-block patch tokens, which {model.arch} does not have; with a "
+            "ResNet use --verify sift (or no verification)"
+        )
+
+
 def make_local_extractor(
-    kind: str, model: VisionTransformer, runtime: Runtime | None = None
+    kind: str, model: Backbone, runtime: Runtime | None = None
 ) -> PatchTokenExtractor | SiftFeatureExtractor:
     """The local-feature extractor of a verifier in :data:`VERIFIERS`.
 

@@ -25,6 +25,7 @@ from dino.cli.arguments import (
 from dino.search.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY, POOLINGS, RETRIEVAL_SIZE
 
 if TYPE_CHECKING:
+    from dino.models.backbone import Backbone
     from dino.search.descriptors import DescriptorRecipe
     from dino.search.index import ImageIndex
 
@@ -57,9 +58,9 @@ def _add_descriptor_arguments(parser: argparse.ArgumentParser, whitening: bool =
     group.add_argument(
         "--pooling",
         choices=POOLINGS,
-        default="cls",
-        help="cls: [CLS] token (the reference); gem: GeM (p=4) over the patch tokens; cls+gem: both "
-        "concatenated (default: %(default)s)",
+        help="cls: [CLS] token (the reference; a ResNet's average-pooled feature); gem: GeM (p=4) over the patch "
+        "tokens (a ResNet's layer4 grid); cls+gem: both concatenated (default: cls for a ViT, gem for a ResNet such "
+        "as --weights dino_resnet50)",
     )
     group.add_argument(
         "--size",
@@ -77,10 +78,10 @@ def _add_descriptor_arguments(parser: argparse.ArgumentParser, whitening: bool =
         )
 
 
-def _recipe(args: argparse.Namespace) -> DescriptorRecipe:
+def _recipe(args: argparse.Namespace, model: Backbone) -> DescriptorRecipe:
     from dino.search.descriptors import DescriptorRecipe
 
-    return DescriptorRecipe(pooling=args.pooling, preprocessing="thumbnail", size=args.size, multiscale=args.multiscale)
+    return DescriptorRecipe.retrieval(args.size, args.multiscale, backbone=model, pooling=args.pooling)
 
 
 def _add_inputs(parser: argparse.ArgumentParser, what: str) -> None:
@@ -144,7 +145,7 @@ def _index(args: argparse.Namespace) -> int:
     from dino.search.descriptors import load_descriptor_whitening
 
     model = backbone_from_args(args)
-    recipe = _recipe(args)
+    recipe = _recipe(args, model)
     whitening = load_descriptor_whitening(args.whitening, model, recipe) if args.whitening else None
     index = index_folders(
         args.inputs,
@@ -294,7 +295,7 @@ def _whiten(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         model,
-        _recipe(args),
+        _recipe(args, model),
         dim=args.dim,
         centered=args.centered,
         recursive=not args.no_recursive,
@@ -352,7 +353,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.root is None:
         raise ValueError("pass --root (the folder holding the revisitop datasets) or set DINO_DATA_DIR")
     model = backbone_from_args(args)
-    recipe = _recipe(args)
+    recipe = _recipe(args, model)
     whitening = load_descriptor_whitening(args.whitening, model, recipe) if args.whitening else None
     results = evaluate_retrieval(
         args.root,

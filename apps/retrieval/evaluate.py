@@ -17,7 +17,7 @@ from PIL import Image
 from apps.retrieval.revisitop import KAPPAS, PROTOCOLS, RevisitopDataset, evaluate_protocols, load_dataset
 from dino.checkpoint import model_identity
 from dino.data.io import open_image
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone
 from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
 from dino.search.whitening import Whitening
@@ -46,7 +46,7 @@ def rank_database(database: np.ndarray, queries: np.ndarray) -> np.ndarray:
 def evaluate_retrieval(
     root: str | os.PathLike[str],
     dataset_name: str,
-    model: VisionTransformer,
+    model: Backbone,
     recipe: DescriptorRecipe | None = None,
     whitening: Whitening | None = None,
     crop_queries: bool = False,
@@ -67,7 +67,7 @@ def evaluate_retrieval(
     Returns:
         A JSON-serialisable dict: the setup and, per protocol, ``mAP``, ``mP@k`` (fractions) and per-query ``AP``.
     """
-    recipe = recipe or DescriptorRecipe.retrieval()
+    recipe = recipe or DescriptorRecipe.retrieval(backbone=model)
     dataset = load_dataset(root, dataset_name)
     start = time.perf_counter()
     extractor = DescriptorExtractor(model, recipe, whitening, runtime)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from dino.data.io import list_images
 from dino.distributed import init_distributed
 from dino.features import OnError
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone
 from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe, fit_descriptor_whitening
 from dino.search.index import ImageIndex, UpdateReport, build_index, describe_shard, update_index
@@ -28,7 +28,7 @@ PathInput = str | os.PathLike[str]
 def index_folders(
     inputs: Sequence[PathInput],
     out: PathInput,
-    model: VisionTransformer,
+    model: Backbone,
     recipe: DescriptorRecipe | None = None,
     whitening: Whitening | None = None,
     factory: str = "Flat",
@@ -48,7 +48,7 @@ def index_folders(
     Returns:
         The index (None on ranks other than 0).
     """
-    recipe = recipe or DescriptorRecipe.retrieval()
+    recipe = recipe or DescriptorRecipe.retrieval(backbone=model)
     images = list_images(inputs, recursive, required=True)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return build_index(images, model, recipe, whitening, factory, out, checkpoint_every, on_error, runtime)
@@ -73,7 +73,7 @@ def index_folders(
 def update_folders(
     index: ImageIndex | PathInput,
     inputs: Sequence[PathInput],
-    model: VisionTransformer,
+    model: Backbone,
     recursive: bool = True,
     on_error: OnError = "raise",
     runtime: Runtime | None = None,
@@ -92,7 +92,7 @@ def update_folders(
 def fit_whitening(
     inputs: Sequence[PathInput],
     out: PathInput,
-    model: VisionTransformer,
+    model: Backbone,
     recipe: DescriptorRecipe | None = None,
     dim: int | None = None,
     centered: bool = False,
@@ -101,7 +101,7 @@ def fit_whitening(
 ) -> Whitening:
     """Fit a PCA-whitening on the raw descriptors of the images under `inputs` (a set disjoint from the
     database) and save it to `out`; its metadata records the backbone and recipe it is valid for."""
-    extractor = DescriptorExtractor(model, recipe or DescriptorRecipe.retrieval(), runtime=runtime)
+    extractor = DescriptorExtractor(model, recipe or DescriptorRecipe.retrieval(backbone=model), runtime=runtime)
     whitening = fit_descriptor_whitening(
         extractor, list_images(inputs, recursive, required=True), dim=dim, centered=centered
     )

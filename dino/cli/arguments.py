@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dino.data.constants import DEFAULT_MAX_TOKENS
-from dino.hub.releases import BUNDLED_VIT_TINY, DEFAULT_WEIGHTS, IMGFOCUS_WEIGHTS, RELEASES
+from dino.hub.releases import BUNDLED_VIT_TINY, DEFAULT_WEIGHTS, IMGFOCUS_WEIGHTS, RELEASES, RESNET_RELEASES
 from dino.models.architectures import ARCHITECTURES
 
 if TYPE_CHECKING:
     from dino.features import SkippedImage
-    from dino.models.vision_transformer import VisionTransformer
+    from dino.models.backbone import Backbone
     from dino.runtime import Runtime
     from dino.search.index import ImageIndex
 
@@ -114,7 +114,9 @@ WEIGHTS_HELP = (
     f"a release name ({', '.join(RELEASES)}; downloaded once, needs internet), a weights file "
     "(DINO or DINOv2 backbone-only, official full checkpoint, `dino train` checkpoint, timm ViT state dict), a "
     "Hugging Face model folder or .safetensors file (ViTModel, Dinov2Model, Dinov2WithRegistersModel), or "
-    "'random[:ARCH/PATCH]' / 'random:RELEASE' for a seeded random initialisation"
+    "'random[:ARCH/PATCH]' / 'random:RELEASE' for a seeded random initialisation; "
+    f"a ResNet: {', '.join(RESNET_RELEASES)} (downloaded once), 'random:resnet50' / 'random:resnet18', or a ResNet "
+    "file (DINO ResNet-50 release or full checkpoint, DenseCL, torchvision or timm resnet state dict)"
 )
 
 
@@ -145,7 +147,12 @@ def add_weights_arguments(
     group = parser.add_argument_group("backbone")
     group.add_argument("--weights", default=default, help=f"{WEIGHTS_HELP} (default: {default_means or '%(default)s'})")
     group.add_argument("--arch", choices=list(ARCHITECTURES), help="inferred from the weights when omitted")
-    group.add_argument("--patch-size", type=positive_int, help="inferred from the weights when omitted")
+    group.add_argument(
+        "--patch-size",
+        type=positive_int,
+        help="inferred from the weights when omitted; for a ResNet, the stride of its dense grid: 32 (layer4, the "
+        "default) or 16 (layer3)",
+    )
     add_file_loading_arguments(group)
 
 
@@ -279,7 +286,7 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     )
 
 
-def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:
+def backbone_from_args(args: argparse.Namespace) -> Backbone:
     """Load the backbone described by the options of :func:`add_weights_arguments`."""
     from dino.checkpoint import load_backbone
 
@@ -299,7 +306,7 @@ def backbone_from_args(args: argparse.Namespace) -> VisionTransformer:
     return model
 
 
-def backbone_for_index(args: argparse.Namespace, index: ImageIndex) -> VisionTransformer:
+def backbone_for_index(args: argparse.Namespace, index: ImageIndex) -> Backbone:
     """The backbone of the --weights given, or else the one the index was built with (read from its manifest)."""
     if args.weights is None:
         print(f"note: using the index's backbone, {index.manifest['backbone']['weights']}", file=sys.stderr)

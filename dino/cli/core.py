@@ -58,6 +58,8 @@ def _info(args: argparse.Namespace) -> int:
         report["torchvision"] = None
     default = resolve_weights(DEFAULT_WEIGHTS)
     report["weights_default"] = f"{default}: {weights_provenance(default)}"
+    if args.weights is not None:
+        report.update(_backbone_report(args))
     report["command_groups"] = plugin_names()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -66,6 +68,33 @@ def _info(args: argparse.Namespace) -> int:
         for key, value in report.items():
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _backbone_report(args: argparse.Namespace) -> dict[str, object]:
+    """What `dino info --weights W` says of a backbone: its network, its outputs' sizes, where its weights come
+    from and their checksum (what index manifests record)."""
+    from dino.checkpoint import model_identity
+    from dino.models.backbone import is_resnet
+
+    model = backbone_from_args(args)
+    identity = model_identity(model)
+    if is_resnet(model):
+        network = (
+            f"{model.arch}: {model.embed_dim}-d average-pooled feature (the k-NN / linear / search embedding); "
+            f"dense grid {model.grid_layer}, stride {model.patch_size}, {model.grid_dim} channels; no attention"
+        )
+    else:
+        network = (
+            f"{identity['arch']}/{model.patch_size}: {model.embed_dim}-d [CLS] and patch tokens, {len(model.blocks)} "
+            f"blocks, {model.num_register_tokens} registers"
+        )
+    return {
+        "backbone": network,
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M",
+        "weights": identity["weights"],
+        "weights_provenance": identity["provenance"],
+        "weights_sha256": identity["sha256"],
+    }
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -106,23 +135,32 @@ def _export(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``info``, ``features`` and ``export``."""
     info = subparsers.add_parser(
-        "info", help="versions, device and FAISS build", description="Print versions, device and FAISS build."
+        "info",
+        help="versions, device and FAISS build; with --weights, the backbone",
+        description="Print versions, device and FAISS build; with --weights (a ViT, or a ResNet such as "
+        "dino_resnet50 or random:resnet50), the backbone's network, output sizes, provenance and checksum.",
     )
     info.add_argument("--json", action="store_true", help="print JSON")
+    add_weights_arguments(info, default=None, default_means="none: versions only")
     info.set_defaults(func=_info)
 
     features = subparsers.add_parser(
         "features",
         help="extract [CLS] or patch-token features of images to .npy",
         description="Extract frozen DINO features of images (files or folders, searched recursively) into a "
-        ".npy array, with a .json sidecar listing the images in row order.",
+        ".npy array, with a .json sidecar listing the images in row order. With a ResNet (--weights "
+        "dino_resnet50, random:resnet50, a ResNet file) cls is the average-pooled feature and patch its layer4 "
+        "grid (layer3 with --patch-size 16).",
     )
     features.add_argument("images", nargs="+", help="image files or folders")
     features.add_argument(
         "--out", required=True, type=output_file, help="output .npy file (the image list goes to a .json beside it)"
     )
     features.add_argument(
-        "--what", choices=["cls", "patch"], default="cls", help="[CLS] vectors (N, D) or patch grids (N, h, w, D)"
+        "--what",
+        choices=["cls", "patch"],
+        default="cls",
+        help="[CLS] vectors (N, D) or patch grids (N, h, w, D); a ResNet's pooled feature or dense grid",
     )
     features.add_argument(
         "--preprocess",
@@ -141,7 +179,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="write a checkpoint's backbone as a small backbone-only state dict",
         description="Write the backbone (teacher by default) of any weights --weights accepts as a backbone-only "
-        "state dict in the released layout, e.g. to ship a `dino train` result. Prints the file's SHA-256.",
+        "state dict in the released layout, e.g. to ship a `dino train` result; a ResNet (DINO ResNet-50 full "
+        "checkpoint, DenseCL training checkpoint, …) in torchvision's keys without fc, as dino_resnet50's release. "
+        "Prints the file's SHA-256.",
     )
     export.add_argument("checkpoint", help="a `dino train` checkpoint, an official full checkpoint, or any weights")
     export.add_argument("out", type=output_file, help="output .pth file (written atomically)")

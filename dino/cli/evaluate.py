@@ -57,6 +57,7 @@ def _knn(args: argparse.Namespace) -> int:
 def _linear(args: argparse.Namespace) -> int:
     from dino.checkpoint import weights_record
     from dino.eval.linear import run_linear
+    from dino.models.backbone import is_resnet
 
     model = backbone_from_args(args)
     result = run_linear(
@@ -77,9 +78,11 @@ def _linear(args: argparse.Namespace) -> int:
             f"{args.output_dir}/linear_results.json",
             {
                 **weights_record(model),
-                "linear_input": {
+                "linear_input": {"layout": "resnet_pooled", "dim": model.embed_dim}
+                if is_resnet(model)
+                else {
                     "layout": args.linear_input,
-                    "n_last_blocks": args.n_last_blocks,
+                    "n_last_blocks": args.n_last_blocks or N_LAST_BLOCKS,
                     "avgpool_patchtokens": args.avgpool_patchtokens,
                 },
                 "best_top1": result.best_top1,
@@ -96,7 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "knn",
         help="weighted k-NN accuracy of frozen [CLS] features (SPEC §8)",
         description="Weighted k-NN classification (DINO protocol: resize 256 / crop 224, L2-normalised [CLS], "
-        "top-k cosine neighbours weighted exp(sim/T)). TRAIN and VAL are folders with one subfolder per class. "
+        "or a ResNet's 2048-d average-pooled feature (SPEC §24; --weights dino_resnet50, random:resnet50, a "
+        "ResNet file), top-k cosine neighbours weighted exp(sim/T)). TRAIN and VAL are folders with one subfolder "
+        "per class. "
         "Under 'torchrun --nproc_per_node=N -m dino.cli knn ...' feature extraction is split across processes.",
     )
     parser.add_argument("--train", required=True, help="bank folder: TRAIN/<class>/<image>")
@@ -119,7 +124,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "linear",
         help="linear probe on frozen features (SPEC §9)",
         description="Train a linear classifier on a frozen backbone: [CLS] of the last N blocks (ViT-S recipe; "
-        "ViT-B: --n-last-blocks 1 --avgpool-patchtokens), SGD momentum 0.9, wd 0, cosine lr, RandomResizedCrop "
+        "ViT-B: --n-last-blocks 1 --avgpool-patchtokens; a ResNet such as --weights dino_resnet50: its 2048-d "
+        "average-pooled feature, SPEC §24), SGD momentum 0.9, wd 0, cosine lr, RandomResizedCrop "
         "224 + flip for training, resize 256 / crop 224 for validation; reports the best validation top-1.",
     )
     linear.add_argument("--train", required=True, help="TRAIN/<class>/<image>")
@@ -131,20 +137,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     linear.add_argument(
         "--n-last-blocks",
         type=positive_int,
-        default=N_LAST_BLOCKS,
-        help="[CLS] tokens of this many last blocks, concatenated (default: %(default)s)",
+        help=f"[CLS] tokens of this many last blocks, concatenated (default: {N_LAST_BLOCKS}; ViT only)",
     )
     linear.add_argument(
         "--avgpool-patchtokens",
         action="store_true",
-        help="append the last block's mean patch token; needs --n-last-blocks 1, as the reference's ViT-B recipe",
+        help="append the last block's mean patch token; needs --n-last-blocks 1, as the reference's ViT-B recipe "
+        "(ViT only)",
     )
     linear.add_argument(
         "--linear-input",
         choices=LINEAR_INPUTS,
         default="dino",
         help="dino: the reference's input (above); dinov2: [CLS] of the last N blocks followed by the last "
-        "block's mean patch token, registers excluded, as DINOv2's linear evaluation (default: %(default)s)",
+        "block's mean patch token, registers excluded, as DINOv2's linear evaluation (default: %(default)s; a ResNet "
+        "takes only dino)",
     )
     linear.add_argument(
         "--output-dir", type=output_folder, help="write linear_weights.pth (released layout) and linear_results.json"

@@ -22,7 +22,7 @@ from dino.data.transforms import knn_transform
 from dino.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 from dino.eval.defaults import DEFAULT_KS, DEFAULT_TEMPERATURE
 from dino.features import FeatureExtractor
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone
 from dino.runtime import Runtime
 
 __all__ = ["KNNResult", "extract_folder_features", "knn_classifier", "run_knn"]
@@ -79,7 +79,7 @@ def knn_classifier(
 
 
 def extract_folder_features(
-    model: VisionTransformer,
+    model: Backbone,
     folder: str | os.PathLike[str],
     cache: str | os.PathLike[str] | None = None,
     runtime: Runtime | None = None,
@@ -112,7 +112,7 @@ def extract_folder_features(
     return features, labels, dataset.classes
 
 
-def _cache_fingerprint(model: VisionTransformer, paths: Sequence[Path]) -> dict[str, str]:
+def _cache_fingerprint(model: Backbone, paths: Sequence[Path]) -> dict[str, str]:
     """What cached features depend on: the weights, and each file's path, size and modification time."""
     files = hashlib.sha256()
     for path in paths:
@@ -121,7 +121,7 @@ def _cache_fingerprint(model: VisionTransformer, paths: Sequence[Path]) -> dict[
     return {"backbone_sha256": state_dict_sha256(model), "files_sha256": files.hexdigest()}
 
 
-def _extract_sharded(model: VisionTransformer, paths: list[Path], runtime: Runtime | None) -> Tensor:
+def _extract_sharded(model: Backbone, paths: list[Path], runtime: Runtime | None) -> Tensor:
     """[CLS] features of `paths`; under torchrun each rank extracts every world_size-th image and the
     shards are all-gathered, so every rank ends with the full, ordered bank (SPEC §8)."""
     rank, world_size = get_rank(), get_world_size()
@@ -135,7 +135,7 @@ def _extract_sharded(model: VisionTransformer, paths: list[Path], runtime: Runti
 
 
 def run_knn(
-    model: VisionTransformer,
+    model: Backbone,
     train_folder: str | os.PathLike[str],
     val_folder: str | os.PathLike[str],
     ks: Sequence[int] = DEFAULT_KS,

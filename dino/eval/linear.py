@@ -1,7 +1,8 @@
 """Linear probing of a frozen backbone (SPEC §9): concatenated [CLS] tokens of the last blocks (optionally
 interleaved with the average-pooled patch tokens; or DINOv2's input, SPEC §21: the [CLS] tokens followed by the
 mean patch token of the last block), a single Linear trained with SGD + cosine schedule on augmented crops, best
-validation top-1 over epochs reported."""
+validation top-1 over epochs reported. A ResNet's input is its 2048-d average-pooled feature (SPEC §9, §24), as the
+reference's ``eval_linear.py`` feeds ``model(x)`` for a torchvision network."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dino.checkpoint import atomic_torch_save
 from dino.data.datasets import ImageFolderDataset
 from dino.data.transforms import knn_transform, normalize
 from dino.eval.defaults import BASE_LR, LINEAR_INPUTS, N_LAST_BLOCKS, LinearInput
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone, is_resnet
 from dino.runtime import Runtime, autocast_context
 
 __all__ = [
@@ -56,14 +57,18 @@ class LinearClassifier(nn.Module):
 
 
 def linear_features(
-    model: VisionTransformer, images: Tensor, n_last_blocks: int, avgpool: bool, layout: LinearInput = "dino"
+    model: Backbone, images: Tensor, n_last_blocks: int, avgpool: bool, layout: LinearInput = "dino"
 ) -> Tensor:
     """[CLS] of the last `n_last_blocks` blocks (each after the final norm), concatenated.
 
     ``dino``: with `avgpool` the mean patch token of the last block is stacked on a new last axis and flattened,
     giving the reference's interleaved layout (SPEC §15.5). ``dinov2``: the mean patch token (registers
     excluded) is appended after the [CLS] tokens, whatever `avgpool` says (DINOv2's ``create_linear_input``).
+    A ResNet gives its pooled feature, whatever the other arguments say (:func:`run_linear` refuses those that
+    would mean something else).
     """
+    if is_resnet(model):
+        return model(images)
     intermediate = model.get_intermediate_layers(images, n_last_blocks)
     output = torch.cat([x[:, 0] for x in intermediate], dim=-1)
     if layout == "dinov2":
@@ -87,7 +92,7 @@ class LinearResult:
 class _FrozenBackbone:
     """The frozen backbone on its device, in the runtime's precision, and the linear input it makes."""
 
-    model: VisionTransformer
+    model: Backbone
     device: torch.device
     autocast_dtype: torch.dtype | None
     n_last_blocks: int
@@ -103,21 +108,40 @@ class _FrozenBackbone:
 
 
 def _check_settings(
-    model: VisionTransformer, epochs: int, n_last_blocks: int, avgpool: bool, linear_input: LinearInput
-) -> None:
+    model: Backbone, epochs: int, n_last_blocks: int | None, avgpool: bool, linear_input: LinearInput
+) -> int:
+    """The number of last blocks to use (0 for a ResNet), after refusing settings that do not fit `model`."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if linear_input not in LINEAR_INPUTS:
+        raise ValueError(f"linear_input must be one of {LINEAR_INPUTS}, got {linear_input!r}")
+    if is_resnet(model):
+        asked = [
+            option
+            for option, given in (
+                ("n_last_blocks (--n-last-blocks)", n_last_blocks is not None),
+                ("avgpool (--avgpool-patchtokens)", avgpool),
+                ("linear_input dinov2 (--linear-input dinov2)", linear_input == "dinov2"),
+            )
+            if given
+        ]
+        if asked:
+            raise ValueError(
+                f"{', '.join(asked)}: ViT options; a {model.arch}'s linear input is its {model.embed_dim}-d "
+                "average-pooled feature (SPEC §24), which has no blocks' [CLS] or patch tokens to choose"
+            )
+        return 0
+    n_last_blocks = N_LAST_BLOCKS if n_last_blocks is None else n_last_blocks
     if not 1 <= n_last_blocks <= len(model.blocks):
         raise ValueError(
             f"n_last_blocks must lie in 1..{len(model.blocks)} (the backbone's depth), got {n_last_blocks}"
         )
-    if linear_input not in LINEAR_INPUTS:
-        raise ValueError(f"linear_input must be one of {LINEAR_INPUTS}, got {linear_input!r}")
     if linear_input == "dino" and avgpool and n_last_blocks != 1:
         raise ValueError(
             f"the mean patch token (avgpool) is appended to one [CLS] only, as in the reference: use n_last_blocks "
             f"1 with it, not {n_last_blocks}"
         )
+    return n_last_blocks
 
 
 def _loaders(
@@ -173,12 +197,12 @@ def _save_classifier(classifier: LinearClassifier, epoch: int, top1: float, outp
 
 
 def run_linear(
-    model: VisionTransformer,
+    model: Backbone,
     train_folder: str | os.PathLike[str],
     val_folder: str | os.PathLike[str],
     epochs: int = 100,
     lr: float = BASE_LR,
-    n_last_blocks: int = N_LAST_BLOCKS,
+    n_last_blocks: int | None = None,
     avgpool: bool = False,
     linear_input: LinearInput = "dino",
     output_dir: str | os.PathLike[str] | None = None,
@@ -192,20 +216,24 @@ def run_linear(
     `linear_input` ``dinov2`` feeds [CLS] of the last `n_last_blocks` blocks ⊕ the last block's mean patch token
     (DINOv2's linear input, any n); ``dino`` is the reference's (see :func:`linear_features`). `runtime` (device,
     precision, batch size, workers, progress) defaults to :data:`LINEAR_RUNTIME`: fp32, the reference's precision.
+    `n_last_blocks` None means the reference's 4 for a ViT. A ResNet's input is its average-pooled feature
+    (SPEC §24), and it takes none of `n_last_blocks`, `avgpool` or ``linear_input="dinov2"``.
 
     Raises:
         ValueError: `epochs` < 1, `n_last_blocks` outside 1..depth, or `avgpool` with `n_last_blocks` ≠ 1 (the
-            reference's layout interleaves one [CLS] with the mean patch token; ViT-B uses n = 1 with it).
+            reference's layout interleaves one [CLS] with the mean patch token; ViT-B uses n = 1 with it); a ViT
+            option given with a ResNet.
     """
     runtime = LINEAR_RUNTIME if runtime is None else runtime
-    _check_settings(model, epochs, n_last_blocks, avgpool, linear_input)
+    n_last_blocks = _check_settings(model, epochs, n_last_blocks, avgpool, linear_input)
     torch.manual_seed(seed)
     device = runtime.torch_device()
     model = model.eval().to(device)
     for param in model.parameters():
         param.requires_grad = False
     train_loader, val_loader, num_classes = _loaders(train_folder, val_folder, runtime)
-    dim = model.embed_dim * (n_last_blocks + int(avgpool or linear_input == "dinov2"))
+    width = 1 if is_resnet(model) else n_last_blocks + int(avgpool or linear_input == "dinov2")
+    dim = model.embed_dim * width
     classifier = LinearClassifier(dim, num_classes).to(device)
     optimizer = torch.optim.SGD(
         classifier.parameters(), lr * runtime.batch_size / LR_REFERENCE_BATCH, momentum=SGD_MOMENTUM, weight_decay=0

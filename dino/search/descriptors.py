@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode
 from dino.checkpoint import model_identity
 from dino.data.transforms import ImageTransform, square_transform, thumbnail_transform
 from dino.features import FeatureExtractor, OnError, require_finite
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone, is_resnet
 from dino.runtime import Runtime
 from dino.search.defaults import COPY_DETECTION_SIZE, POOLINGS, RETRIEVAL_SIZE
 from dino.search.pooling import GEM_P, MULTISCALE_SCALES, gem, multiscale
@@ -47,9 +47,16 @@ Preprocessing = Literal["thumbnail", "square"]
 class DescriptorRecipe:
     """How a global descriptor is computed from an image.
 
+    A ResNet's average-pooled feature takes the place of [CLS] and its layer4 grid (stride 32) that of the patch
+    tokens. Its default descriptor for both retrieval and copy detection is GeM (p = 4) over layer4
+    (:meth:`retrieval`, :meth:`copy_detection`): a ResNet has no learned global token, its pooled feature is GeM's
+    p = 1 case, and GeM over the last convolutional map is the usual CNN retrieval descriptor (Radenović et al.);
+    the reference scripts build their torchvision networks with ``num_classes=0`` and so define none.
+
     Attributes:
-        pooling: ``cls`` ([CLS] after the final norm, the retrieval reference), ``gem`` (GeM over the
-            patch tokens) or ``cls+gem`` (their concatenation, the copy-detection reference).
+        pooling: ``cls`` ([CLS] after the final norm, the retrieval reference; a ResNet's pooled feature),
+            ``gem`` (GeM over the patch tokens; a ResNet's layer4 grid) or ``cls+gem`` (their concatenation, the
+            copy-detection reference).
         preprocessing: ``thumbnail`` (fit in size×size keeping the aspect ratio, never enlarge, Lanczos;
             SPEC §13) or ``square`` (size×size ignoring the aspect ratio, bicubic; SPEC §12).
         size: The thumbnail bound or square side, in pixels.
@@ -72,14 +79,25 @@ class DescriptorRecipe:
             raise ValueError(f"descriptor size must be positive, got {self.size}")
 
     @classmethod
-    def retrieval(cls, size: int = RETRIEVAL_SIZE, multiscale: bool = False) -> DescriptorRecipe:
-        """The reference retrieval descriptor: [CLS] of a thumbnail (SPEC §13)."""
-        return cls(pooling="cls", preprocessing="thumbnail", size=size, multiscale=multiscale)
+    def retrieval(
+        cls,
+        size: int = RETRIEVAL_SIZE,
+        multiscale: bool = False,
+        backbone: Backbone | None = None,
+        pooling: Pooling | None = None,
+    ) -> DescriptorRecipe:
+        """The reference retrieval descriptor: [CLS] of a thumbnail (SPEC §13); GeM over layer4 for a ResNet
+        `backbone`; `pooling` when given."""
+        if pooling is None:
+            pooling = "gem" if backbone is not None and is_resnet(backbone) else "cls"
+        return cls(pooling=pooling, preprocessing="thumbnail", size=size, multiscale=multiscale)
 
     @classmethod
-    def copy_detection(cls, size: int = COPY_DETECTION_SIZE) -> DescriptorRecipe:
-        """The reference copy-detection descriptor: [CLS] ⊕ GeM(p=4) of a size×size resize (SPEC §12)."""
-        return cls(pooling="cls+gem", preprocessing="square", size=size)
+    def copy_detection(cls, size: int = COPY_DETECTION_SIZE, backbone: Backbone | None = None) -> DescriptorRecipe:
+        """The reference copy-detection descriptor: [CLS] ⊕ GeM(p=4) of a size×size resize (SPEC §12); GeM(p=4)
+        over layer4 for a ResNet `backbone`."""
+        resnet = backbone is not None and is_resnet(backbone)
+        return cls(pooling="gem" if resnet else "cls+gem", preprocessing="square", size=size)
 
     def transform(self) -> ImageTransform:
         """PIL image -> normalised tensor, exactly as the protocol."""
@@ -100,15 +118,23 @@ class DescriptorRecipe:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-def describe(model: VisionTransformer, images: Tensor, recipe: DescriptorRecipe) -> Tensor:
-    """Raw descriptors (B, recipe.dim(D)) of a normalised image batch, float32."""
+def describe(model: Backbone, images: Tensor, recipe: DescriptorRecipe) -> Tensor:
+    """Raw descriptors (B, recipe.dim(D)) of a normalised image batch, float32; for a ResNet, its pooled feature
+    stands for [CLS] and its dense grid for the patch tokens (see :class:`DescriptorRecipe`)."""
 
     def single_scale(batch: Tensor) -> Tensor:
-        if recipe.pooling == "cls":
+        if is_resnet(model):
+            pooled, grid = model.forward_dense(batch)
+            global_feature, dense = pooled.float(), grid.float()
+        elif recipe.pooling == "cls":
             return model(batch).float()
-        tokens = model.forward_features(batch).float()
-        pooled = gem(tokens[:, 1:], recipe.gem_p)
-        return pooled if recipe.pooling == "gem" else torch.cat((tokens[:, 0], pooled), dim=-1)
+        else:
+            tokens = model.forward_features(batch).float()
+            global_feature, dense = tokens[:, 0], tokens[:, 1:]
+        if recipe.pooling == "cls":
+            return global_feature
+        pooled = gem(dense, recipe.gem_p)
+        return pooled if recipe.pooling == "gem" else torch.cat((global_feature, pooled), dim=-1)
 
     return multiscale(single_scale, images) if recipe.multiscale else single_scale(images)
 
@@ -137,7 +163,7 @@ class DescriptorExtractor:
 
     def __init__(
         self,
-        model: VisionTransformer,
+        model: Backbone,
         recipe: DescriptorRecipe,
         whitening: Whitening | None = None,
         runtime: Runtime | None = None,
@@ -145,6 +171,11 @@ class DescriptorExtractor:
         on_error: OnError = "raise",
     ) -> None:
         raw_dim = recipe.dim(model.embed_dim)
+        if is_resnet(model) and model.grid_dim != model.embed_dim and recipe.pooling != "cls":
+            raise ValueError(
+                f"{model.arch}'s {model.grid_layer} grid has {model.grid_dim} channels, not the {model.embed_dim} of "
+                "its pooled feature: GeM descriptors pool layer4 (patch size 32)"
+            )
         if whitening is not None and whitening.in_dim != raw_dim:
             raise ValueError(
                 f"the whitening was fitted on {whitening.in_dim}-d descriptors but this backbone and recipe "
@@ -224,9 +255,7 @@ def fit_descriptor_whitening(
     return Whitening.fit(extractor.extract_raw(images), dim=dim, centered=centered, metadata=metadata)
 
 
-def load_descriptor_whitening(
-    path: str | os.PathLike[str], model: VisionTransformer, recipe: DescriptorRecipe
-) -> Whitening:
+def load_descriptor_whitening(path: str | os.PathLike[str], model: Backbone, recipe: DescriptorRecipe) -> Whitening:
     """Load a saved whitening, refusing one fitted on another backbone's or recipe's descriptors.
 
     Raises:

@@ -50,7 +50,7 @@ from dino.atomic import (
 from dino.checkpoint import load_backbone, model_identity
 from dino.checksums import file_sha256
 from dino.features import NothingUsableError, OnError
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import Backbone
 from dino.runtime import Runtime
 from dino.search.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_FACTORY
 from dino.search.descriptors import DescriptorExtractor, DescriptorRecipe
@@ -320,7 +320,7 @@ class ImageIndex:
     # -------------------------------------------------------------- compatibility
     def check_compatible(
         self,
-        model: VisionTransformer,
+        model: Backbone,
         recipe: DescriptorRecipe | None = None,
         whitening: Whitening | None | bool = False,
     ) -> None:
@@ -360,7 +360,7 @@ class ImageIndex:
                 f"settings ({'; '.join(differences)}); rebuild it, or pass the backbone and options it was built with"
             )
 
-    def load_backbone(self, weights_only: bool = True, checkpoint_key: str = "teacher") -> VisionTransformer:
+    def load_backbone(self, weights_only: bool = True, checkpoint_key: str = "teacher") -> Backbone:
         """The backbone this index was built with, loaded from the weights recorded in its manifest.
 
         Args:
@@ -691,7 +691,7 @@ def _nothing_usable(skipped: dict[str, str]) -> NothingUsableError:
 # ---------------------------------------------------------------------------- public functions
 def build_index(
     images: Sequence[ImageInput],
-    model: VisionTransformer,
+    model: Backbone,
     recipe: DescriptorRecipe,
     whitening: Whitening | None = None,
     factory: str = DEFAULT_FACTORY,
@@ -759,7 +759,7 @@ def build_index(
 
 def describe_shard(
     images: Sequence[ImageInput],
-    model: VisionTransformer,
+    model: Backbone,
     recipe: DescriptorRecipe,
     out: str | os.PathLike[str],
     rank: int,
@@ -794,7 +794,7 @@ def describe_shard(
 def search_images(
     index: ImageIndex,
     queries: Sequence[ImageInput | Image.Image],
-    model: VisionTransformer,
+    model: Backbone,
     k: int = 10,
     params: str | None = None,
     runtime: Runtime | None = None,
@@ -831,7 +831,7 @@ def search_images(
 def update_index(
     index: ImageIndex,
     images: Sequence[ImageInput],
-    model: VisionTransformer,
+    model: Backbone,
     on_error: OnError = "raise",
     runtime: Runtime | None = None,
 ) -> UpdateReport:
