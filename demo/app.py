@@ -8,6 +8,7 @@ upload limit, queue and offline theme the demo needs. Every tab calls one adapte
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import io
 import os
@@ -52,7 +53,7 @@ from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gal
 from demo.outputs import ResponseFiles  # noqa: E402
 from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
 from dino.checkpoint import load_backbone  # noqa: E402
-from dino.cli.arguments import apply_grid_layer  # noqa: E402
+from dino.cli.arguments import dense_grid_layer  # noqa: E402
 from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
 from dino.data.masks import MAX_MASK_OBJECTS, read_label_mask  # noqa: E402
 from dino.features import TokenBudgetError  # noqa: E402
@@ -775,6 +776,25 @@ def _report_skipped(settings: DemoSettings) -> None:
         print(f"  … and {len(settings.skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
+def _grid_views(model: Backbone, grid_layer: str | None) -> tuple[Backbone, Backbone]:
+    """(the backbone for Search and Copy check, the one for Attention and Video): a ViT twice; a ResNet seen through
+    layer4, whose GeM the core's descriptors take, and through the dense tabs' `grid_layer` (layer3 by default).
+
+    A view is the same network, weights shared and nothing copied: a shallow copy whose own ``grid_layer`` differs,
+    so that no tab ever switches the grid another tab's request is using. The original serves whichever grid it
+    already has (its weights' checksum, which an index checks, was computed on loading).
+    """
+    layer = dense_grid_layer(model, grid_layer)
+    if layer is None:
+        return model, model
+    views = {model.grid_layer: model}
+    for wanted in ("layer4", layer):
+        if wanted not in views:
+            views[wanted] = copy.copy(model)
+            views[wanted].grid_layer = wanted
+    return views["layer4"], views[layer]
+
+
 def build_demo(
     weights: str = DEFAULT_WEIGHTS,
     *,
@@ -801,8 +821,8 @@ def build_demo(
         concurrency_limit: How many model computations each tab's queue runs at once, over all users.
         copy_threshold: Cosine similarity from which Copy check says "copy"; the copy-detection app's default
             when omitted.
-        grid_layer: A ResNet's grid for every tab, set before the indexes are built so that queries match them:
-            when None, ``layer3`` for a backbone this function loads, and `model`'s own for one it is given.
+        grid_layer: A ResNet's grid for the dense tabs, Attention's normalized cut and Video (``layer3`` when None,
+            see :func:`dino.cli.arguments.dense_grid_layer`); Search and Copy check pool layer4 whatever it is.
 
     Returns:
         The page, with its queue set up; serve it with :func:`launch_demo`.
@@ -812,10 +832,8 @@ def build_demo(
     if concurrency_limit < 1:
         raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}")
     resolved_device = pick_device(device)
-    if model is None or grid_layer is not None:
-        model = model if model is not None else load_backbone(weights)
-        apply_grid_layer(model, grid_layer)
-    model = model.to(resolved_device).eval()
+    model = (model if model is not None else load_backbone(weights)).to(resolved_device).eval()
+    model, dense = _grid_views(model, grid_layer)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     settings = DemoSettings(weights, resolved_device, cache, max_video_frames, concurrency_limit)
     settings.copy_threshold = adapters.copy_threshold(model) if copy_threshold is None else copy_threshold
@@ -829,16 +847,16 @@ def build_demo(
 
     with gr.Blocks(title="DINO demo", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as page:
         gr.Markdown("# DINO: attention masks, search, copy check and video masks")
-        gr.Markdown(weights_notice(weights, model), elem_id="weights-notice")
+        gr.Markdown(weights_notice(weights, dense), elem_id="weights-notice")
         with gr.Tabs():
             with gr.Tab("Attention", id="attention"):
-                _attention_tab(model, settings)
+                _attention_tab(dense, settings)
             with gr.Tab("Search", id="search"):
                 _search_tab(model, settings, search_index)
             with gr.Tab("Copy check", id="copy"):
                 _copy_tab(model, settings, copy_index)
             with gr.Tab("Video", id="video"):
-                _video_tab(model, settings, sample)
+                _video_tab(dense, settings, sample)
     page.queue(default_concurrency_limit=concurrency_limit, max_size=QUEUE_MAX_SIZE)
     page.dino_settings = settings  # type: ignore[attr-defined]
     return page

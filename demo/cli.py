@@ -7,9 +7,9 @@ import argparse
 from dino.cli.arguments import (
     add_grid_layer_argument,
     add_weights_arguments,
-    apply_grid_layer,
     backbone_from_args,
     cosine_threshold,
+    dense_grid_layer,
     positive_int,
 )
 
@@ -40,10 +40,10 @@ def _demo(args: argparse.Namespace) -> int:
     if args.port != ANY_FREE_PORT:
         check_port(args.host, args.port)  # before the model loads and the gallery is indexed
     model = backbone_from_args(args)
-    apply_grid_layer(model, args.grid_layer, args.patch_size)
     page = build_demo(
         args.weights,
         model=model,
+        grid_layer=dense_grid_layer(model, args.grid_layer, args.patch_size),
         gallery=args.gallery,
         index=args.index,
         cache_dir=args.cache_dir,
@@ -108,6 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrated for the default weights; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
     )
     add_weights_arguments(parser)
-    add_grid_layer_argument(parser, "every tab uses (the normalized cut of the Attention tab, Video, Copy check's GeM)")
+    add_grid_layer_argument(
+        parser, "the Attention tab's normalized cut and Video use (Search and Copy check pool layer4, as the core does)"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")
     parser.set_defaults(func=_demo)

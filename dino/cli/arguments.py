@@ -37,6 +37,7 @@ __all__ = [
     "backbone_for_index",
     "backbone_from_args",
     "cosine_threshold",
+    "dense_grid_layer",
     "non_negative_int",
     "output_file",
     "output_folder",
@@ -231,29 +232,41 @@ def add_grid_layer_argument(parser: argparse._ActionsContainer, what: str) -> No
     )
 
 
-def apply_grid_layer(
+def dense_grid_layer(
     model: Any, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
-) -> None:
-    """Set a ResNet's ``grid_layer``: `grid_layer` (--grid-layer) when given, else the grid --patch-size chose when
-    loading (16: layer3, 32: layer4), else `default`. A ViT is left as it is.
+) -> str | None:
+    """The grid a dense app uses for `model`: `grid_layer` (--grid-layer) when given, else the one --patch-size
+    chose when loading (16: layer3, 32: layer4), else `default`; None for a ViT (its patch tokens are its grid).
 
     Raises:
-        ValueError: `grid_layer` was given for a ViT, whose patch tokens are its only grid, or disagrees with
-            `patch_size`.
+        ValueError: `grid_layer` was given for a ViT, or disagrees with `patch_size`.
     """
     from dino.models.vision_transformer import VisionTransformer
 
     if isinstance(model, VisionTransformer):
         if grid_layer is not None:
             raise ValueError(f"--grid-layer {grid_layer} chooses a ResNet's grid; a ViT has one, its patch tokens")
-        return
+        return None
     if patch_size is not None:
         if grid_layer is not None and grid_layer != model.grid_layer:
             raise ValueError(
                 f"--grid-layer {grid_layer} and --patch-size {patch_size} ({model.grid_layer}) disagree; give one"
             )
-        return
-    model.grid_layer = grid_layer or default
+        return model.grid_layer
+    return grid_layer or default
+
+
+def apply_grid_layer(
+    model: Any, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
+) -> None:
+    """Set a ResNet's ``grid_layer`` to :func:`dense_grid_layer`'s choice; a ViT is left as it is.
+
+    Raises:
+        ValueError: As :func:`dense_grid_layer`.
+    """
+    layer = dense_grid_layer(model, grid_layer, patch_size, default)
+    if layer is not None:
+        model.grid_layer = layer
 
 
 def report_skipped(skipped: Sequence[SkippedImage], total: int, listed_in: str | os.PathLike[str]) -> None:

@@ -112,3 +112,18 @@ def test_ncut_adapter_and_attention_adapter_on_a_resnet(resnet18_file: Path) -> 
     assert views.mask.shape == (100, 150) and views.grid == (6, 9)
     with pytest.raises(ValueError, match=r"^ResNet-18 has no self-attention"):
         adapters.attention_views(model, photo, 0.6, 96, device="cpu")
+
+
+def test_search_pools_layer4_while_the_dense_tabs_see_their_own_grid_of_the_same_weights() -> None:
+    from demo.app import _grid_views
+    from dino.models.resnet import ResNetBackbone
+
+    model = ResNetBackbone(18)
+    search, dense = _grid_views(model, None)
+    assert search is model and (search.grid_layer, dense.grid_layer) == ("layer4", "layer3")
+    assert dense.conv1.weight is model.conv1.weight  # a view, not a copy of the weights
+    assert _grid_views(model, "layer4") == (model, model)
+    vit = load_backbone("random:vit_tiny/16")
+    assert _grid_views(vit, None) == (vit, vit)
+    with pytest.raises(ValueError, match="a ViT has one, its patch tokens"):
+        _grid_views(vit, "layer3")
