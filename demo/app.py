@@ -62,6 +62,7 @@ from dino.hub.releases import (  # noqa: E402
     DEFAULT_WEIGHTS,
     IMGFOCUS_WEIGHTS,
     RELEASES,
+    RESNET_RELEASES,
     weights_provenance,
 )
 from dino.models.vision_transformer import VisionTransformer  # noqa: E402
@@ -134,8 +135,10 @@ def weights_notice(weights: str, model: Backbone) -> str:
             f"docs/MODEL_CARD.md).{fallback} For the paper's quality start the demo with official weights, e.g. "
             f"`dino demo --weights dino_vits8` (any of {releases}; downloaded once, needs internet)."
         )
-    if loaded in RELEASES:
+    if loaded in RELEASES or loaded in RESNET_RELEASES:
         return f"**Weights: `{loaded}`** ({arch}): {weights_provenance(loaded)}."
+    if not isinstance(model, VisionTransformer):
+        releases = ", ".join(f"`{name}`" for name in RESNET_RELEASES)
     return (
         f"**Weights: `{Path(weights).name}`** ({arch}). Quality depends on how these weights were trained; "
         f"the official releases ({releases}) give the papers' results."
