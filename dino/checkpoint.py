@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import weakref
 from collections.abc import Mapping
@@ -577,6 +578,12 @@ def _download_release(name: str, url: str, filename: str) -> dict[str, Any]:
             f"then either pass the file itself (--weights /path/to/{filename}, or "
             f"load_backbone('/path/to/{filename}')) or copy it to {cache_dir / filename} "
             f"so that '{name}' finds it offline."
+        ) from error
+    except (pickle.UnpicklingError, RuntimeError) as error:  # a damaged or unexpected file in the cache
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        raise CheckpointError(
+            f"{cache_dir / filename}: the cached {name} weights are not a readable checkpoint ({reason}); delete the "
+            f"file to download it again from {url}"
         ) from error
 
 

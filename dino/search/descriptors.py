@@ -173,8 +173,9 @@ class DescriptorExtractor:
         raw_dim = recipe.dim(model.embed_dim)
         if is_resnet(model) and model.grid_dim != model.embed_dim and recipe.pooling != "cls":
             raise ValueError(
-                f"{model.arch}'s {model.grid_layer} grid has {model.grid_dim} channels, not the {model.embed_dim} of "
-                "its pooled feature: GeM descriptors pool layer4 (patch size 32)"
+                f"{model.arch}'s {model.grid_layer} grid (patch size {model.patch_size}) has {model.grid_dim} "
+                f"channels, not the {model.embed_dim} of its pooled feature: GeM descriptors pool layer4, leave "
+                "--patch-size out"
             )
         if whitening is not None and whitening.in_dim != raw_dim:
             raise ValueError(

@@ -178,6 +178,17 @@ def test_resnet_release_offline_says_what_to_fetch_and_where(monkeypatch, tmp_pa
     assert str(tmp_path / "hub" / "checkpoints" / "dino_resnet50_pretrain.pth") in message
 
 
+def test_a_damaged_cached_release_is_refused_in_one_line(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cached = tmp_path / "hub" / "checkpoints" / "dino_resnet50_pretrain.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK\x03\x04 truncated")
+    expected = f"{cached}: the cached dino_resnet50 weights are not a readable checkpoint"
+    with pytest.raises(CheckpointError, match=expected) as error:
+        load_backbone("dino_resnet50")
+    assert "\n" not in str(error.value) and "delete the file to download it again" in str(error.value)
+
+
 def test_the_extractor_gives_the_pooled_feature_and_the_grid(weights18) -> None:
     model = ResNetBackbone(18)
     model.load_state_dict(weights18)

@@ -53,6 +53,10 @@ def test_the_resnet_descriptor_is_gem_over_layer4(shared_photos) -> None:
     with torch.no_grad():
         average = model(thumbnail_transform(224)(Image.open(shared_photos[0]).convert("RGB")).unsqueeze(0))
     np.testing.assert_allclose(pooled.extract(shared_photos[:1]), F.normalize(average, dim=-1).numpy(), atol=1e-5)
+    # GeM pools layer4: the layer3 grid (256 channels) would not fit a 512-d descriptor.
+    model.grid_layer = "layer3"
+    with pytest.raises(ValueError, match=r"resnet18's layer3 grid \(patch size 16\) has 256 channels, not the 512"):
+        DescriptorExtractor(model, recipe)
 
 
 def test_index_query_update_with_a_resnet(shared_photos, tmp_path, capsys) -> None:
