@@ -22,7 +22,7 @@ from apps.segmentation.visualize import AttentionViews, NcutViews, photo_attenti
 from apps.video_seg import pipeline
 from apps.video_seg.video import overlay, read_video_frames
 from dino.features import DEFAULT_MAX_TOKENS, OnError
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorRecipe
 from dino.search.index import Hit, ImageIndex, build_index, search_images
@@ -82,7 +82,7 @@ def attention_views(
 
 def has_attention(model: Backbone) -> bool:
     """Whether `model` has the self-attention the Attention tab draws (a ViT); a ResNet has not."""
-    return isinstance(model, VisionTransformer)
+    return not is_resnet(model)
 
 
 def ncut_views(

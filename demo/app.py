@@ -65,7 +65,7 @@ from dino.hub.releases import (  # noqa: E402
     RESNET_RELEASES,
     weights_provenance,
 )
-from dino.models.vision_transformer import VisionTransformer  # noqa: E402
+from dino.models.backbone import is_resnet  # noqa: E402
 from dino.runtime import pick_device  # noqa: E402
 from dino.search.index import Hit, ImageIndex  # noqa: E402
 
@@ -93,7 +93,7 @@ Result = TypeVar("Result")
 # ---------------------------------------------------------------------------- page text
 def _architecture(model: Backbone) -> str:
     """The backbone in a few words, for the weights notice."""
-    if isinstance(model, VisionTransformer):
+    if not is_resnet(model):
         return f"ViT with {model.embed_dim}-d tokens, {model.num_heads} heads, patch {model.patch_size}"
     return (
         f"ResNet-{model.depth} with a {model.embed_dim}-d pooled feature and no attention; the Attention and Video "
@@ -137,7 +137,7 @@ def weights_notice(weights: str, model: Backbone) -> str:
         )
     if loaded in RELEASES or loaded in RESNET_RELEASES:
         return f"**Weights: `{loaded}`** ({arch}): {weights_provenance(loaded)}."
-    if not isinstance(model, VisionTransformer):
+    if is_resnet(model):
         releases = ", ".join(f"`{name}`" for name in RESNET_RELEASES)
     return (
         f"**Weights: `{Path(weights).name}`** ({arch}). Quality depends on how these weights were trained; "

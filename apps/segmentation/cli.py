@@ -58,11 +58,11 @@ def _add_threshold_argument(parser: argparse.ArgumentParser) -> None:
 
 def _attention(args: argparse.Namespace) -> int:
     from apps.segmentation.inference import no_attention_message
-    from dino.models.vision_transformer import VisionTransformer
+    from dino.models.backbone import is_resnet
 
     model = backbone_from_args(args)
     apply_grid_layer(model, args.grid_layer, args.patch_size)
-    has_attention = isinstance(model, VisionTransformer)
+    has_attention = not is_resnet(model)
     if not has_attention and (args.mask or not args.ncut):
         raise ValueError(
             no_attention_message(

@@ -45,7 +45,7 @@ from dino.atomic import atomic_write, atomic_write_json
 from dino.checkpoint import weights_record
 from dino.data.io import open_image
 from dino.data.transforms import denormalize
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 from dino.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def evaluate_masks(
         raise ValueError(f"resolution must be 'photo' or 'input', got {resolution!r}")
     rows: list[dict[str, Any]] = [{}] * len(samples)
     images = [s.image for s in samples]
-    forward = iter_attention if isinstance(model, VisionTransformer) else iter_grids
+    forward = iter_grids if is_resnet(model) else iter_attention
     for item in forward(model, images, size, keep_aspect, runtime or EVALUATION_RUNTIME):
         sample = samples[item.index]
         masks, labels = _masks_and_labels(
@@ -267,7 +267,7 @@ def _protocol_record(
 def _backbone_record(model: Backbone) -> dict[str, Any]:
     """A ViT's head count; a ResNet's architecture and the grid its masks were cut on (``patch_size`` is then the
     grid's stride)."""
-    if isinstance(model, VisionTransformer):
+    if not is_resnet(model):
         return {"num_heads": model.num_heads}
     return {
         "arch": model.arch,

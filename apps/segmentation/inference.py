@@ -16,7 +16,7 @@ from apps.segmentation.defaults import DEFAULT_BATCH_SIZE
 from apps.segmentation.masks import attention_transform, cls_attention_maps
 from apps.segmentation.ncut import key_features
 from dino.features import FeatureExtractor
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 from dino.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -94,13 +94,16 @@ def no_attention_message(model: Backbone, instead: str) -> str:
     return f"{name} has no self-attention, so it has no [CLS] attention maps (nor their diffusion); {instead}"
 
 
-def check_has_attention(model: Backbone, instead: str = "use the normalized cut of its dense grid, ncut") -> None:
+def check_has_attention(
+    model: Backbone,
+    instead: str = "use the normalized cut of its dense grid (dino attention --ncut, dino seg-eval --method ncut)",
+) -> None:
     """Refuse a backbone without self-attention (a ResNet) before any image is read.
 
     Raises:
         ValueError: :func:`no_attention_message` with `instead`.
     """
-    if not isinstance(model, VisionTransformer):
+    if is_resnet(model):
         raise ValueError(no_attention_message(model, instead))
 
 

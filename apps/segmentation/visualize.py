@@ -36,6 +36,7 @@ from dino.data.io import list_images, open_image
 from dino.data.masks import write_indexed_png
 from dino.data.transforms import denormalize
 from dino.features import DEFAULT_MAX_TOKENS
+from dino.models.backbone import is_resnet
 from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import Runtime
 
@@ -209,7 +210,7 @@ def photo_ncut_views(
         ValueError: The grid is over the cut's limit (:data:`apps.segmentation.ncut.NCUT_MAX_PATCHES`).
     """
     runtime = Runtime(device=str(device), batch_size=1, progress=False, max_tokens=max_tokens)
-    forward = iter_attention if isinstance(model, VisionTransformer) else iter_grids
+    forward = iter_grids if is_resnet(model) else iter_attention
     item = next(forward(model, [photo], size=size, keep_aspect=True, runtime=runtime))
     resized = resized_size((photo.height, photo.width), size, keep_aspect=True)
     mask = _photo_ncut_mask(item, model.patch_size, photo, resized)
@@ -276,7 +277,7 @@ def save_attention_figures(
         check_has_attention(model, "for a foreground mask from its dense grid ask for the normalized cut alone")
     paths = list_images(inputs, required=True)
     folders = output_folders(paths, Path(out))
-    if not isinstance(model, VisionTransformer):
+    if is_resnet(model):
         for item in iter_grids(model, paths, size, keep_aspect, runtime):
             _save_grid_figures(model, item, paths[item.index], folders[item.index], size, keep_aspect)
         return folders

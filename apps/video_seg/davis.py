@@ -38,7 +38,7 @@ from dino.checkpoint import weights_record, weights_sha256
 from dino.data.davis import davis_first_annotation, davis_frames, davis_sequences
 from dino.data.io import ImageLoadError
 from dino.data.masks import read_indexed_png, write_indexed_png
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 
 if TYPE_CHECKING:
     from dino.models.backbone import Backbone
@@ -135,7 +135,7 @@ def _grid_record(model: Backbone) -> dict:
     """For a ResNet, which grid the labels were propagated on: ``{"backbone": {"arch", "grid_layer", "grid_stride",
     "grid_dim"}}`` (``patch_size`` is then the grid's stride and ``embed_dim`` the pooled width); nothing for a ViT,
     whose patch tokens are the grid, so that the records of ViT runs stay as they were."""
-    if isinstance(model, VisionTransformer):
+    if not is_resnet(model):
         return {}
     grid = {"arch": model.arch, "grid_layer": model.grid_layer, "grid_stride": model.patch_size}
     return {"backbone": grid | {"grid_dim": model.grid_dim}}

@@ -12,7 +12,7 @@ from torch import Tensor
 from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, downscale_mask, one_hot, target_size
 from apps.video_seg.propagation import LabelPropagator, PropagationConfig, labels_from_soft_mask
 from dino.features import DEFAULT_MAX_TOKENS, check_token_budget, require_finite
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 from dino.runtime import autocast_context
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def patch_features(model: Backbone, frame: Tensor, autocast: torch.dtype | None 
     """
     device = frame.device
     with autocast_context(device, autocast):
-        if isinstance(model, VisionTransformer):
+        if not is_resnet(model):
             tokens = model.get_intermediate_layers(frame[None], n=1)[0][0, 1:]
         else:
             grid = model.forward_dense(frame[None])[1][0]  # (h, w, C), channels last

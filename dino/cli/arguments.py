@@ -241,9 +241,9 @@ def dense_grid_layer(
     Raises:
         ValueError: `grid_layer` was given for a ViT, or disagrees with `patch_size`.
     """
-    from dino.models.vision_transformer import VisionTransformer
+    from dino.models.backbone import is_resnet
 
-    if isinstance(model, VisionTransformer):
+    if not is_resnet(model):
         if grid_layer is not None:
             raise ValueError(f"--grid-layer {grid_layer} chooses a ResNet's grid; a ViT has one, its patch tokens")
         return None
