@@ -228,7 +228,7 @@ def add_grid_layer_argument(parser: argparse._ActionsContainer, what: str) -> No
         "--grid-layer",
         choices=GRID_LAYERS,
         help=f"ResNet weights only: the grid {what}, layer3 (stride 16, the grid of ViT-S/16) or layer4 (stride 32, "
-        f"half as fine each way) (default: {DENSE_GRID_LAYER})",
+        f"half as fine each way) (default: {DENSE_GRID_LAYER}, unless --patch-size 16 or 32 chose the grid)",
     )
 
 
