@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,14 +18,17 @@ from apps.copy_detection import find as copy_find
 from apps.copy_detection.find import CopyHit
 from apps.segmentation.diffusion import MAX_REFINE_PIXELS
 from apps.segmentation.figures import HEATMAP_CMAP, MEAN_CMAP
-from apps.segmentation.visualize import AttentionViews, photo_attention_views
+from apps.segmentation.visualize import AttentionViews, NcutViews, photo_attention_views, photo_ncut_views
 from apps.video_seg import pipeline
 from apps.video_seg.video import overlay, read_video_frames
 from dino.features import DEFAULT_MAX_TOKENS, OnError
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 from dino.runtime import Runtime
 from dino.search.descriptors import DescriptorRecipe
 from dino.search.index import Hit, ImageIndex, build_index, search_images
+
+if TYPE_CHECKING:
+    from dino.models.backbone import Backbone
 
 __all__ = [
     "CopyVerdict",
@@ -38,6 +42,8 @@ __all__ = [
     "copy_threshold",
     "copy_verifier",
     "find_copies",
+    "has_attention",
+    "ncut_views",
     "open_search_index",
     "overlay_labels",
     "propagate_mask",
@@ -48,7 +54,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------- (a) attention
 def attention_views(
-    model: VisionTransformer,
+    model: Backbone,
     image: Image.Image,
     threshold: float,
     size: int,
@@ -74,6 +80,27 @@ def attention_views(
     return photo_attention_views(model, image, threshold, size, better_mask, device, max_tokens)
 
 
+def has_attention(model: Backbone) -> bool:
+    """Whether `model` has the self-attention the Attention tab draws (a ViT); a ResNet has not."""
+    return not is_resnet(model)
+
+
+def ncut_views(
+    model: Backbone,
+    image: Image.Image,
+    size: int,
+    device: str = "auto",
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+) -> NcutViews:
+    """The normalized-cut foreground of one photo at its size (:func:`apps.segmentation.visualize.photo_ncut_views`):
+    what the Attention tab shows for a ResNet, cut on its dense grid (``grid_layer``).
+
+    Raises:
+        TokenBudgetError: The photo at `size` makes more grid cells than `max_tokens`.
+    """
+    return photo_ncut_views(model, image, size, device, max_tokens)
+
+
 def attention_max_photo_pixels() -> int:
     """The most pixels at which the segmentation app refines the foreground mask (larger photos are refined at this
     size and the mask enlarged)."""
@@ -87,7 +114,7 @@ def attention_colormaps() -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------- (b) search
 def build_search_index(
-    model: VisionTransformer,
+    model: Backbone,
     images: Sequence[str | os.PathLike[str]],
     on_error: OnError = "raise",
     runtime: Runtime | None = None,
@@ -97,7 +124,7 @@ def build_search_index(
     return build_index(images, model, DescriptorRecipe.retrieval(), on_error=on_error, runtime=runtime)
 
 
-def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) -> ImageIndex:
+def open_search_index(path: str | os.PathLike[str], model: Backbone) -> ImageIndex:
     """An index saved by ``dino index`` (or :func:`dino.search.index.build_index`), checked against `model`."""
     index = ImageIndex.load(path)
     index.check_compatible(model)
@@ -105,7 +132,7 @@ def open_search_index(path: str | os.PathLike[str], model: VisionTransformer) ->
 
 
 def search_similar(
-    index: ImageIndex, model: VisionTransformer, query: Image.Image, k: int, runtime: Runtime | None = None
+    index: ImageIndex, model: Backbone, query: Image.Image, k: int, runtime: Runtime | None = None
 ) -> list[Hit]:
     """The `k` indexed images most similar to `query`, best first."""
     return search_images(index, [query], model, k=k, runtime=runtime)[0]
@@ -130,13 +157,13 @@ class CopyVerdict:
         return self.similarity >= self.threshold
 
 
-def copy_threshold(model: VisionTransformer) -> float:
+def copy_threshold(model: Backbone) -> float:
     """The copy-detection app's threshold on the cosine similarity for `model` (max-F1 on its benchmark)."""
     return float(copy_find.calibration_for(model).threshold)
 
 
 def build_copy_index(
-    model: VisionTransformer,
+    model: Backbone,
     images: Sequence[str | os.PathLike[str]],
     on_error: OnError = "raise",
     runtime: Runtime | None = None,
@@ -148,7 +175,7 @@ def build_copy_index(
 
 def find_copies(
     index: ImageIndex,
-    model: VisionTransformer,
+    model: Backbone,
     query: str | os.PathLike[str],
     threshold: float,
     runtime: Runtime | None = None,
@@ -159,7 +186,7 @@ def find_copies(
 
 
 def compare_copies(
-    model: VisionTransformer,
+    model: Backbone,
     first: str | os.PathLike[str],
     second: str | os.PathLike[str],
     threshold: float,
@@ -196,19 +223,19 @@ def compare_copies(
     return CopyVerdict(hit.score, threshold, hit.inliers, minimum)
 
 
-def copy_min_matches(model: VisionTransformer, verifier: str) -> int:
+def copy_min_matches(model: Backbone, verifier: str) -> int:
     """The copy app's calibrated minimum of verified matches for a copy, for `model` and `verifier`."""
     return int(copy_find.calibrated_min_inliers(model, verifier))
 
 
-def copy_verifier(model: VisionTransformer) -> str:
+def copy_verifier(model: Backbone) -> str:
     """The copy app's verifier for `model` (the best on its benchmark; what ``copy-detect find --verify`` uses)."""
     return str(copy_find.calibration_for(model).verifier)
 
 
 # ---------------------------------------------------------------------------- (d) video
 def propagate_mask(
-    model: VisionTransformer,
+    model: Backbone,
     frames_bgr: Iterable[np.ndarray],
     first_labels: np.ndarray,
     device: torch.device | str = "cpu",

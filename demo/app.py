@@ -8,6 +8,7 @@ upload limit, queue and offline theme the demo needs. Every tab calls one adapte
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import io
 import os
@@ -16,7 +17,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings, no version check
 
@@ -52,6 +53,7 @@ from demo.gallery import SampleVideo, default_cache_dir, sample_copy, sample_gal
 from demo.outputs import ResponseFiles  # noqa: E402
 from demo.render import colorize, thumbnail, to_uint8  # noqa: E402
 from dino.checkpoint import load_backbone  # noqa: E402
+from dino.cli.arguments import dense_grid_layer  # noqa: E402
 from dino.data.io import ImageLoadError, list_images, open_image  # noqa: E402
 from dino.data.masks import MAX_MASK_OBJECTS, read_label_mask  # noqa: E402
 from dino.features import TokenBudgetError  # noqa: E402
@@ -60,11 +62,16 @@ from dino.hub.releases import (  # noqa: E402
     DEFAULT_WEIGHTS,
     IMGFOCUS_WEIGHTS,
     RELEASES,
+    RESNET_RELEASES,
     weights_provenance,
 )
-from dino.models.vision_transformer import VisionTransformer  # noqa: E402
+from dino.models.backbone import is_resnet  # noqa: E402
 from dino.runtime import pick_device  # noqa: E402
 from dino.search.index import Hit, ImageIndex  # noqa: E402
+
+if TYPE_CHECKING:
+    from apps.segmentation.visualize import AttentionViews
+    from dino.models.backbone import Backbone
 
 __all__ = ["build_demo", "check_port", "launch_demo", "weights_notice"]
 
@@ -84,9 +91,19 @@ Result = TypeVar("Result")
 
 
 # ---------------------------------------------------------------------------- page text
-def weights_notice(weights: str, model: VisionTransformer) -> str:
+def _architecture(model: Backbone) -> str:
+    """The backbone in a few words, for the weights notice."""
+    if not is_resnet(model):
+        return f"ViT with {model.embed_dim}-d tokens, {model.num_heads} heads, patch {model.patch_size}"
+    return (
+        f"ResNet-{model.depth} with a {model.embed_dim}-d pooled feature and no attention; the Attention and Video "
+        f"tabs use its {model.grid_layer} grid, one {model.grid_dim}-d cell per {model.patch_size} pixels"
+    )
+
+
+def weights_notice(weights: str, model: Backbone) -> str:
     """Markdown saying which weights are loaded, where they come from and what quality to expect from them."""
-    arch = f"ViT with {model.embed_dim}-d tokens, {model.num_heads} heads, patch {model.patch_size}"
+    arch = _architecture(model)
     releases = ", ".join(f"`{name}`" for name in RELEASES)
     loaded = model.provenance.source if model.provenance is not None else weights
     if loaded.startswith("random"):
@@ -118,8 +135,10 @@ def weights_notice(weights: str, model: VisionTransformer) -> str:
             f"docs/MODEL_CARD.md).{fallback} For the paper's quality start the demo with official weights, e.g. "
             f"`dino demo --weights dino_vits8` (any of {releases}; downloaded once, needs internet)."
         )
-    if loaded in RELEASES:
+    if loaded in RELEASES or loaded in RESNET_RELEASES:
         return f"**Weights: `{loaded}`** ({arch}): {weights_provenance(loaded)}."
+    if is_resnet(model):
+        releases = ", ".join(f"`{name}`" for name in RESNET_RELEASES)
     return (
         f"**Weights: `{Path(weights).name}`** ({arch}). Quality depends on how these weights were trained; "
         f"the official releases ({releases}) give the papers' results."
@@ -199,10 +218,18 @@ def _check_pixel_count(path: str, name: str) -> None:
         raise _user_error(f"{name} is {width}×{height} pixels, too large: {PIXEL_LIMIT}")
 
 
-def _result_gallery(label: str, elem_id: str, columns: int = 4, height: int | str = "auto") -> gr.Gallery:
+def _result_gallery(
+    label: str, elem_id: str, columns: int = 4, height: int | str = "auto", visible: bool = True
+) -> gr.Gallery:
     """An output gallery showing whole images (not cropped to squares)."""
     return gr.Gallery(
-        label=label, columns=columns, height=height, object_fit="contain", interactive=False, elem_id=elem_id
+        label=label,
+        columns=columns,
+        height=height,
+        object_fit="contain",
+        interactive=False,
+        elem_id=elem_id,
+        visible=visible,
     )
 
 
@@ -267,38 +294,65 @@ def _samples(
 
 
 # ---------------------------------------------------------------------------- (a) attention
-def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
-    gr.Markdown(
-        "Where the last layer's [CLS] token looks, head by head. A mask keeps the most-attended patches that "
-        "hold the chosen fraction of the attention mass (the paper's Fig. 3 rule); the *better mask*, from the "
-        "same forward pass and at the photo's own size, spreads the mean attention over the graph of the patches' "
-        "keys and refines it on the photo's edges (`dino seg-eval --method diffusion`: Jaccard 62.8 on DAVIS "
-        "against 45.0 for the best single head)."
+ATTENTION_INTRO = (
+    "Where the last layer's [CLS] token looks, head by head. A mask keeps the most-attended patches that "
+    "hold the chosen fraction of the attention mass (the paper's Fig. 3 rule); the *better mask*, from the "
+    "same forward pass and at the photo's own size, spreads the mean attention over the graph of the patches' "
+    "keys and refines it on the photo's edges (`dino seg-eval --method diffusion`: Jaccard 62.8 on DAVIS "
+    "against 45.0 for the best single head)."
+)
+
+
+def _no_attention_intro(model: Backbone) -> str:
+    """What the Attention tab says for a backbone without self-attention (a ResNet), and what it shows instead."""
+    name = f"ResNet-{model.depth}" if hasattr(model, "depth") else "This backbone"
+    return (
+        f"**{name} has no self-attention, so there are no attention maps to show** (they come from a ViT's last "
+        "layer). This tab shows its **normalized-cut foreground** instead (TokenCut, `dino attention --ncut`): the "
+        f"cells of its {model.grid_layer} grid (one per {model.patch_size}×{model.patch_size} pixels) are linked "
+        "when their features are alike, and the cut of that graph separates the object from the rest."
     )
+
+
+def _attention_tab(model: Backbone, settings: DemoSettings) -> None:
+    attention = adapters.has_attention(model)
+    gr.Markdown(ATTENTION_INTRO if attention else _no_attention_intro(model), elem_id="attention-intro")
     with gr.Row():
         with gr.Column(scale=1):
             photo = photo_input("Photo", elem_id="attention-photo")
-            threshold = gr.Slider(0.05, 1.0, value=ATTENTION_THRESHOLD, step=0.05, label="Attention mass kept")
+            threshold = gr.Slider(
+                0.05, 1.0, value=ATTENTION_THRESHOLD, step=0.05, label="Attention mass kept", visible=attention
+            )
             size = gr.Slider(224, 640, value=ATTENTION_SIZE, step=16, label="Input short side (pixels)")
-            better = gr.Checkbox(value=True, label="Better mask (attention diffusion)")
-            run = gr.Button("Show attention", variant="primary", elem_id="attention-run")
+            better = gr.Checkbox(value=True, label="Better mask (attention diffusion)", visible=attention)
+            label = "Show attention" if attention else "Show normalized-cut mask"
+            run = gr.Button(label, variant="primary", elem_id="attention-run")
             _samples("Sample photos", [[path] for path in settings.gallery], [photo], "attention-samples")
         with gr.Column(scale=2):
             with gr.Row():
-                mean_map = gr.Image(label="Mean attention over heads", interactive=False, elem_id="attention-mean")
-                foreground = gr.Image(
-                    label="Better mask, at the photo's size", interactive=False, elem_id="attention-ncut"
+                mean_map = gr.Image(
+                    label="Mean attention over heads", interactive=False, elem_id="attention-mean", visible=attention
                 )
-            heads = _result_gallery("Per-head attention", "attention-heads", columns=6, height=GALLERY_HEIGHT)
-            head_masks = _result_gallery("Per-head masks", "attention-masks", columns=6, height=GALLERY_HEIGHT)
+                foreground = gr.Image(
+                    label="Better mask, at the photo's size"
+                    if attention
+                    else "Normalized-cut mask, at the photo's size",
+                    interactive=False,
+                    elem_id="attention-ncut",
+                )
+            heads = _result_gallery("Per-head attention", "attention-heads", 6, GALLERY_HEIGHT, attention)
+            head_masks = _result_gallery("Per-head masks", "attention-masks", 6, GALLERY_HEIGHT, attention)
 
     @_friendly
     def show_attention(path: str | None, mass: float, short_side: float, use_ncut: bool):
         image = _open_photo(path, "a photo")
+        bounded = _bounded_photo(image, adapters.attention_max_photo_pixels())
         try:
+            if not attention:
+                return None, _ncut_picture(model, settings, bounded, int(short_side)), [], []
             views = adapters.attention_views(
                 model,
-                _bounded_photo(image, adapters.attention_max_photo_pixels()),
+                bounded,
                 float(mass),
                 int(short_side),
                 bool(use_ncut),
@@ -311,19 +365,7 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
                 f"that makes more patch tokens than this demo's limit ({DEMO_MAX_TOKENS:,}); choose a smaller input "
                 "size, or crop the photo closer to a square."
             ) from None
-        heat_cmap, mean_cmap = adapters.attention_colormaps()
-        files = ResponseFiles()
-        per_head = [
-            (files.image(colorize(view, heat_cmap), f"head-{i}"), f"head {i}") for i, view in enumerate(views.head_maps)
-        ]
-        overlays = [
-            (files.image(to_uint8(views.head_overlay(i)), f"head-{i}-mask"), f"head {i}")
-            for i in range(views.head_maps.shape[0])
-        ]
-        overlays.append((files.image(to_uint8(views.heads_overlay()), "all-heads-mask"), "all heads"))
-        foreground_overlay = views.foreground_overlay()
-        cut = None if foreground_overlay is None else files.image(to_uint8(foreground_overlay), "better-mask")
-        return files.image(colorize(views.mean_map, mean_cmap), "mean"), cut, per_head, overlays
+        return _attention_pictures(views)
 
     run.click(
         show_attention,
@@ -332,6 +374,29 @@ def _attention_tab(model: VisionTransformer, settings: DemoSettings) -> None:
         api_name="attention",
         concurrency_id=CONCURRENCY_GROUPS["attention"],
     )
+
+
+def _attention_pictures(views: AttentionViews) -> tuple[str, str | None, list, list]:
+    """The Attention tab's outputs of a ViT: mean map, better mask (or None), per-head maps and per-head masks."""
+    heat_cmap, mean_cmap = adapters.attention_colormaps()
+    files = ResponseFiles()
+    per_head = [
+        (files.image(colorize(view, heat_cmap), f"head-{i}"), f"head {i}") for i, view in enumerate(views.head_maps)
+    ]
+    overlays = [
+        (files.image(to_uint8(views.head_overlay(i)), f"head-{i}-mask"), f"head {i}")
+        for i in range(views.head_maps.shape[0])
+    ]
+    overlays.append((files.image(to_uint8(views.heads_overlay()), "all-heads-mask"), "all heads"))
+    foreground_overlay = views.foreground_overlay()
+    cut = None if foreground_overlay is None else files.image(to_uint8(foreground_overlay), "better-mask")
+    return files.image(colorize(views.mean_map, mean_cmap), "mean"), cut, per_head, overlays
+
+
+def _ncut_picture(model: Backbone, settings: DemoSettings, image: Image.Image, short_side: int) -> str:
+    """The Attention tab's output for a backbone without attention: its normalized-cut mask on the photo."""
+    views = adapters.ncut_views(model, image, short_side, settings.device, max_tokens=DEMO_MAX_TOKENS)
+    return ResponseFiles().image(to_uint8(views.overlay()), "ncut-mask")
 
 
 def _bounded_photo(image: Image.Image, max_pixels: int) -> Image.Image:
@@ -350,7 +415,7 @@ def _caption(hit: Hit | CopyHit) -> str:
     return f"{hit.score:.3f} · {Path(hit.path).name}"
 
 
-def _search_tab(model: VisionTransformer, settings: DemoSettings, index: ImageIndex) -> None:
+def _search_tab(model: Backbone, settings: DemoSettings, index: ImageIndex) -> None:
     intro = "Find the indexed images whose DINO descriptor ([CLS] of a 224-pixel thumbnail, the paper's "
     intro += "retrieval recipe) is closest to your photo's; scores are cosine similarities."
     intro += f"\n\nIndex: {settings.index_source} ({len(index)} images{_skipped_note(settings)})."
@@ -402,7 +467,7 @@ def _verdict_text(verdict: adapters.CopyVerdict) -> str:
     )
 
 
-def _copy_intro(model: VisionTransformer, settings: DemoSettings) -> str:
+def _copy_intro(model: Backbone, settings: DemoSettings) -> str:
     """What Copy check compares, and the verifier, match count and similarity threshold its verdicts use."""
     intro = (
         "Is one image an edited copy (crop, resize, recompression, colour change…) of another? Both are "
@@ -426,7 +491,7 @@ def _copy_intro(model: VisionTransformer, settings: DemoSettings) -> str:
     return intro + "."
 
 
-def _copy_tab(model: VisionTransformer, settings: DemoSettings, copy_index: ImageIndex) -> None:
+def _copy_tab(model: Backbone, settings: DemoSettings, copy_index: ImageIndex) -> None:
     gr.Markdown(_copy_intro(model, settings))
     with gr.Row():
         first = photo_input("Image A", elem_id="copy-a")
@@ -566,7 +631,7 @@ def _write_webm(frames: Sequence[np.ndarray], fps: float, path: Path) -> Path:
 
 
 def _propagated_overlays(
-    model: VisionTransformer,
+    model: Backbone,
     device: torch.device,
     frames: Sequence[np.ndarray],
     labels: np.ndarray,
@@ -595,7 +660,7 @@ def _propagated_overlays(
     return overlays
 
 
-def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleVideo) -> None:
+def _video_tab(model: Backbone, settings: DemoSettings, sample: SampleVideo) -> None:
     intro = (
         "Give the first frame's mask, get it carried through the video by label propagation of DINO patch "
         f"features (the paper's DAVIS protocol). Videos are cut to their first {settings.max_video_frames} "
@@ -662,7 +727,7 @@ def _video_tab(model: VisionTransformer, settings: DemoSettings, sample: SampleV
 
 # ---------------------------------------------------------------------------- the page
 def _search_indexes(
-    model: VisionTransformer, settings: DemoSettings, gallery_folder: str | None, index_path: str | None
+    model: Backbone, settings: DemoSettings, gallery_folder: str | None, index_path: str | None
 ) -> tuple[ImageIndex, ImageIndex]:
     """(retrieval index, copy-detection index) over the gallery.
 
@@ -714,10 +779,29 @@ def _report_skipped(settings: DemoSettings) -> None:
         print(f"  … and {len(settings.skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
+def _grid_views(model: Backbone, grid_layer: str | None) -> tuple[Backbone, Backbone]:
+    """(the backbone for Search and Copy check, the one for Attention and Video): a ViT twice; a ResNet seen through
+    layer4, whose GeM the core's descriptors take, and through the dense tabs' `grid_layer` (layer3 by default).
+
+    A view is the same network, weights shared and nothing copied: a shallow copy whose own ``grid_layer`` differs,
+    so that no tab ever switches the grid another tab's request is using. The original serves whichever grid it
+    already has (its weights' checksum, which an index checks, was computed on loading).
+    """
+    layer = dense_grid_layer(model, grid_layer)
+    if layer is None:
+        return model, model
+    views = {model.grid_layer: model}
+    for wanted in ("layer4", layer):
+        if wanted not in views:
+            views[wanted] = copy.copy(model)
+            views[wanted].grid_layer = wanted
+    return views["layer4"], views[layer]
+
+
 def build_demo(
     weights: str = DEFAULT_WEIGHTS,
     *,
-    model: VisionTransformer | None = None,
+    model: Backbone | None = None,
     gallery: str | os.PathLike[str] | None = None,
     index: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -725,6 +809,7 @@ def build_demo(
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
     concurrency_limit: int = DEFAULT_CONCURRENCY,
     copy_threshold: float | None = None,
+    grid_layer: str | None = None,
 ) -> gr.Blocks:
     """Build the demo page around one backbone shared by every tab.
 
@@ -739,6 +824,8 @@ def build_demo(
         concurrency_limit: How many model computations each tab's queue runs at once, over all users.
         copy_threshold: Cosine similarity from which Copy check says "copy"; the copy-detection app's default
             when omitted.
+        grid_layer: A ResNet's grid for the dense tabs, Attention's normalized cut and Video (``layer3`` when None,
+            see :func:`dino.cli.arguments.dense_grid_layer`); Search and Copy check pool layer4 whatever it is.
 
     Returns:
         The page, with its queue set up; serve it with :func:`launch_demo`.
@@ -749,6 +836,7 @@ def build_demo(
         raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}")
     resolved_device = pick_device(device)
     model = (model if model is not None else load_backbone(weights)).to(resolved_device).eval()
+    model, dense = _grid_views(model, grid_layer)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     settings = DemoSettings(weights, resolved_device, cache, max_video_frames, concurrency_limit)
     settings.copy_threshold = adapters.copy_threshold(model) if copy_threshold is None else copy_threshold
@@ -762,16 +850,16 @@ def build_demo(
 
     with gr.Blocks(title="DINO demo", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as page:
         gr.Markdown("# DINO: attention masks, search, copy check and video masks")
-        gr.Markdown(weights_notice(weights, model), elem_id="weights-notice")
+        gr.Markdown(weights_notice(weights, dense), elem_id="weights-notice")
         with gr.Tabs():
             with gr.Tab("Attention", id="attention"):
-                _attention_tab(model, settings)
+                _attention_tab(dense, settings)
             with gr.Tab("Search", id="search"):
                 _search_tab(model, settings, search_index)
             with gr.Tab("Copy check", id="copy"):
                 _copy_tab(model, settings, copy_index)
             with gr.Tab("Video", id="video"):
-                _video_tab(model, settings, sample)
+                _video_tab(dense, settings, sample)
     page.queue(default_concurrency_limit=concurrency_limit, max_size=QUEUE_MAX_SIZE)
     page.dino_settings = settings  # type: ignore[attr-defined]
     return page

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from dino.cli.arguments import add_weights_arguments, backbone_from_args, cosine_threshold, positive_int
+from dino.cli.arguments import (
+    add_grid_layer_argument,
+    add_weights_arguments,
+    backbone_from_args,
+    cosine_threshold,
+    dense_grid_layer,
+    positive_int,
+)
 
 __all__ = ["port_number", "register"]
 
@@ -32,9 +39,11 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.port != ANY_FREE_PORT:
         check_port(args.host, args.port)  # before the model loads and the gallery is indexed
+    model = backbone_from_args(args)
     page = build_demo(
         args.weights,
-        model=backbone_from_args(args),
+        model=model,
+        grid_layer=dense_grid_layer(model, args.grid_layer, args.patch_size),
         gallery=args.gallery,
         index=args.index,
         cache_dir=args.cache_dir,
@@ -99,5 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrated for the default weights; for other weights use the max_f1 threshold of `dino copy-detect eval`)",
     )
     add_weights_arguments(parser)
+    add_grid_layer_argument(
+        parser, "the Attention tab's normalized cut and Video use (Search and Copy check pool layer4, as the core does)"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 …")
     parser.set_defaults(func=_demo)

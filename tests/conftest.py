@@ -28,6 +28,18 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torchvision's ResNet-18, randomly initialised (seed 0), saved as a plain torchvision state dict: a ResNet
+    weights file as users bring them (no trained ResNet is available offline)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("resnet") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch() -> None:
     torch.manual_seed(0)

@@ -15,8 +15,10 @@ from apps.segmentation.defaults import (
     REFERENCE_IMAGE_SIZE,
 )
 from dino.cli.arguments import (
+    add_grid_layer_argument,
     add_runtime_arguments,
     add_weights_arguments,
+    apply_grid_layer,
     backbone_from_args,
     output_folder,
     positive_float,
@@ -55,9 +57,23 @@ def _add_threshold_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _attention(args: argparse.Namespace) -> int:
-    from apps.segmentation.visualize import save_attention_figures
+    from apps.segmentation.inference import no_attention_message
+    from dino.models.backbone import is_resnet
 
     model = backbone_from_args(args)
+    apply_grid_layer(model, args.grid_layer, args.patch_size)
+    has_attention = not is_resnet(model)
+    if not has_attention and (args.mask or not args.ncut):
+        raise ValueError(
+            no_attention_message(
+                model,
+                f"use --ncut{' --no-mask' if args.mask else ''} for the normalized-cut foreground mask of its "
+                f"{model.grid_layer} grid (img.png, ncut-mask.png, ncut-overlay.png), or score such masks with dino "
+                "seg-eval --method ncut",
+            )
+        )
+    from apps.segmentation.visualize import save_attention_figures
+
     folders = save_attention_figures(
         model,
         args.images,
@@ -65,11 +81,12 @@ def _attention(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         size=args.size,
         keep_aspect=args.keep_aspect,
-        foreground=args.mask,
+        foreground=has_attention if args.mask is None else args.mask,
         ncut=args.ncut,
         runtime=runtime_from_args(args),
     )
-    print(f"wrote figures of {len(folders)} image(s) under {args.out} (see */summary.png)")
+    shown = "*/summary.png" if has_attention else "*/ncut-overlay.png"
+    print(f"wrote figures of {len(folders)} image(s) under {args.out} (see {shown})")
     return 0
 
 
@@ -93,6 +110,7 @@ def _seg_eval(args: argparse.Namespace) -> int:
         samples = samples[: args.limit]
         protocol["limit"] = args.limit
     model = backbone_from_args(args)
+    apply_grid_layer(model, args.grid_layer, args.patch_size)
     result = evaluate_masks(
         model,
         samples,
@@ -128,7 +146,9 @@ def _register_attention(subparsers: argparse._SubParsersAction) -> None:
         description="For each image (files or folders, searched recursively): the last layer's per-head [CLS] "
         "attention heatmaps, the masks keeping THRESHOLD of each head's attention mass (contours in distinct "
         "colours), the mean-attention heatmap, the foreground mask at the photo's size, and one combined summary.png, "
-        "written under OUT/<image stem>/. One forward pass per image, batched over same-size images.",
+        "written under OUT/<image stem>/. One forward pass per image, batched over same-size images. A ResNet "
+        "(dino_resnet50, a ResNet file) has no self-attention: it is refused unless --ncut is given, and then "
+        "writes img.png, ncut-mask.png and ncut-overlay.png from the normalized cut of its layer3 grid.",
     )
     attention.add_argument("images", nargs="+", help="image files or folders")
     attention.add_argument("--out", required=True, type=output_folder, help="output folder")
@@ -136,19 +156,22 @@ def _register_attention(subparsers: argparse._SubParsersAction) -> None:
     attention.add_argument(
         "--mask",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="also write the foreground mask at the photo's size, mask.png and mask-overlay.png: the mean "
-        "attention diffused over the patch graph, refined on the photo (seg-eval --method diffusion) (default: on)",
+        "attention diffused over the patch graph, refined on the photo (seg-eval --method diffusion) (default: on "
+        "for a ViT; a ResNet has no attention)",
     )
     attention.add_argument(
         "--ncut",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="also write TokenCut's normalized-cut mask, ncut-mask.png, at the photo's size (default: off; it "
-        "finds nothing with DINOv2's keys)",
+        "finds nothing with DINOv2's keys). A ResNet, which has no attention, needs it: only img.png, ncut-mask.png "
+        "and ncut-overlay.png are written, the cut running on its grid instead of the keys",
     )
     _add_preprocessing_arguments(attention, keep_aspect=False)
     add_weights_arguments(attention)
+    add_grid_layer_argument(attention, "the normalized cut runs on (--ncut)")
     add_runtime_arguments(attention, batch_size=DEFAULT_BATCH_SIZE)
     attention.set_defaults(func=_attention)
 
@@ -167,6 +190,7 @@ def _register_seg_eval(subparsers: argparse._SubParsersAction) -> None:
     _add_mask_method_arguments(evaluate)
     _add_preprocessing_arguments(evaluate, keep_aspect=True)
     add_weights_arguments(evaluate)
+    add_grid_layer_argument(evaluate, "the normalized cut runs on (--method ncut)")
     add_runtime_arguments(evaluate, batch_size=DEFAULT_BATCH_SIZE, dtype="fp32")
     evaluate.set_defaults(func=_seg_eval)
 
@@ -203,7 +227,8 @@ def _add_mask_method_arguments(evaluate: argparse.ArgumentParser) -> None:
         help="diffusion: one foreground mask, the mean [CLS] attention diffused over the patch graph, refined "
         "on the photo (DAVIS-2016 dev, default DINOv2 ViT-S/14: 62.8); attention: thresholded [CLS] attention, "
         "the paper's (best head per object: 45.0, mean map: 39.0); ncut: normalized cut of the last layer's "
-        "keys, TokenCut (0.0: DINOv2's uncentred keys are all alike) (default: %(default)s; docs/segmentation.md)",
+        "keys, TokenCut (0.0: DINOv2's uncentred keys are all alike), or of a ResNet's grid features, the one "
+        "method for a ResNet, which has no attention (default: %(default)s; docs/segmentation.md)",
     )
     evaluate.add_argument(
         "--resolution",

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +24,14 @@ from torchvision.transforms import InterpolationMode
 
 from apps.segmentation.defaults import DEFAULT_THRESHOLD, MASK_METHODS, NCUT_EPS, NCUT_TAU, REFERENCE_IMAGE_SIZE
 from apps.segmentation.diffusion import DiffusionSettings, diffusion_foreground, grid_to_photo, resized_size
-from apps.segmentation.inference import EVALUATION_RUNTIME, ImageAttention, iter_attention
+from apps.segmentation.inference import (
+    EVALUATION_RUNTIME,
+    ImageAttention,
+    ImageGrid,
+    check_has_attention,
+    iter_attention,
+    iter_grids,
+)
 from apps.segmentation.jaccard import ImageJaccard, VoidMode, best_mask_jaccard
 from apps.segmentation.masks import (
     HeadMerge,
@@ -32,14 +39,17 @@ from apps.segmentation.masks import (
     threshold_attention,
     upsample_nearest,
 )
-from apps.segmentation.ncut import ncut_foreground
+from apps.segmentation.ncut import ncut_foreground_features
 from apps.segmentation.voc import SegmentationSample, read_labels
 from dino.atomic import atomic_write, atomic_write_json
 from dino.checkpoint import weights_record
 from dino.data.io import open_image
 from dino.data.transforms import denormalize
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 from dino.runtime import Runtime
+
+if TYPE_CHECKING:
+    from dino.models.backbone import Backbone
 
 __all__ = [
     "EvaluationResult",
@@ -57,7 +67,7 @@ CSV_FIELDS = ("name", "jaccard", "objects", "object_ids", "object_jaccards", "be
 
 
 def predict_masks(
-    item: ImageAttention,
+    item: ImageAttention | ImageGrid,
     patch_size: int,
     method: MaskMethod = "diffusion",
     heads: HeadMerge = "best",
@@ -74,10 +84,13 @@ def predict_masks(
 
     ``diffusion`` gives one foreground mask (:mod:`apps.segmentation.diffusion`); ``attention`` the per-head
     masks (K = heads) for ``heads="best"`` and one mask otherwise (see
-    :func:`apps.segmentation.masks.merge_heads`); ``ncut`` one foreground mask (TokenCut).
+    :func:`apps.segmentation.masks.merge_heads`); ``ncut`` one foreground mask (TokenCut), the only one of an
+    :class:`~apps.segmentation.inference.ImageGrid` (a ResNet's grid, which has no attention).
     """
     if photo is not None and resized is None:
         raise ValueError("predict_masks needs the resized size of the photo it is given")
+    if isinstance(item, ImageGrid) and method != "ncut":
+        raise ValueError(f"method {method!r} needs [CLS] attention, which a dense grid has not; use method 'ncut'")
     if method == "diffusion":
         if photo is None:  # the network input is its own photo, already cropped to whole patches
             pixels = denormalize(item.image).permute(1, 2, 0).clamp(0, 1).numpy()
@@ -86,7 +99,7 @@ def predict_masks(
     if method == "attention":
         grids = merge_heads(item.maps, threshold_attention(item.maps, threshold), heads, threshold)
     elif method == "ncut":
-        grids = torch.from_numpy(ncut_foreground(item.keys, item.grid, tau, eps))[None]
+        grids = torch.from_numpy(ncut_foreground_features(item.cut_features(), item.grid, tau, eps))[None]
     else:
         raise ValueError(f"unknown mask method {method!r}; choose one of {MASK_METHODS}")
     if photo is None:
@@ -121,7 +134,7 @@ class EvaluationResult:
 
 
 def evaluate_masks(
-    model: VisionTransformer,
+    model: Backbone,
     samples: Sequence[SegmentationSample],
     method: MaskMethod = "diffusion",
     heads: HeadMerge = "best",
@@ -142,15 +155,21 @@ def evaluate_masks(
     are; ``"input"`` (the paper's) compares at the network input's resolution: labels resized like the image
     (nearest) and cropped to a multiple of the patch size. `runtime` is how the backbone runs (the reference's fp32,
     :data:`apps.segmentation.inference.EVALUATION_RUNTIME`, when None). `protocol` adds entries (dataset, split…) to
-    the record.
+    the record. A ResNet, which has no self-attention, scores ``ncut`` masks of its ``grid_layer`` grid only.
+
+    Raises:
+        ValueError: `method` needs attention and `model` is a ResNet (one line naming ``ncut``).
     """
     if not samples:
         raise ValueError("no images to evaluate")
+    if method != "ncut":
+        check_has_attention(model, f"--method {method} needs them: use --method ncut, the normalized cut of its grid")
     if resolution not in ("photo", "input"):
         raise ValueError(f"resolution must be 'photo' or 'input', got {resolution!r}")
     rows: list[dict[str, Any]] = [{}] * len(samples)
     images = [s.image for s in samples]
-    for item in iter_attention(model, images, size, keep_aspect, runtime or EVALUATION_RUNTIME):
+    forward = iter_grids if is_resnet(model) else iter_attention
+    for item in forward(model, images, size, keep_aspect, runtime or EVALUATION_RUNTIME):
         sample = samples[item.index]
         masks, labels = _masks_and_labels(
             item, sample, model.patch_size, method, heads, threshold, tau, eps, size, keep_aspect, resolution
@@ -168,7 +187,7 @@ def evaluate_masks(
 
 
 def _masks_and_labels(
-    item: ImageAttention,
+    item: ImageAttention | ImageGrid,
     sample: SegmentationSample,
     patch_size: int,
     method: MaskMethod,
@@ -209,7 +228,7 @@ def _image_row(sample: SegmentationSample, score: ImageJaccard, method: MaskMeth
 
 
 def _protocol_record(
-    model: VisionTransformer,
+    model: Backbone,
     method: MaskMethod,
     heads: HeadMerge,
     threshold: float,
@@ -241,7 +260,20 @@ def _protocol_record(
         **weights_record(model),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
-        "num_heads": model.num_heads,
+        **_backbone_record(model),
+    }
+
+
+def _backbone_record(model: Backbone) -> dict[str, Any]:
+    """A ViT's head count; a ResNet's architecture and the grid its masks were cut on (``patch_size`` is then the
+    grid's stride)."""
+    if not is_resnet(model):
+        return {"num_heads": model.num_heads}
+    return {
+        "arch": model.arch,
+        "grid_layer": model.grid_layer,
+        "grid_stride": model.patch_size,
+        "grid_dim": model.grid_dim,
     }
 
 

@@ -1,5 +1,6 @@
 """`dino attention`: the reference's attention figures and masks for any images (SPEC §10), and the same views
-in memory (:class:`AttentionViews`) for the demo."""
+in memory (:class:`AttentionViews`) for the demo. A ResNet has no attention: for it only the normalized-cut mask of
+its dense grid is drawn (:func:`save_attention_figures` with ``ncut``, :func:`photo_ncut_views`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,21 +25,33 @@ from apps.segmentation.figures import (
     save_mask_overlay,
     save_summary,
 )
-from apps.segmentation.inference import ImageAttention, iter_attention
+from apps.segmentation.inference import ImageAttention, ImageGrid, check_has_attention, iter_attention, iter_grids
 from apps.segmentation.masks import (
     mean_attention,
     threshold_attention,
     upsample_nearest,
 )
-from apps.segmentation.ncut import ncut_foreground
+from apps.segmentation.ncut import ncut_foreground_features
 from dino.data.io import list_images, open_image
 from dino.data.masks import write_indexed_png
 from dino.data.transforms import denormalize
 from dino.features import DEFAULT_MAX_TOKENS
+from dino.models.backbone import is_resnet
 from dino.models.vision_transformer import VisionTransformer
 from dino.runtime import Runtime
 
-__all__ = ["AttentionViews", "attention_views", "output_folders", "photo_attention_views", "save_attention_figures"]
+if TYPE_CHECKING:
+    from dino.models.backbone import Backbone
+
+__all__ = [
+    "AttentionViews",
+    "NcutViews",
+    "attention_views",
+    "output_folders",
+    "photo_attention_views",
+    "photo_ncut_views",
+    "save_attention_figures",
+]
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,55 @@ def photo_attention_views(
     return attention_views(item, threshold, model.patch_size, photo, resized)
 
 
+@dataclass(frozen=True)
+class NcutViews:
+    """The normalized-cut (TokenCut) foreground of one photo, in memory: what a ResNet, which has no attention, shows.
+
+    Attributes:
+        photo: The photo, (H, W, 3) float in [0, 1].
+        mask: The foreground at the photo's size, (H, W) bool.
+        grid: The (h, w) grid the cut ran on.
+    """
+
+    photo: np.ndarray
+    mask: np.ndarray
+    grid: tuple[int, int]
+
+    def overlay(self) -> np.ndarray:
+        """The photo with the mask blended in, (H, W, 3) in [0, 1]."""
+        return overlay_masks(self.photo, self.mask[None], np.array([FOREGROUND_COLOR]))
+
+
+def photo_ncut_views(
+    model: Backbone,
+    photo: Image.Image,
+    size: int = REFERENCE_IMAGE_SIZE,
+    device: str = "auto",
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+) -> NcutViews:
+    """The normalized-cut foreground of one photo at its own size, its aspect ratio kept: on a ResNet's
+    ``grid_layer`` grid, or on a ViT's keys.
+
+    Args:
+        model: The backbone.
+        photo: An RGB photo.
+        size: Short side of the network input.
+        device: Where the forward pass runs.
+        max_tokens: Most grid cells the network input may make; None for no limit.
+
+    Raises:
+        TokenBudgetError: The photo at `size` makes more than `max_tokens` cells (before any resizing).
+        ValueError: The grid is over the cut's limit (:data:`apps.segmentation.ncut.NCUT_MAX_PATCHES`).
+    """
+    runtime = Runtime(device=str(device), batch_size=1, progress=False, max_tokens=max_tokens)
+    forward = iter_grids if is_resnet(model) else iter_attention
+    item = next(forward(model, [photo], size=size, keep_aspect=True, runtime=runtime))
+    resized = resized_size((photo.height, photo.width), size, keep_aspect=True)
+    mask = _photo_ncut_mask(item, model.patch_size, photo, resized)
+    pixels = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+    return NcutViews(pixels, mask, item.grid)
+
+
 def output_folders(paths: Sequence[Path], out: Path) -> list[Path]:
     """One output folder per image, named after its stem; repeated stems get ``-1``, ``-2``… suffixes."""
     folders, used = [], set()
@@ -169,7 +232,7 @@ def output_folders(paths: Sequence[Path], out: Path) -> list[Path]:
 
 
 def save_attention_figures(
-    model: VisionTransformer,
+    model: Backbone,
     inputs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     threshold: float = DEFAULT_THRESHOLD,
@@ -199,13 +262,25 @@ def save_attention_figures(
         ncut: Also compute the normalized-cut (TokenCut) mask from the same forward pass.
         runtime: How the backbone runs (:data:`apps.segmentation.inference.ATTENTION_RUNTIME` when None).
 
+    A ResNet has no attention: with it only ``img.png``, ``ncut-mask.png`` and ``ncut-overlay.png`` (the mask on the
+    photo) are written, from its ``grid_layer`` grid, and it needs `ncut` without `foreground`.
+
     Returns:
         The per-image output folders, in input order.
+
+    Raises:
+        ValueError: A ResNet without `ncut`, or with `foreground` (which diffuses attention).
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    if foreground or not ncut:
+        check_has_attention(model, "for a foreground mask from its dense grid ask for the normalized cut alone")
     paths = list_images(inputs, required=True)
     folders = output_folders(paths, Path(out))
+    if is_resnet(model):
+        for item in iter_grids(model, paths, size, keep_aspect, runtime):
+            _save_grid_figures(model, item, paths[item.index], folders[item.index], size, keep_aspect)
+        return folders
     recipe = _FigureRecipe(threshold, size, keep_aspect, foreground, ncut)
     attention = iter_attention(model, paths, size, keep_aspect, runtime)
     for item in attention:
@@ -290,13 +365,33 @@ def _save_foreground(folder: Path, views: AttentionViews) -> None:
 
 
 def _save_ncut_mask(
-    folder: Path, item: ImageAttention, patch_size: int, photo: Image.Image, resized: tuple[int, int]
+    folder: Path, item: ImageAttention | ImageGrid, patch_size: int, photo: Image.Image, resized: tuple[int, int]
 ) -> np.ndarray:
     """``ncut-mask.png``: TokenCut's mask at the photo's size (indexed, 1 = foreground); returns it, (H', W') bool."""
-    grid_mask = ncut_foreground(item.keys, item.grid).astype(np.float32)
-    mask = grid_to_photo(grid_mask, patch_size, resized, (photo.height, photo.width), smooth=False) > 0.5
+    mask = _photo_ncut_mask(item, patch_size, photo, resized)
     write_indexed_png(folder / "ncut-mask.png", mask.astype(np.uint8))
     return mask
+
+
+def _photo_ncut_mask(
+    item: ImageAttention | ImageGrid, patch_size: int, photo: Image.Image, resized: tuple[int, int]
+) -> np.ndarray:
+    """TokenCut's mask of one image at its photo's size, (H', W') bool; `patch_size` is the grid's stride."""
+    grid_mask = ncut_foreground_features(item.cut_features(), item.grid).astype(np.float32)
+    return grid_to_photo(grid_mask, patch_size, resized, (photo.height, photo.width), smooth=False) > 0.5
+
+
+def _save_grid_figures(
+    model: Backbone, item: ImageGrid, path: Path, folder: Path, size: int, keep_aspect: bool
+) -> None:
+    """A ResNet's files of one image into `folder`: ``img.png``, ``ncut-mask.png`` and ``ncut-overlay.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = open_image(path)
+    resized = resized_size((photo.height, photo.width), size, keep_aspect)
+    save_image(folder / "img.png", denormalize(item.image).permute(1, 2, 0).numpy())
+    mask = _save_ncut_mask(folder, item, model.patch_size, photo, resized)
+    pixels = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+    save_mask_overlay(folder / "ncut-overlay.png", pixels, mask[None], np.array([FOREGROUND_COLOR]))
 
 
 def _save_summary(

@@ -6,7 +6,9 @@ import argparse
 
 from apps.video_seg.defaults import MAX_AFFINITY_MB, N_LAST_FRAMES, NEIGHBOURHOOD_RADIUS, TEMPERATURE, TOP_K
 from dino.cli.arguments import (
+    add_grid_layer_argument,
     add_weights_arguments,
+    apply_grid_layer,
     backbone_from_args,
     non_negative_int,
     output_folder,
@@ -26,7 +28,8 @@ def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
         "--radius",
         type=non_negative_int,
         default=NEIGHBOURHOOD_RADIUS,
-        help="neighbourhood radius in patches; 0 = whole frame",
+        help="neighbourhood radius in patches (a ResNet's grid cells), not scaled with their size, as the reference "
+        "keeps 12 for patch 8 and 16; 0 = whole frame (default: %(default)s)",
     )
     group.add_argument(
         "--topk", type=positive_int, default=TOP_K, help="sources kept per target patch over all context"
@@ -84,6 +87,7 @@ def _setup(args: argparse.Namespace):
     runtime = Runtime(device=args.device, dtype=backbone_precision(args))
     device = runtime.torch_device()
     model = backbone_from_args(args).to(device)
+    apply_grid_layer(model, args.grid_layer, args.patch_size)
     return model, config, preprocessing, device, runtime.autocast_dtype(device)
 
 
@@ -143,8 +147,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "video-seg",
         help="propagate a first-frame mask through DAVIS sequences or any video",
         description="Semi-supervised video object segmentation by label propagation of DINO patch features "
-        "(the DAVIS-2017 protocol of the DINO paper). With --davis: writes <out>/<sequence>/<frame>.png "
-        "indexed PNGs (DAVIS palette); re-running into the same folder skips finished sequences. With --video: "
+        "(the DAVIS-2017 protocol of the DINO paper); with ResNet weights (dino_resnet50, a DINO, DenseCL or "
+        "torchvision ResNet file) the cells of its layer3 grid (stride 16, --grid-layer) stand for the patches. "
+        "With --davis: writes <out>/<sequence>/<frame>.png indexed PNGs (DAVIS palette); re-running into the same "
+        "folder skips finished sequences. With --video: "
         "decodes any video OpenCV reads and writes <out>/masks/*.png and <out>/overlay.mp4 (H.264 with PyAV), "
         "the folder all at once when the last frame is done.",
     )
@@ -166,6 +172,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "earlier --video output",
     )
     add_weights_arguments(seg)
+    add_grid_layer_argument(
+        seg, "the labels propagate on (its cells are the patches: 52x30 at layer3, 26x15 at layer4 for 832x480)"
+    )
     _add_propagation_arguments(seg)
     seg.set_defaults(func=_video_seg)
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,7 +38,10 @@ from dino.checkpoint import weights_record, weights_sha256
 from dino.data.davis import davis_first_annotation, davis_frames, davis_sequences
 from dino.data.io import ImageLoadError
 from dino.data.masks import read_indexed_png, write_indexed_png
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
+
+if TYPE_CHECKING:
+    from dino.models.backbone import Backbone
 
 __all__ = ["MANIFEST_NAME", "SequenceResult", "read_bgr_frames", "recorded_sequences", "segment_davis"]
 
@@ -114,16 +118,27 @@ def _check_sizes(frames: Sequence[Path], first_annotation: Path) -> None:
         )
 
 
-def _settings(model: VisionTransformer, config: PropagationConfig, preprocessing: FramePreprocessing, autocast) -> dict:
+def _settings(model: Backbone, config: PropagationConfig, preprocessing: FramePreprocessing, autocast) -> dict:
     return {
         **weights_record(model),
         "backbone_sha256": weights_sha256(model),
         "patch_size": model.patch_size,
         "embed_dim": model.embed_dim,
+        **_grid_record(model),
         "propagation": dataclasses.asdict(config) | {"max_affinity_mb": None},  # memory does not change results
         "preprocessing": dataclasses.asdict(preprocessing.for_patch(model.patch_size)),
         "backbone_autocast": str(autocast) if autocast is not None else "fp32",
     }
+
+
+def _grid_record(model: Backbone) -> dict:
+    """For a ResNet, which grid the labels were propagated on: ``{"backbone": {"arch", "grid_layer", "grid_stride",
+    "grid_dim"}}`` (``patch_size`` is then the grid's stride and ``embed_dim`` the pooled width); nothing for a ViT,
+    whose patch tokens are the grid, so that the records of ViT runs stay as they were."""
+    if not is_resnet(model):
+        return {}
+    grid = {"arch": model.arch, "grid_layer": model.grid_layer, "grid_stride": model.patch_size}
+    return {"backbone": grid | {"grid_dim": model.grid_dim}}
 
 
 def _prepare_output(out: Path, settings: dict, overwrite: bool) -> dict:
@@ -191,7 +206,7 @@ def _finished(out: Path, name: str, frames: Sequence[Path], manifest: dict) -> b
 def segment_davis(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    model: VisionTransformer,
+    model: Backbone,
     sequences: Sequence[str] | None = None,
     config: PropagationConfig = PropagationConfig(),
     preprocessing: FramePreprocessing = FramePreprocessing(),
@@ -205,7 +220,8 @@ def segment_davis(
     Args:
         root: DAVIS root (``JPEGImages/480p``, ``Annotations/480p``, ``ImageSets/2017/val.txt``).
         out: Results folder; ``<out>/<sequence>/<frame>.png`` with the DAVIS palette.
-        model: Backbone on `device`, in eval mode.
+        model: Backbone on `device`, in eval mode (a ResNet propagates on its ``grid_layer`` grid, which the
+            manifest records).
         sequences: Sequence names; default: those of ``ImageSets/2017/val.txt``.
         config: Propagation options.
         preprocessing: Frame resizing and normalisation.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,29 +12,38 @@ from torch import Tensor
 from apps.video_seg.preprocess import FramePreprocessing, bgr_to_tensor, downscale_mask, one_hot, target_size
 from apps.video_seg.propagation import LabelPropagator, PropagationConfig, labels_from_soft_mask
 from dino.features import DEFAULT_MAX_TOKENS, check_token_budget, require_finite
-from dino.models.vision_transformer import VisionTransformer
+from dino.models.backbone import is_resnet
 from dino.runtime import autocast_context
+
+if TYPE_CHECKING:
+    from dino.models.backbone import Backbone
 
 __all__ = ["patch_features", "segment_frames"]
 
 
 @torch.inference_mode()
-def patch_features(model: VisionTransformer, frame: Tensor, autocast: torch.dtype | None = None) -> Tensor:
-    """Last-block patch tokens after the final norm, without [CLS]: (h·w, D) float32 (SPEC §11 Features).
+def patch_features(model: Backbone, frame: Tensor, autocast: torch.dtype | None = None) -> Tensor:
+    """One frame's dense features, (h·w, D) float32 in row-major grid order (SPEC §11 Features).
 
-    `frame` is (3, H, W) on the model's device; one forward per frame, as the reference.
+    A ViT gives its last-block patch tokens after the final norm, without [CLS]; a ResNet its
+    ``model.grid_layer`` grid (layer3 at stride 16, or layer4 at stride 32), the grid cells standing for the
+    patches. `frame` is (3, H, W) on the model's device; one forward per frame, as the reference.
     """
     device = frame.device
     with autocast_context(device, autocast):
-        tokens = model.get_intermediate_layers(frame[None], n=1)[0]
-    return require_finite(tokens[0, 1:].float(), "features", autocast)
+        if not is_resnet(model):
+            tokens = model.get_intermediate_layers(frame[None], n=1)[0][0, 1:]
+        else:
+            grid = model.forward_dense(frame[None])[1][0]  # (h, w, C), channels last
+            tokens = grid.reshape(-1, grid.shape[-1])
+    return require_finite(tokens.float(), "features", autocast)
 
 
 @torch.inference_mode()
 def segment_frames(
     frames: Iterable[np.ndarray],
     first_labels: np.ndarray,
-    model: VisionTransformer,
+    model: Backbone,
     config: PropagationConfig = PropagationConfig(),
     preprocessing: FramePreprocessing = FramePreprocessing(),
     device: torch.device | str = "cpu",
@@ -46,7 +56,8 @@ def segment_frames(
     Args:
         frames: BGR uint8 frames (H, W, 3), as OpenCV decodes them; the first is the annotated one.
         first_labels: Label map (H, W) of the first frame (0 = background, 1..K = objects).
-        model: Backbone, already on `device` and in eval mode.
+        model: Backbone, already on `device` and in eval mode; a ResNet propagates on its ``grid_layer`` grid,
+            whose stride (``model.patch_size``) plays the patch size's part everywhere.
         config: Propagation options.
         preprocessing: Frame resizing and normalisation (adapted to the patch size, see
             :meth:`FramePreprocessing.for_patch`).

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,7 +30,9 @@ from dino.atomic import (
     restore_interrupted_output_dir,
 )
 from dino.data.masks import read_label_mask, voc_palette, write_indexed_png
-from dino.models.vision_transformer import VisionTransformer
+
+if TYPE_CHECKING:
+    from dino.models.backbone import Backbone
 
 __all__ = ["VIDEO_OUTPUTS", "VideoResult", "overlay", "read_video_frames", "segment_video", "video_properties"]
 
@@ -108,7 +111,7 @@ def segment_video(
     video: str | os.PathLike[str],
     first_mask: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    model: VisionTransformer,
+    model: Backbone,
     config: PropagationConfig = PropagationConfig(),
     preprocessing: FramePreprocessing = FramePreprocessing(),
     device: torch.device | str = "cpu",

@@ -26,13 +26,18 @@ __all__ = [
     "DTYPE_HELP",
     "INDEX_WEIGHTS",
     "WEIGHTS_HELP",
+    "DENSE_GRID_LAYER",
+    "GRID_LAYERS",
     "add_file_loading_arguments",
+    "add_grid_layer_argument",
     "add_on_error_argument",
     "add_runtime_arguments",
     "add_weights_arguments",
+    "apply_grid_layer",
     "backbone_for_index",
     "backbone_from_args",
     "cosine_threshold",
+    "dense_grid_layer",
     "non_negative_int",
     "output_file",
     "output_folder",
@@ -204,6 +209,64 @@ def add_on_error_argument(parser: argparse.ArgumentParser, what: str) -> None:
         help=f"an unreadable, too small or too large image: skip = leave it out of {what}, print a summary and "
         "list it in the output; fail = stop with its error before writing anything (default: %(default)s)",
     )
+
+
+# The dense apps (video-seg, attention --ncut, seg-eval --method ncut, the demo) use a ResNet's layer3 grid by
+# default: stride 16, the grid of ViT-S/16 (52×30 cells for an 832×480 DAVIS frame), where layer4's stride 32 gives
+# 26×15, too coarse for masks. The backbone's own default (layer4, DenseCL's) stays for the global verbs.
+GRID_LAYERS = ("layer3", "layer4")
+DENSE_GRID_LAYER = "layer3"
+
+
+def add_grid_layer_argument(parser: argparse._ActionsContainer, what: str) -> None:
+    """--grid-layer: which grid of a ResNet the verb's dense features come from (ViTs have one: their patch tokens).
+
+    Args:
+        what: What the grid is used for, in the help (``the labels propagate on``).
+    """
+    parser.add_argument(
+        "--grid-layer",
+        choices=GRID_LAYERS,
+        help=f"ResNet weights only: the grid {what}, layer3 (stride 16, the grid of ViT-S/16) or layer4 (stride 32, "
+        f"half as fine each way) (default: {DENSE_GRID_LAYER}, unless --patch-size 16 or 32 chose the grid)",
+    )
+
+
+def dense_grid_layer(
+    model: Any, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
+) -> str | None:
+    """The grid a dense app uses for `model`: `grid_layer` (--grid-layer) when given, else the one --patch-size
+    chose when loading (16: layer3, 32: layer4), else `default`; None for a ViT (its patch tokens are its grid).
+
+    Raises:
+        ValueError: `grid_layer` was given for a ViT, or disagrees with `patch_size`.
+    """
+    from dino.models.backbone import is_resnet
+
+    if not is_resnet(model):
+        if grid_layer is not None:
+            raise ValueError(f"--grid-layer {grid_layer} chooses a ResNet's grid; a ViT has one, its patch tokens")
+        return None
+    if patch_size is not None:
+        if grid_layer is not None and grid_layer != model.grid_layer:
+            raise ValueError(
+                f"--grid-layer {grid_layer} and --patch-size {patch_size} ({model.grid_layer}) disagree; give one"
+            )
+        return model.grid_layer
+    return grid_layer or default
+
+
+def apply_grid_layer(
+    model: Any, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
+) -> None:
+    """Set a ResNet's ``grid_layer`` to :func:`dense_grid_layer`'s choice; a ViT is left as it is.
+
+    Raises:
+        ValueError: As :func:`dense_grid_layer`.
+    """
+    layer = dense_grid_layer(model, grid_layer, patch_size, default)
+    if layer is not None:
+        model.grid_layer = layer
 
 
 def report_skipped(skipped: Sequence[SkippedImage], total: int, listed_in: str | os.PathLike[str]) -> None:

@@ -333,3 +333,16 @@ def test_build_demo_rejects_nonsense_limits() -> None:
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="concurrency_limit"):
             app.build_demo("random:vit_tiny/16", concurrency_limit=0)
+
+
+def test_weights_notice_describes_a_resnet_and_points_to_the_resnet_release() -> None:
+    model = load_backbone("random:resnet18")
+    model.grid_layer = "layer3"
+    text = app.weights_notice("random:resnet18", model)
+    assert "ResNet-18 with a 512-d pooled feature and no attention" in text and "layer3 grid" in text
+    assert "not meaningful" in text
+    model.provenance = replace(model.provenance, source="/somewhere/r18.pth", description="weights file")
+    assert "r18.pth" in (notice := app.weights_notice("/somewhere/r18.pth", model)) and "`dino_resnet50`" in notice
+    release = "dino_resnet50"
+    model.provenance = replace(model.provenance, source=release, description=weights_provenance(release))
+    assert "dino_resnet50_pretrain" in app.weights_notice("dino_resnet50", model)
