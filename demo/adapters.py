@@ -121,7 +121,7 @@ def build_search_index(
 ) -> ImageIndex:
     """An in-memory retrieval index (SPEC §13 reference descriptor) of `images`, via dino.search.index; `on_error`
     ``skip`` leaves unusable images out (listed in the index's ``skipped``)."""
-    return build_index(images, model, DescriptorRecipe.retrieval(), on_error=on_error, runtime=runtime)
+    return build_index(images, model, DescriptorRecipe.retrieval(backbone=model), on_error=on_error, runtime=runtime)
 
 
 def open_search_index(path: str | os.PathLike[str], model: Backbone) -> ImageIndex:

@@ -127,3 +127,19 @@ def test_search_pools_layer4_while_the_dense_tabs_see_their_own_grid_of_the_same
     assert _grid_views(vit, None) == (vit, vit)
     with pytest.raises(ValueError, match="a ViT has one, its patch tokens"):
         _grid_views(vit, "layer3")
+
+
+def test_the_demo_search_index_uses_the_resnet_descriptor(resnet18_file: Path, tmp_path: Path) -> None:
+    """The Search tab's index is GeM over layer4 for a ResNet (the CLI's `dino search index` recipe), not its pooled
+    feature standing in for [CLS]."""
+    from dino.runtime import Runtime
+    from dino.search.descriptors import DescriptorRecipe
+
+    model = load_backbone(resnet18_file)
+    photos = []
+    for seed in (0, 1):
+        photos.append(tmp_path / f"{seed}.png")
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(photos[-1])
+    index = adapters.build_search_index(model, photos, runtime=Runtime(device="cpu", progress=False))
+    assert index.recipe == DescriptorRecipe.retrieval(backbone=model)
+    assert index.recipe.pooling == "gem"
