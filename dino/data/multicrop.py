@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -157,7 +157,8 @@ class MultiCropDataset(Dataset):
 
     Args:
         roots: Image folders or files.
-        transform: Usually a :class:`DataAugmentationDINO`.
+        transform: PIL image -> list of views: :class:`DataAugmentationDINO` (DINO's multi-crop) or
+            :class:`dino.data.twoview.MoCoV2Augmentation` (DenseCL's two views).
         seed: Run seed.
         rank: Rank of this process; ranks get different augmentations.
     """
@@ -165,7 +166,7 @@ class MultiCropDataset(Dataset):
     def __init__(
         self,
         roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-        transform: DataAugmentationDINO,
+        transform: Callable[[Image.Image], list[Tensor]],
         seed: int = 0,
         rank: int = 0,
     ) -> None:

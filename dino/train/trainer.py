@@ -268,7 +268,7 @@ def build_data(config: TrainConfig, ctx: DistributedContext) -> TrainingData:
         )
     dataset = MultiCropDataset(
         config.run.data_path,
-        augmentation,  # type: ignore[arg-type]  # any PIL -> list-of-tensors callable
+        augmentation,
         seed=config.run.seed,
         rank=ctx.rank,
     )
