@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_overrides
 
 from dino import cli
 from dino.checkpoint import load_resnet
@@ -37,6 +36,10 @@ def _densecl_overrides(data: Path, output: Path, **overrides: str) -> list[str]:
         "optim.warmup_epochs": "0",
         **overrides,
     }
+    # Imported here, not at the top: the two-process test's workers import this module, and there `conftest` can
+    # be the top-level tests/conftest.py, which has no tiny_overrides (the parent passes them their overrides).
+    from conftest import tiny_overrides
+
     return tiny_overrides(data, output, **settings)
 
 
@@ -176,7 +179,7 @@ def test_method_densecl_alone_takes_the_reference_recipe_and_a_preset_runs(image
     assert load_resnet(run / "checkpoint.pth").depth == 18
 
 
-def _rank_main(rank: int, port: int, data: str, output: str, result_dir: str) -> None:
+def _rank_main(rank: int, port: int, overrides: list[str], result_dir: str) -> None:
     import os
 
     import torch.distributed as dist
@@ -185,7 +188,6 @@ def _rank_main(rank: int, port: int, data: str, output: str, result_dir: str) ->
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    overrides = _densecl_overrides(Path(data), Path(output), **{"optim.batch_size_per_gpu": "2", "run.max_steps": "2"})
     result = train(load_config("densecl_cpu_small", None, overrides))
     torch.save(result.student.state_dict(), Path(result_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -202,7 +204,10 @@ def test_two_process_gloo_densecl_keeps_ranks_identical(image_folder, tmp_path) 
         port = handle.getsockname()[1]
     results = tmp_path / "results"
     results.mkdir()
-    mp.spawn(_rank_main, args=(port, str(image_folder), str(tmp_path / "run"), str(results)), nprocs=2, join=True)
+    overrides = _densecl_overrides(
+        image_folder, tmp_path / "run", **{"optim.batch_size_per_gpu": "2", "run.max_steps": "2"}
+    )
+    mp.spawn(_rank_main, args=(port, overrides, str(results)), nprocs=2, join=True)
     rank0 = torch.load(results / "rank0.pt", weights_only=True)
     rank1 = torch.load(results / "rank1.pt", weights_only=True)
     # DDP averages the query encoder's gradients and every rank enqueues the keys of both: parameters and queues
