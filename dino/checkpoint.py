@@ -67,12 +67,11 @@ from dino.hub.releases import (
     RANDOM_INIT_SEED,
     RANDOM_SOURCE,
     RELEASES,
-    RESNET_ARCHITECTURES,
     RESNET_RELEASES,
     WeightsUnavailableError,
     weights_provenance,
 )
-from dino.models.architectures import ARCHITECTURES
+from dino.models.architectures import ARCHITECTURES, RESNET_ARCHITECTURES
 from dino.models.backbone import Backbone, is_resnet
 from dino.models.provenance import WeightsProvenance
 from dino.models.vision_transformer import VisionTransformer, ViTOptions, build_vit
@@ -324,13 +323,7 @@ def load_resnet(
     """
     path = os.path.abspath(os.fspath(source))
     checkpoint = load_checkpoint_file(path, weights_only)
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(checkpoint).__name__}")
-    try:
-        state = resnet_state_dict(checkpoint, checkpoint_key, path)
-    except LayoutError as error:
-        raise CheckpointError(str(error)) from None
-    model = _resnet_with(state, path)
+    model = _resnet_with(_resnet_keys(checkpoint, checkpoint_key, path, required=True), path)
     model.provenance = WeightsProvenance(
         source=path,
         checkpoint_key=checkpoint_key,
@@ -366,7 +359,7 @@ def _resnet_source(text: str, checkpoint_key: str, weights_only: bool) -> tuple[
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            return ResNetBackbone(int(text.partition(":")[2].removeprefix("resnet"))), None
+            return ResNetBackbone(RESNET_ARCHITECTURES[text.partition(":")[2]]), None
     if text in RELEASES or text in (BUNDLED_VIT_TINY, IMGFOCUS_WEIGHTS) or text.startswith(RANDOM_SOURCE):
         return None, None
     if is_hugging_face_model(text):

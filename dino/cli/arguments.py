@@ -233,7 +233,7 @@ def add_grid_layer_argument(parser: argparse._ActionsContainer, what: str) -> No
 
 
 def dense_grid_layer(
-    model: Any, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
+    model: Backbone, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
 ) -> str | None:
     """The grid a dense app uses for `model`: `grid_layer` (--grid-layer) when given, else the one --patch-size
     chose when loading (16: layer3, 32: layer4), else `default`; None for a ViT (its patch tokens are its grid).
@@ -257,7 +257,7 @@ def dense_grid_layer(
 
 
 def apply_grid_layer(
-    model: Any, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
+    model: Backbone, grid_layer: str | None, patch_size: int | None = None, default: str = DENSE_GRID_LAYER
 ) -> None:
     """Set a ResNet's ``grid_layer`` to :func:`dense_grid_layer`'s choice; a ViT is left as it is.
 

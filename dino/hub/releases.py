@@ -22,7 +22,6 @@ __all__ = [
     "RANDOM_SOURCE",
     "RELEASES",
     "RELEASE_URL_ROOT",
-    "RESNET_ARCHITECTURES",
     "RESNET_RELEASES",
     "Release",
     "ResNetRelease",
@@ -105,8 +104,6 @@ RELEASES: dict[str, Release] = {
 }
 
 
-# `random:<name>` builds these ResNets (dino.models.resnet.RESNET_DEPTHS, named here without importing torchvision).
-RESNET_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 HUGGING_FACE_DENSECL = "https://huggingface.co/xinlongwang/DenseCL/resolve/main/"
 
 

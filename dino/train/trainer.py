@@ -561,7 +561,7 @@ def train_step(state: TrainingState, crops: list[Tensor], epoch: int, it: int) -
     Raises:
         NonFiniteLossError: The loss is NaN or infinite; no gradient was applied.
     """
-    device, optim_cfg, scaler = state.ctx.device, state.config.optim, state.precision.scaler
+    device = state.ctx.device
     crops = [crop.to(device, non_blocking=True) for crop in crops]
     with state.precision.autocast(device):
         with torch.no_grad():
@@ -577,21 +577,30 @@ def train_step(state: TrainingState, crops: list[Tensor], epoch: int, it: int) -
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(_non_finite_message(mean_loss, epoch, it, state.output_dir))
 
+    _optimise(state, loss, frozen_last_layer_epoch=epoch)
+    return mean_loss, mean_entropy
+
+
+def _optimise(state: TrainingState, loss: Tensor, frozen_last_layer_epoch: int | None = None) -> None:
+    """Backward, gradient clipping, for DINO the frozen last layer of the first epochs (`frozen_last_layer_epoch`
+    is the epoch), and the optimiser step; through the fp16 gradient scaler when there is one (gradients unscaled
+    before clipping)."""
+    optim_cfg, scaler = state.config.optim, state.precision.scaler
     state.optimizer.zero_grad()
     if scaler is None:
         loss.backward()
-        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
-        cancel_gradients_last_layer(epoch, state.student_module, optim_cfg.freeze_last_layer)
-        state.optimizer.step()
     else:
         scaler.scale(loss).backward()
         if optim_cfg.clip_grad:
             scaler.unscale_(state.optimizer)
-        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
-        cancel_gradients_last_layer(epoch, state.student_module, optim_cfg.freeze_last_layer)
+    _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
+    if frozen_last_layer_epoch is not None:
+        cancel_gradients_last_layer(frozen_last_layer_epoch, state.student_module, optim_cfg.freeze_last_layer)
+    if scaler is None:
+        state.optimizer.step()
+    else:
         scaler.step(state.optimizer)
         scaler.update()
-    return mean_loss, mean_entropy
 
 
 @torch.no_grad()
@@ -615,7 +624,7 @@ def densecl_step(state: TrainingState, views: list[Tensor], it: int) -> dict[str
         NonFiniteLossError: The loss is NaN or infinite; no gradient was applied (the forward had already
             moved the key encoder and the queues, which only the last checkpoint, left untouched, knows as before).
     """
-    device, section, optim_cfg = state.ctx.device, state.config.densecl, state.config.optim
+    device, section = state.ctx.device, state.config.densecl
     view_q, view_k = (view.to(device, non_blocking=True) for view in views)
     loss_lambda = densecl_lambda(it, section.loss_lambda, section.warmup_iters)
     with state.precision.autocast(device):
@@ -626,19 +635,7 @@ def densecl_step(state: TrainingState, views: list[Tensor], it: int) -> dict[str
         raise NonFiniteLossError(
             _non_finite_message(loss, it // state.schedules.iterations_per_epoch, it, state.output_dir)
         )
-    state.optimizer.zero_grad()
-    scaler = state.precision.scaler
-    if scaler is None:
-        output.loss.backward()
-        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
-        state.optimizer.step()
-    else:
-        scaler.scale(output.loss).backward()
-        if optim_cfg.clip_grad:
-            scaler.unscale_(state.optimizer)
-        _clip(state.student_module, optim_cfg.clip_grad, optim_cfg.clip_mode)
-        scaler.step(state.optimizer)
-        scaler.update()
+    _optimise(state, output.loss)
     return {
         "loss": loss,
         "loss_global": loss_global,
